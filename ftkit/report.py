@@ -1,0 +1,187 @@
+"""Metrics recording, plots, and the self-contained `report.html` of a run.
+
+The report is one HTML file with no external references: a summary first (stages, metrics of every model,
+key plots, example predictions), then the resolved recipe, the environment and each stage's executed
+notebook rendered by nbconvert without code. Every piece of text that comes from data or a model is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from ftkit.io import read_json, update_json, write_atomic
+from ftkit.runner import NOTEBOOKS
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1a1a1a;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
+img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.8em;border-radius:4px}
+.state-done{color:#11772d}.state-failed{color:#b00020;font-weight:bold}.muted{color:#666}
+.notebook{border:1px solid #e3e3e3;padding:0 1em;margin:1em 0;border-radius:4px}
+.jp-OutputPrompt,.jp-InputPrompt{display:none}
+@media print{.notebook{break-before:page}}
+"""
+
+
+def record(run_dir: str | Path, stage: str, metrics: dict) -> None:
+    """Record one stage's metrics under its key in `<run_dir>/metrics.json`."""
+    update_json(Path(run_dir) / "metrics.json", stage, metrics)
+
+
+def plot_curve(steps, values, title: str, ylabel: str, spread=None):
+    """A line plot of a training curve (with a ±spread band when given); returns the figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, values, marker="o", markersize=3)
+    if spread is not None:
+        low = [v - s for v, s in zip(values, spread)]
+        high = [v + s for v, s in zip(values, spread)]
+        ax.fill_between(steps, low, high, alpha=0.2)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)  # shown once, by the notebook's display of the returned figure
+    return fig
+
+
+def metrics_table(eval_metrics: dict):
+    """DataFrame: one row per evaluated model with accuracy, 95% CI and n."""
+    import pandas as pd
+
+    rows = [{"model": name, "accuracy": m["accuracy"], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
+             "n": m["n"]} for name, m in eval_metrics.items()]
+    return pd.DataFrame(rows).set_index("model")
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value, digits=3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
+    parts = []
+    failed = {s: v for s, v in status.items() if v.get("state") == "failed"}
+    for stage, info in failed.items():
+        parts.append(f'<div class="failed"><b>Stage {_esc(stage)} failed:</b> {_esc(info.get("error"))}<br>'
+                     f'Open the executed notebook <code>{_esc(info.get("notebook"))}</code> for the traceback.</div>')
+    parts.append(f"<p><b>Model:</b> {_esc(recipe.get('model', {}).get('id'))} &nbsp; "
+                 f"<b>Task:</b> {_esc(recipe.get('data', {}).get('task'))} &nbsp; "
+                 f"<b>Seed:</b> {_esc(recipe.get('seed'))}</p>")
+    rows = []
+    for stage, info in status.items():
+        rows.append(f'<tr><td>{_esc(stage)}</td><td class="state-{_esc(info.get("state", "").replace(" ", "-"))}">'
+                    f'{_esc(info.get("state"))}</td><td>{_esc(_fmt(info.get("duration_s"), 1))}</td>'
+                    f'<td>{_esc(info.get("error") or "")}</td></tr>')
+    parts.append("<h3>Stages</h3><table><thead><tr><th>stage</th><th>state</th><th>seconds</th><th>error</th>"
+                 f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    evaluated = metrics.get("eval", {})
+    if evaluated:
+        base = evaluated.get("base", {}).get("accuracy")
+        rows = [[name, _fmt(m["accuracy"]), f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", m["n"],
+                 "" if base is None or name == "base" else f"{100 * (m['accuracy'] - base):+.1f}"]
+                for name, m in evaluated.items()]
+        parts.append('<h3>Held-out test set</h3><div id="metrics">'
+                     + _table(["model", "accuracy", "95% CI (bootstrap)", "n", "vs base (points)"], rows) + "</div>")
+    plots = []
+    if (run_dir / "sft" / "log_history.json").is_file():
+        from ftkit.sft import loss_curve
+
+        steps, losses = loss_curve(run_dir)
+        plots.append(_png(plot_curve(steps, losses, "SFT training loss", "loss")))
+    if (run_dir / "rl" / "log_history.json").is_file():
+        from ftkit.rl import reward_curve
+
+        steps, rewards, stds = reward_curve(run_dir)
+        plots.append(_png(plot_curve(steps, rewards, "RL reward (mean ± std)", "reward", stds)))
+    if plots:
+        parts.append("<h3>Training</h3>" + "".join(plots))
+    parts.append(_examples(run_dir, list(evaluated)))
+    return "\n".join(parts)
+
+
+def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
+    preds = {}
+    for name in names:
+        path = run_dir / "eval" / f"predictions_{name}.jsonl"
+        if path.is_file():
+            preds[name] = [json.loads(line) for line in path.read_text().splitlines()[:limit]]
+    if not preds:
+        return ""
+    first = next(iter(preds.values()))
+    rows = [[p["prompt"], p["reference"]] + [("✓ " if preds[n][i]["score"] else "✗ ") + preds[n][i]["output"]
+                                            for n in preds] for i, p in enumerate(first)]
+    return "<h3>Example predictions</h3>" + _table(["prompt", "reference"] + list(preds), rows)
+
+
+def _notebook_html(path: Path) -> str:
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+    from traitlets.config import Config
+
+    config = Config()
+    config.TagRemovePreprocessor.remove_cell_tags = ("injected-parameters", "parameters")
+    config.TagRemovePreprocessor.enabled = True
+    exporter = HTMLExporter(config=config, template_name="basic", exclude_input=True,
+                            exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.register_preprocessor(TagRemovePreprocessor(config=config), enabled=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
+    # the report must open offline and run nothing: drop any script element the template adds
+    return re.sub(r"<script\b.*?</script>", "", body, flags=re.S | re.I)
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write `<run_dir>/report.html` from the files in the run directory and return its path."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    recipe_text = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").is_file() else ""
+    recipe = yaml.safe_load(recipe_text) or {}
+    status = read_json(run_dir / "status.json", {})
+    metrics = read_json(run_dir / "metrics.json", {})
+    env = read_json(run_dir / "env.json", {})
+    name = recipe.get("name", run_dir.parent.name)
+    sections = [f"<h1>ftkit report: {_esc(name)}</h1><p class='muted'>run {_esc(run_dir.name)}</p>",
+                "<h2>Summary</h2>", _summary(run_dir, recipe, status, metrics),
+                "<h2>Recipe</h2>", f"<pre>{_esc(recipe_text)}</pre>",
+                "<h2>Environment</h2>", f"<pre>{_esc(json.dumps(env, indent=2))}</pre>",
+                "<h2>Stage notebooks</h2>"]
+    for stage, filename in NOTEBOOKS.items():
+        path = run_dir / "notebooks" / filename
+        if path.is_file():
+            try:
+                body = _notebook_html(path)
+            except Exception as exc:  # a partial notebook from a killed stage must not stop the report
+                body = f"<p class='failed'>This notebook could not be rendered: {_esc(exc)}</p>"
+            sections.append(f'<section class="notebook" id="stage-{stage}"><h2>{_esc(stage)}</h2>{body}</section>')
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · {_esc(name)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>")
+    return write_atomic(run_dir / "report.html", page)

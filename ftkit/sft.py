@@ -1,0 +1,68 @@
+"""SFT stage: supervised fine-tuning with TRL's SFTTrainer on the train split (loss on the answer only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from ftkit import data, models
+from ftkit.io import write_atomic
+
+
+def to_conversations(rows: list[dict]) -> Dataset:
+    """Prompt/answer rows -> TRL's conversational prompt-completion format."""
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
+
+
+def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
+    """TrainingArguments fields shared by the SFT and RL stages, built from the recipe."""
+    return trl_config_cls(
+        output_dir=str(output_dir), max_steps=section.max_steps, learning_rate=section.learning_rate,
+        logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
+        report_to="none", disable_tqdm=True, bf16=cfg.model.dtype == "bfloat16",
+        fp16=cfg.model.dtype == "float16", dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), **extra)
+
+
+def fit(trainer, tokenizer, out: Path) -> tuple[dict, list[dict]]:
+    """Train, save the adapter and the log history into the stage directory `out`; return figures and history."""
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    models.save_trained(trainer.model, tokenizer, out / "adapter")
+    history = trainer.state.log_history
+    write_atomic(out / "log_history.json", json.dumps(history, indent=2))
+    figures = {"steps": result.global_step, "train_seconds": round(seconds, 1),
+               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+               "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads()}
+    return figures, history
+
+
+def train(cfg, run_dir: str | Path) -> dict:
+    """Train on the data stage's train split; save the adapter to `<run_dir>/sft/adapter`."""
+    from trl import SFTConfig, SFTTrainer
+
+    run_dir = Path(run_dir)
+    out = run_dir / "sft"
+    dataset = to_conversations(data.load_split(run_dir, "train"))
+    model, tokenizer = models.load(cfg.model)
+    args = training_args(cfg, cfg.sft, out / "checkpoints", SFTConfig,
+                         per_device_train_batch_size=cfg.sft.batch_size, lr_scheduler_type=cfg.sft.lr_scheduler,
+                         warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=models.lora_config(cfg.model))
+    figures, history = fit(trainer, tokenizer, out)
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {**figures, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+
+
+def loss_curve(run_dir: str | Path, stage: str = "sft"):
+    """Steps and losses from a stage's saved log history."""
+    history = json.loads((Path(run_dir) / stage / "log_history.json").read_text())
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    return [p[0] for p in points], [p[1] for p in points]

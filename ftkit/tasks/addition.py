@@ -1,0 +1,55 @@
+"""Two-digit addition: questions with verifiable answers, drawn from a seed.
+
+Train and test are disjoint sets of (a, b) pairs, so no test question is ever seen in training.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+class Addition:
+    name = "addition"
+    instruction = "What is {a} plus {b}? Answer with the number only."
+
+    def __init__(self, low: int = 10, high: int = 99):
+        self.low, self.high = low, high
+
+    def _pairs(self, seed: int) -> list[tuple[int, int]]:
+        pairs = [(a, b) for a in range(self.low, self.high + 1) for b in range(self.low, self.high + 1)]
+        random.Random(seed).shuffle(pairs)
+        return pairs
+
+    def example(self, a: int, b: int) -> dict:
+        return {"prompt": self.instruction.format(a=a, b=b), "answer": str(a + b)}
+
+    def splits(self, train_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
+        """Disjoint train and test examples; test is drawn first so it does not depend on train_size."""
+        pairs = self._pairs(seed)
+        if train_size + test_size > len(pairs):
+            raise ValueError(f"addition has {len(pairs)} distinct questions; train_size + test_size = "
+                             f"{train_size + test_size} is too many: lower data.train_size or data.test_size")
+        return {"test": [self.example(a, b) for a, b in pairs[:test_size]],
+                "train": [self.example(a, b) for a, b in pairs[test_size:test_size + train_size]]}
+
+    @staticmethod
+    def score(output: str, answer: str) -> float:
+        """1.0 when the first number in the output is the answer, else 0.0.
+
+        >>> Addition.score(" 57", "57"), Addition.score("12 + 45 = 57", "57"), Addition.score("", "57")
+        (1.0, 0.0, 0.0)
+        """
+        found = _NUMBER.search(output)
+        return float(found is not None and found.group() == answer.strip())
+
+    def reward(self, completions: list, answer: list[str], **_) -> list[float]:
+        """TRL reward signature: one float per completion (chat completions are lists of messages).
+
+        >>> Addition().reward([[{"role": "assistant", "content": "57"}], "56"], answer=["57", "57"])
+        [1.0, 0.0]
+        """
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [self.score(text, ref) for text, ref in zip(texts, answer, strict=True)]

@@ -1,0 +1,119 @@
+"""Model resolution and loading, including the GGUF -> safetensors path of the offline default model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ftkit import models
+from ftkit.recipe import ModelConfig
+from tests.conftest import CHAT_TEMPLATE, SPECIALS, build_model, build_tokenizer
+
+
+def write_gguf(model, tokenizer, path):
+    """Write a float32 llama GGUF the way llama.cpp's converter lays it out (q/k rows permuted)."""
+    import gguf
+
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(sorted(vocab, key=vocab.get))
+    writer.add_token_types([gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.NORMAL
+                            for t in sorted(vocab, key=vocab.get)])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        array = tensor.float().numpy()
+        heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+        for proj, n_head in heads.items():
+            if f"{proj}.weight" in name:
+                array = array.reshape(n_head, 2, array.shape[0] // n_head // 2, -1).swapaxes(1, 2).reshape(array.shape)
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_checkpoint_converts_to_an_identical_plain_model(tmp_path):
+    tokenizer = build_tokenizer()
+    original = build_model(tokenizer, seed=1).eval()
+    write_gguf(original, tokenizer, tmp_path / "tiny.gguf")
+    dest = models.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
+    assert (dest / "model.safetensors").is_file() and (dest / "config.json").is_file()
+
+    model, loaded_tok = models.load(ModelConfig(id=str(dest)))
+    text = loaded_tok.apply_chat_template([{"role": "user", "content": "What is 12 plus 30?"}], tokenize=False,
+                                          add_generation_prompt=True)
+    assert loaded_tok(text)["input_ids"] == tokenizer(text)["input_ids"]
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, original(ids).logits, rtol=1e-4, atol=1e-4)
+    # the converted copy is a plain model: it saves and trains (no GGUF quantization marker)
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "resaved")
+
+
+def test_resolve_prefers_a_local_directory(tiny_model_dir):
+    assert models.resolve(str(tiny_model_dir)) == str(tiny_model_dir)
+
+
+def test_resolve_reports_every_place_it_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelNotFound) as info:
+        models.resolve(str(tmp_path / "missing-model"))
+    text = str(info.value)
+    assert "local directory" in text and "Hugging Face cache" in text and "Hugging Face hub" in text
+    assert "Fix:" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(models.ModelNotFound, match="no config.json in it"):
+        models.resolve(str(empty))
+
+
+def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch, tiny_model_dir):
+    import shutil
+
+    monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    shutil.copytree(tiny_model_dir, models.offline_copy_dir())
+    assert models.resolve(models.DEFAULT_MODEL) == str(models.offline_copy_dir())
+
+
+def test_lora_adapter_round_trip(tmp_path, tiny_model_dir):
+    from peft import get_peft_model
+
+    cfg = ModelConfig(id=str(tiny_model_dir), lora_r=4, lora_alpha=8)
+    model, tokenizer = models.load(cfg)
+    peft_model = get_peft_model(model, models.lora_config(cfg))
+    targets = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = peft_model(ids).logits
+    models.save_trained(peft_model, tokenizer, tmp_path / "adapter")
+    merged, _ = models.load(cfg, adapter=tmp_path / "adapter")
+    torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    assert not (tmp_path / "adapter.partial").exists()

@@ -1,0 +1,125 @@
+"""All four notebooks executed by papermill on a tiny model; failures recorded honestly; the report."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ftkit import cli, report
+from ftkit.io import read_json
+
+PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """One full run (data -> sft -> rl -> eval) through the CLI, shared by the assertions below."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("run")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "seed": 0,
+        "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        "data": {"train_size": 48, "test_size": 16},
+        "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
+        "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3, "logging_steps": 1,
+               "max_completion_length": 4},
+        "eval": {"batch_size": 8, "max_new_tokens": 4}}))
+    run_dir = root / "out"
+    code = cli.main(["run", str(recipe), "--run-dir", str(run_dir)])
+    return code, run_dir
+
+
+def test_every_stage_runs_and_records(tiny_run):
+    code, run_dir = tiny_run
+    status = read_json(run_dir / "status.json")
+    assert code == 0, status
+    assert [s for s, v in status.items() if v["state"] == "done"] == ["data", "sft", "rl", "eval"]
+    for stage in ("data", "sft", "rl", "eval"):
+        assert status[stage]["duration_s"] > 0 and status[stage]["error"] is None
+        executed = json.loads((run_dir / status[stage]["notebook"]).read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    env = read_json(run_dir / "env.json")
+    assert env["seed"] == 0 and env["packages"]["torch"] and env["packages"]["trl"]
+    assert "name: tiny" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_metrics_are_present_and_in_range(tiny_run):
+    _, run_dir = tiny_run
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["data"]["train"]["examples"] == 48 and metrics["data"]["test"]["examples"] == 16
+    assert metrics["sft"]["steps"] == 3 and metrics["sft"]["final_loss"] > 0
+    assert metrics["rl"]["steps"] == 2 and metrics["rl"]["start_from"] == "sft"
+    assert set(metrics["eval"]) == {"base", "sft", "rl"}
+    for name, m in metrics["eval"].items():
+        assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0 and m["n"] == 16
+        rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
+        assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score"}
+
+
+def test_training_changed_the_weights(tiny_run):
+    _, run_dir = tiny_run
+    sft = load_file(run_dir / "sft" / "adapter" / "adapter_model.safetensors")
+    rl = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
+    lora_b = [k for k in sft if "lora_B" in k]
+    assert lora_b, list(sft)[:5]
+    # LoRA B starts at zero: any non-zero value was learned by SFT; RL moved them further
+    assert any(sft[k].abs().sum() > 0 for k in lora_b)
+    assert any(not (sft[k] == rl[k]).all() for k in lora_b)
+
+
+def test_report_holds_the_metrics_table_and_plots(tiny_run):
+    _, run_dir = tiny_run
+    page = (run_dir / "report.html").read_text()
+    assert '<div id="metrics">' in page and "<td>sft</td>" in page and "<td>rl</td>" in page
+    assert page.count("data:image/png;base64,") >= 2  # SFT loss and RL reward, embedded
+    assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
+    assert 'id="stage-eval"' in page
+
+
+def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):
+    import shutil
+
+    _, run_dir = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    path = copy / "eval" / "predictions_sft.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0].update(prompt=PAYLOAD, output=PAYLOAD)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = report.render(copy).read_text()
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_report_command_rerenders(tiny_run, capsys):
+    _, run_dir = tiny_run
+    (run_dir / "report.html").unlink()
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").is_file()
+    assert cli.main(["report", str(run_dir / "nope")]) == 2
+
+
+def test_failing_stage_is_recorded_and_stops_the_run(tiny_recipe, tmp_path, capsys):
+    recipe = tiny_recipe(model={"id": str(tmp_path / "no-such-model")}, stages=["data", "sft", "eval"])
+    run_dir = tmp_path / "failed"
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "stage sft failed: ModelNotFound" in err and "02_sft.ipynb" in err
+    status = read_json(run_dir / "status.json")
+    assert status["data"]["state"] == "done"
+    assert status["sft"]["state"] == "failed" and "no-such-model" in status["sft"]["error"]
+    assert status["eval"]["state"] == "not run"
+    page = (run_dir / "report.html").read_text()
+    assert "Stage sft failed" in page
+
+
+def test_cell_timeout_is_a_failure_not_a_success(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(stages=["data", "sft"], cell_timeout=1, sft={"max_steps": 200})
+    run_dir = tmp_path / "timeout"
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
+    status = read_json(run_dir / "status.json")
+    assert status["data"]["state"] == "done"
+    assert status["sft"]["state"] == "failed" and "timed out" in status["sft"]["error"].lower()
+    assert "sft" not in read_json(run_dir / "metrics.json", {})

@@ -1,0 +1,81 @@
+"""The addition task (examples, scorer, reward) and the data stage's checks."""
+
+import doctest
+import json
+
+import pytest
+
+from ftkit import data, rl
+from ftkit.recipe import Recipe
+from ftkit.tasks import addition, get
+
+
+def test_doctests():
+    assert doctest.testmod(addition).failed == 0
+
+
+def test_splits_are_disjoint_deterministic_and_correct():
+    task = get("addition")
+    first, again = task.splits(1000, 200, seed=3), task.splits(1000, 200, seed=3)
+    assert first == again
+    assert len(first["train"]) == 1000 and len(first["test"]) == 200
+    assert not {r["prompt"] for r in first["train"]} & {r["prompt"] for r in first["test"]}
+    for row in first["test"]:
+        a, b = (int(w) for w in row["prompt"].replace("?", "").split() if w.isdigit())
+        assert int(row["answer"]) == a + b
+    # the test set does not depend on how much training data is drawn
+    assert task.splits(50, 200, seed=3)["test"] == first["test"]
+    assert task.splits(50, 200, seed=4)["test"] != first["test"]
+    with pytest.raises(ValueError, match="lower data.train_size"):
+        task.splits(9000, 200, seed=0)
+
+
+def test_score_and_reward_agree():
+    task = get("addition")
+    assert task.score("68", "68") == 1.0
+    assert task.score("68.", "68") == 1.0
+    assert task.score("The answer is 68", "68") == 1.0
+    assert task.score("23 + 45 = 68", "68") == 0.0  # echoing the question is not an answer
+    assert task.score("", "68") == 0.0
+    completions = [[{"role": "assistant", "content": c}] for c in ("68", "67", "x")]
+    assert task.reward(completions, answer=["68"] * 3) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get("nope")
+
+
+def test_checked_reward_names_the_function():
+    def short(completions, **_):
+        return [1.0]
+
+    def nan(completions, **_):
+        return [float("nan")] * len(completions)
+
+    with pytest.raises(ValueError, match="reward 'short' returned 1 values for 2 completions"):
+        rl.checked_reward(short, "short")(["a", "b"])
+    with pytest.raises(ValueError, match="reward 'nan' returned nan"):
+        rl.checked_reward(nan, "nan")(["a"])
+
+
+def test_data_checks_name_split_row_and_field():
+    good = get("addition").splits(10, 5, 0)
+    data.check(good)
+    broken = {"train": [dict(good["train"][0]), {"prompt": "  ", "answer": "3"}], "test": []}
+    with pytest.raises(ValueError) as info:
+        data.check(broken)
+    text = str(info.value)
+    assert "split 'test' is empty" in text
+    assert "train row 1: field 'prompt' is '  '" in text
+    leak = {"train": good["train"], "test": good["train"][:2]}
+    with pytest.raises(ValueError, match="2 test prompts also appear in train"):
+        data.check(leak)
+
+
+def test_splits_round_trip_through_the_run_directory(tmp_path):
+    cfg = Recipe(name="t", data={"train_size": 20, "test_size": 7})
+    splits = data.build_splits(cfg)
+    data.save_splits(splits, tmp_path)
+    assert data.load_split(tmp_path, "test") == splits["test"]
+    stats = json.loads((tmp_path / "data" / "stats.json").read_text())
+    assert stats["train"]["examples"] == 20 and stats["test"]["examples"] == 7
+    with pytest.raises(FileNotFoundError, match="run the data stage first"):
+        data.load_split(tmp_path / "elsewhere", "train")
