@@ -27,9 +27,9 @@ from ftkit.recipe import build
 def real_tokens(run_dir: Path, tokenizer, steps: int, batch_size: int) -> int:
     """Non-padding tokens the SFT steps saw (prompt + answer, chat-templated)."""
     rows = data.load_split(run_dir, "train")
-    per_row = [len(tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]},
-                                                  {"role": "assistant", "content": r["answer"]}]))
-               for r in rows]
+    texts = [tokenizer.apply_chat_template(data.messages(r) + [{"role": "assistant", "content": r["answer"]}],
+                                           tokenize=False) for r in rows]
+    per_row = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     seen = steps * batch_size
     return sum(per_row[i % len(per_row)] for i in range(seen))
 
@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rl-steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=16, help="SFT examples per step")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA device"}))
@@ -49,7 +50,7 @@ def main() -> int:
         run_dir = Path(tmp)
         base = {"name": "gpu-check", "model": {"id": args.model},
                 "data": {"train_size": 2000, "test_size": 200},
-                "sft": {"max_steps": args.sft_steps, "batch_size": 16, "logging_steps": 5},
+                "sft": {"max_steps": args.sft_steps, "batch_size": args.batch_size, "logging_steps": 5},
                 "rl": {"max_steps": args.rl_steps, "batch_size": 64, "num_generations": 8, "logging_steps": 2}}
         cfg = build(json.loads(json.dumps(base)))
         data.save_splits(data.build_splits(cfg), run_dir)

@@ -1,6 +1,6 @@
 """Data stage: task examples -> checked train/test splits on disk -> stats.
 
-Splits are JSONL files of {"prompt": str, "answer": str} in `<run_dir>/data/`.
+Splits are JSONL files of {"system": str (optional), "prompt": str, "answer": str} in `<run_dir>/data/`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ def check(splits: dict[str, list[dict]], source: str = "data") -> None:
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError("the data has problems:\n  " + "\n  ".join(problems[:10]) + more)
+
+
+def messages(row: dict) -> list[dict]:
+    """The chat messages a model sees for a row: the optional system prompt, then the user prompt."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return system + [{"role": "user", "content": row["prompt"]}]
 
 
 def save_splits(splits: dict[str, list[dict]], run_dir: str | Path) -> Path:

@@ -14,11 +14,10 @@ from ftkit.io import write_atomic
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+def generate(model, tokenizer, conversations: list[list[dict]], batch_size: int, max_new_tokens: int) -> list[str]:
     """Greedy chat completions, batched with left padding; prompts sorted by length to waste less padding."""
     tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     outputs = [""] * len(texts)
     model.eval()
@@ -51,7 +50,8 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     rows = data.load_split(run_dir, "test")
     model, tokenizer = models.load(cfg.model, adapter=adapter_path(run_dir, name))
     start = time.perf_counter()
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    outputs = generate(model, tokenizer, [data.messages(r) for r in rows], cfg.eval.batch_size,
+                       cfg.eval.max_new_tokens)
     seconds = time.perf_counter() - start
     scores = [task.score(o, r["answer"]) for o, r in zip(outputs, rows)]
     records = [{"prompt": r["prompt"], "reference": r["answer"], "output": o, "score": s}

@@ -15,7 +15,7 @@ from ftkit.io import write_atomic
 
 def to_conversations(rows: list[dict]) -> Dataset:
     """Prompt/answer rows -> TRL's conversational prompt-completion format."""
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+    return Dataset.from_list([{"prompt": data.messages(r),
                                "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
 
 

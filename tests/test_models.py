@@ -94,7 +94,6 @@ def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch,
 
     monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     shutil.copytree(tiny_model_dir, models.offline_copy_dir())
     assert models.resolve(models.DEFAULT_MODEL) == str(models.offline_copy_dir())
 

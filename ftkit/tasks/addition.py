@@ -13,7 +13,8 @@ _NUMBER = re.compile(r"-?\d+")
 
 class Addition:
     name = "addition"
-    instruction = "What is {a} plus {b}? Answer with the number only."
+    system = "Answer with the number only."
+    instruction = "What is {a} plus {b}?"
 
     def __init__(self, low: int = 10, high: int = 99):
         self.low, self.high = low, high
@@ -24,7 +25,7 @@ class Addition:
         return pairs
 
     def example(self, a: int, b: int) -> dict:
-        return {"prompt": self.instruction.format(a=a, b=b), "answer": str(a + b)}
+        return {"system": self.system, "prompt": self.instruction.format(a=a, b=b), "answer": str(a + b)}
 
     def splits(self, train_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
         """Disjoint train and test examples; test is drawn first so it does not depend on train_size."""
