@@ -53,7 +53,8 @@ def main() -> int:
                 "sft": {"max_steps": args.sft_steps, "batch_size": args.batch_size, "logging_steps": 5},
                 "rl": {"max_steps": args.rl_steps, "batch_size": 64, "num_generations": 8, "logging_steps": 2}}
         cfg = build(json.loads(json.dumps(base)))
-        data.save_splits(data.build_splits(cfg), run_dir)
+        splits, figures = data.build_splits(cfg)
+        data.save_splits(splits, run_dir, figures)
         for dtype in ("float32", "bfloat16"):
             cfg = build(json.loads(json.dumps(base)), overrides=[f"model.dtype={dtype}"])
             torch.cuda.synchronize()

@@ -60,8 +60,9 @@ def _print_event(kind, stage, result):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("papermill", "traitlets", "nbconvert", "httpx", "huggingface_hub"):
+    for noisy in ("papermill", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
     if args.command == "report":
         from ftkit import report
 

@@ -1,65 +1,329 @@
-"""Data stage: task examples -> checked train/test splits on disk -> stats.
+"""Data stage: sources -> normalized rows -> cleaning -> held-out splits -> checks and stats.
 
-Splits are JSONL files of {"system": str (optional), "prompt": str, "answer": str} in `<run_dir>/data/`.
+A source is a built-in task (`data.task`) or local files (`data.path`: JSONL, JSON, CSV or Parquet, globs
+allowed; `data.test_path` for the source's own test split). Every format is normalized to rows
+
+    {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str}
+
+that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history.
+Splits are written as JSONL to `<run_dir>/data/`. Problems in the data raise `DataError` naming the file, the
+line and the fix, before any training starts.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
 from ftkit import tasks
 from ftkit.io import write_atomic
 
 SPLITS = ("train", "test")
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt")
+FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
+          "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",)}
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+NGRAM = 8
 
 
-def build_splits(cfg) -> dict[str, list[dict]]:
-    """Make the recipe's splits and check them before any training sees them."""
-    task = tasks.get(cfg.data.task)
-    splits = task.splits(cfg.data.train_size, cfg.data.test_size, cfg.seed)
-    check(splits)
-    return splits
+class DataError(ValueError):
+    """Bad input data; the message names the file, the place and the fix."""
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def expand(pattern: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"{pattern}: no file matches; check data.path (relative paths start at the recipe's folder)")
+    return files
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8") from None
+
+
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    """(place, record) pairs from one file; place is 'file:line' (JSONL, CSV) or 'file item N' / 'file row N'."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records = []
+        for number, line in enumerate(_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                                "fix or delete this line") from None
+    elif suffix == ".json":
+        try:
+            loaded = json.loads(_text(path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); a .json file must hold one list of "
+                            "objects (use .jsonl for one object per line)") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
+            loaded = loaded["data"]
+        if not isinstance(loaded, list):
+            raise DataError(f"{path}: expected a list of objects, found a {type(loaded).__name__}")
+        records = [(f"{path} item {i}", r) for i, r in enumerate(loaded)]
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
+        records = [(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
+    elif suffix in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as {suffix[1:].upper()} ({exc})") from None
+        records = [(f"{path}:{i + 2}", r) for i, r in enumerate(frame.to_dict(orient="records"))]
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet")
+    for place, record in records:
+        if not isinstance(record, dict):
+            raise DataError(f"{place}: expected an object with named fields, found {type(record).__name__}")
+    return records
+
+
+# ---------------------------------------------------------------- formats
+
+
+def detect_format(columns, place: str) -> str:
+    keys = set(columns)
+    for name in ("messages", "sharegpt", "alpaca", "prompt_completion", "question_answer"):
+        if set(FIELDS[name]) <= keys:
+            return name
+    if {"prompt", "answer"} <= keys:
+        return "question_answer"
+    raise DataError(f"{place}: cannot tell the format from the columns {sorted(keys)}; set data.format (one of "
+                    f"{', '.join(FORMATS)}) or map your columns, e.g. data.columns: {{prompt: <column>, answer: <column>}}")
+
+
+def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> dict | None:
+    """A conversation -> row; None when its turn order is invalid (dropped and counted by the caller)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"{place}: the conversation must be a list of objects with {role_key!r} and {content_key!r}")
+    turns = []
+    for i, message in enumerate(messages):
+        if role_key not in message or content_key not in message:
+            raise DataError(f"{place}: message {i} has keys {sorted(message)}; each message needs "
+                            f"{role_key!r} and {content_key!r}")
+        role = ROLES.get(str(message[role_key]).lower())
+        if role is None:
+            raise DataError(f"{place}: message {i} has role {message[role_key]!r}; allowed roles: "
+                            f"{', '.join(ROLES)}; fix the role or set data.format")
+        turns.append({"role": role, "content": message[content_key]})
+    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
+    expected = ["user", "assistant"] * (len(turns) // 2)
+    if len(turns) < 2 or len(turns) % 2 or [t["role"] for t in turns] != expected:
+        return None
+    row = {"prompt": turns[-2]["content"], "answer": turns[-1]["content"]}
+    if system is not None:
+        row["system"] = system
+    if len(turns) > 2:
+        row["history"] = turns[:-2]
+    return row
+
+
+def normalize(record: dict, fmt: str, place: str) -> dict | None:
+    """One raw record -> row (None for a conversation with invalid turn order)."""
+    fields = FIELDS[fmt]
+    if fmt == "question_answer" and "question" not in record and "prompt" in record:
+        fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise DataError(f"{place}: missing column {missing[0]!r} for format {fmt!r}; the columns are "
+                        f"{sorted(record)}; map yours with data.columns: {{{missing[0]}: <column>}}")
+    if fmt == "messages":
+        return _messages_to_row(record["messages"], place, "role", "content")
+    if fmt == "sharegpt":
+        return _messages_to_row(record["conversations"], place, "from", "value")
+    if fmt == "alpaca":
+        extra = record.get("input")
+        prompt = f"{record['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else \
+            record["instruction"]
+        row = {"prompt": prompt, "answer": record["output"]}
+    else:
+        first, second = fields
+        row = {"prompt": record[first], "answer": record[second]}
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        row["system"] = record["system"]
+    return row
+
+
+def load_files(pattern: str, fmt: str, columns: dict[str, str]) -> tuple[list[tuple[str, dict]], Counter]:
+    """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
+    rows, drops = [], Counter()
+    for path in expand(pattern):
+        records = read_records(path)
+        if not records:
+            continue
+        if columns:
+            absent = [c for c in columns.values() if c not in records[0][1]]
+            if absent:
+                raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
+                                f"the columns are {sorted(records[0][1])}")
+            rename = {v: k for k, v in columns.items()}
+            records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
+        file_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
+        for place, record in records:
+            row = normalize(record, file_format, place)
+            if row is None:
+                drops["turn_order"] += 1
+                continue
+            for field in ("prompt", "answer", "system"):
+                if field in row and not isinstance(row[field], str):
+                    row[field] = "" if row[field] is None else str(row[field])
+            rows.append((place, row))
+    return rows, drops
+
+
+# ---------------------------------------------------------------- cleaning, splits, checks
+
+
+def clean(rows: list[tuple[str, dict]], drops: Counter, dedupe: bool = True) -> list[dict]:
+    """Drop rows with an empty prompt or answer and (optionally) exact duplicates, counting each reason."""
+    kept, seen = [], set()
+    for _, row in rows:
+        if not row["prompt"].strip() or not row["answer"].strip():
+            drops["empty_field"] += 1
+            continue
+        key = json.dumps(row, sort_keys=True)
+        if dedupe and key in seen:
+            drops["duplicate"] += 1
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
+
+
+def messages(row: dict) -> list[dict]:
+    """The chat messages a model sees for a row: system prompt, earlier turns, then the user prompt."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return system + list(row.get("history", [])) + [{"role": "user", "content": row["prompt"]}]
+
+
+def token_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens of each row as trained: chat template applied to its messages plus the answer."""
+    texts = [tokenizer.apply_chat_template(messages(r) + [{"role": "assistant", "content": r["answer"]}],
+                                           tokenize=False) for r in rows]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def drop_too_long(rows: list[dict], tokenizer, max_length: int, drops: Counter) -> list[dict]:
+    lengths = token_lengths(rows, tokenizer)
+    kept = [r for r, n in zip(rows, lengths) if n <= max_length]
+    if len(kept) < len(rows):
+        drops["too_long"] += len(rows) - len(kept)
+    return kept
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    if len(words) <= NGRAM:
+        return {tuple(words)}
+    return {tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
+
+
+def contamination(train: list[dict], test: list[dict]) -> dict:
+    """Test prompts that also occur in train: exactly, or sharing a word 8-gram (whole prompt if shorter)."""
+    train_prompts = {r["prompt"].strip().lower() for r in train}
+    train_grams = set().union(*(_grams(r["prompt"]) for r in train)) if train else set()
+    exact = sum(r["prompt"].strip().lower() in train_prompts for r in test)
+    overlap = sum(bool(_grams(r["prompt"]) & train_grams) for r in test)
+    return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM,
+            "fraction": round(overlap / len(test), 4) if test else 0.0}
+
+
+def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str) -> dict[str, list[dict]]:
+    if len(rows) <= test_size:
+        raise DataError(f"{source}: {len(rows)} examples after cleaning, not enough for a test split of {test_size} "
+                        "and a train split; lower data.test_size or add data")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    test = [rows[i] for i in order[:test_size]]
+    train = [rows[i] for i in order[test_size:]]
+    return {"train": train[:train_size] if train_size else train, "test": test}
+
+
+def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
+    """The recipe's splits, cleaned and checked, and the figures that describe them."""
+    data_cfg, drops = cfg.data, Counter()
+    if data_cfg.path:
+        rows, drops = load_files(data_cfg.path, data_cfg.format, data_cfg.columns)
+        if data_cfg.test_path:
+            test_rows, test_drops = load_files(data_cfg.test_path, data_cfg.format, data_cfg.columns)
+            drops.update(test_drops)
+            splits = {"train": clean(rows, drops, data_cfg.dedupe), "test": clean(test_rows, drops, data_cfg.dedupe)}
+            if data_cfg.train_size:
+                splits["train"] = splits["train"][:data_cfg.train_size]
+        else:
+            cleaned = clean(rows, drops, data_cfg.dedupe)
+            if tokenizer is not None:
+                cleaned = drop_too_long(cleaned, tokenizer, cfg.sft.max_length, drops)
+            splits = split(cleaned, data_cfg.test_size, data_cfg.train_size, cfg.seed, data_cfg.path)
+        source = data_cfg.path
+    else:
+        task = tasks.get(data_cfg.task)
+        splits = task.splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+        source = f"task {data_cfg.task}"
+    if tokenizer is not None and data_cfg.test_path:
+        splits = {name: drop_too_long(rows, tokenizer, cfg.sft.max_length, drops) for name, rows in splits.items()}
+    check(splits, source)
+    figures = contamination(splits["train"], splits["test"])
+    if figures["fraction"] > data_cfg.max_contamination:
+        raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
+                        f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "
+                        f"data.max_contamination = {data_cfg.max_contamination}; deduplicate the sources or raise it")
+    return splits, {"source": source, "drops": dict(drops), "contamination": figures}
 
 
 def check(splits: dict[str, list[dict]], source: str = "data") -> None:
-    """Raise ValueError naming the split, row and field of the first problems found."""
+    """Raise DataError naming the split, row and field of the first problems found."""
     problems = []
     for name in SPLITS:
         rows = splits.get(name) or []
         if not rows:
-            problems.append(f"{source}: split {name!r} is empty; raise data.{name}_size or check the source")
+            problems.append(f"{source}: split {name!r} is empty after cleaning; add data or lower data.test_size")
         for i, row in enumerate(rows):
             for field in ("prompt", "answer"):
                 value = row.get(field)
                 if not isinstance(value, str) or not value.strip():
                     problems.append(f"{source}: {name} row {i}: field {field!r} is {value!r}; "
                                     f"every row needs a non-empty string {field!r}")
-    train_prompts = {r["prompt"] for r in splits.get("train", []) if isinstance(r.get("prompt"), str)}
-    leaked = [r["prompt"] for r in splits.get("test", []) if r.get("prompt") in train_prompts]
-    if leaked:
-        problems.append(f"{source}: {len(leaked)} test prompts also appear in train (first: {leaked[0]!r}); "
-                        "the test set must be held out")
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError("the data has problems:\n  " + "\n  ".join(problems[:10]) + more)
+        raise DataError("the data has problems:\n  " + "\n  ".join(problems[:10]) + more)
 
 
-def messages(row: dict) -> list[dict]:
-    """The chat messages a model sees for a row: the optional system prompt, then the user prompt."""
-    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    return system + [{"role": "user", "content": row["prompt"]}]
-
-
-def save_splits(splits: dict[str, list[dict]], run_dir: str | Path) -> Path:
+def save_splits(splits: dict[str, list[dict]], run_dir: str | Path, figures: dict | None = None,
+                tokenizer=None) -> dict:
+    """Write the splits and `data/stats.json`; return the stats."""
     out = Path(run_dir) / "data"
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(out / "stats.json", json.dumps(stats(splits), indent=2))
-    return out
+    figures = {**(figures or {}), "splits": stats(splits, tokenizer)}
+    write_atomic(out / "stats.json", json.dumps(figures, indent=2))
+    return figures
 
 
 def load_split(run_dir: str | Path, name: str) -> list[dict]:
@@ -72,12 +336,13 @@ def load_split(run_dir: str | Path, name: str) -> list[dict]:
     return rows
 
 
-def stats(splits: dict[str, list[dict]]) -> dict:
-    """Per split: examples and prompt/answer length in characters."""
+def stats(splits: dict[str, list[dict]], tokenizer=None) -> dict:
+    """Per split: examples, and token-length percentiles as trained (when a tokenizer is given)."""
     out = {}
     for name, rows in splits.items():
-        frame = pd.DataFrame(rows)
-        out[name] = {"examples": len(rows),
-                     "prompt_chars_mean": round(float(frame["prompt"].str.len().mean()), 1),
-                     "answer_chars_mean": round(float(frame["answer"].str.len().mean()), 1)}
+        out[name] = {"examples": len(rows)}
+        if tokenizer is not None and rows:
+            lengths = np.asarray(token_lengths(rows, tokenizer))
+            out[name].update({f"tokens_p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)})
+            out[name]["tokens_max"] = int(lengths.max())
     return out

@@ -46,7 +46,7 @@ def adapter_path(run_dir: Path, name: str) -> Path | None:
 def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     """Generate for every test prompt with model `name` (base/sft/rl); write eval/predictions_<name>.jsonl."""
     run_dir = Path(run_dir)
-    task = tasks.get(cfg.data.task)
+    task = tasks.for_data(cfg.data)
     rows = data.load_split(run_dir, "test")
     model, tokenizer = models.load(cfg.model, adapter=adapter_path(run_dir, name))
     start = time.perf_counter()

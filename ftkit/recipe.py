@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,9 +48,26 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    task: Literal["addition"] = "addition"
-    train_size: int = Field(1000, gt=0)
+    task: Literal["addition"] | None = Field(None, description="built-in task (default: addition, without path)")
+    path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
+    test_path: str | None = Field(None, description="the source's own test split (file or glob)")
+    format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt"] = "auto"
+    columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output",
+                          "system", "messages", "conversations"], str] = Field(default_factory=dict)
+    train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
     test_size: int = Field(200, gt=0)
+    dedupe: bool = True
+    max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.task and self.path:
+            raise ValueError(f"set either task ({self.task!r}) or path ({self.path!r}), not both")
+        if self.test_path and not self.path:
+            raise ValueError("test_path needs path (the training files) too")
+        if not self.path and not self.task:
+            self.task = "addition"
+        return self
 
 
 class SFTConfig(_Section):
@@ -209,9 +227,16 @@ def _fields_at(loc: tuple) -> list[str]:
 
 def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
     loc = tuple(str(p) for p in error["loc"])
+    is_key = loc[-1:] == ("[key]",)  # a mapping key that is not allowed, e.g. data.columns
+    loc = loc[:-1] if is_key else loc
     dotted = ".".join(loc) or "(top level)"
     where = "--set" if loc in overridden else (f"{source}:{lines[loc]}" if loc in lines else source)
     value = error.get("input")
+    if is_key:
+        allowed = re.findall(r"'([^']+)'", error["msg"])
+        close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
+        return f"{where}: {dotted}: unknown key {value!r}; {hint}"
     if error["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
@@ -238,8 +263,30 @@ def build(data: dict, source: str = "<recipe>", overrides: list[str] | None = No
         raise RecipeError(source, problems) from None
 
 
+def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
+    """Data files are known from the recipe alone: make them absolute and make sure they exist."""
+    import glob
+
+    problems = []
+    for key in ("path", "test_path"):
+        pattern = getattr(cfg.data, key)
+        if pattern is None:
+            continue
+        where = f"{source}:{lines[('data', key)]}" if ("data", key) in lines else source
+        absolute = str(Path(source).parent / os.path.expanduser(pattern)) if not Path(pattern).is_absolute() \
+            else pattern
+        if not any(Path(p).is_file() for p in glob.glob(absolute, recursive=True)):
+            problems.append(f"{where}: data.{key} = {pattern!r}: no file matches {absolute!r}; "
+                            "fix the path (relative paths start at the recipe's folder)")
+        setattr(cfg.data, key, absolute if glob.has_magic(absolute) else str(Path(absolute).resolve()))
+    if problems:
+        raise RecipeError(source, problems)
+
+
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
     data, lines = _read_yaml(path)
-    return build(data, str(path), overrides, lines)
+    cfg = build(data, str(path), overrides, lines)
+    _check_files(cfg, str(path), lines)
+    return cfg

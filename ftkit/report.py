@@ -54,6 +54,19 @@ def plot_curve(steps, values, title: str, ylabel: str, spread=None):
     return fig
 
 
+def plot_hist(values, limit: int | None = None, title: str = "", bins: int = 30):
+    """A histogram (with a dashed line at `limit` when given); returns the figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(values, bins=bins, color="#4c72b0")
+    if limit is not None:
+        ax.axvline(limit, color="#c44e52", linestyle="--", label=f"limit {limit}")
+        ax.legend()
+    ax.set(title=title, xlabel="tokens", ylabel="examples")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def metrics_table(eval_metrics: dict):
     """DataFrame: one row per evaluated model with accuracy, 95% CI and n."""
     import pandas as pd
@@ -102,6 +115,16 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
                     f'<td>{_esc(info.get("error") or "")}</td></tr>')
     parts.append("<h3>Stages</h3><table><thead><tr><th>stage</th><th>state</th><th>seconds</th><th>error</th>"
                  f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    data = metrics.get("data", {})
+    if data.get("splits"):
+        rows = [[name, s["examples"], s.get("tokens_p50", ""), s.get("tokens_p90", ""), s.get("tokens_max", "")]
+                for name, s in data["splits"].items()]
+        drops = ", ".join(f"{k}: {v}" for k, v in data.get("drops", {}).items()) or "none"
+        overlap = data.get("contamination", {})
+        parts.append(f"<h3>Data</h3><p>Source: {_esc(data.get('source'))}. Dropped: {_esc(drops)}. "
+                     f"Test prompts also in train: {_esc(overlap.get('ngram_overlaps'))} "
+                     f"({_esc(overlap.get('exact_matches'))} exact).</p>"
+                     + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     evaluated = metrics.get("eval", {})
     if evaluated:
         base = evaluated.get("base", {}).get("accuracy")

@@ -35,7 +35,7 @@ def train(cfg, run_dir: str | Path) -> dict:
 
     run_dir = Path(run_dir)
     out = run_dir / "rl"
-    task = tasks.get(cfg.data.task)
+    task = tasks.for_data(cfg.data)
     rows = data.load_split(run_dir, "train")
     dataset = to_conversations(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
     sft_adapter = run_dir / "sft" / "adapter"

@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from ftkit import cli, report
+from ftkit import cli, evaluation, report
 from ftkit.io import read_json
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
@@ -48,7 +48,8 @@ def test_every_stage_runs_and_records(tiny_run):
 def test_metrics_are_present_and_in_range(tiny_run):
     _, run_dir = tiny_run
     metrics = read_json(run_dir / "metrics.json")
-    assert metrics["data"]["train"]["examples"] == 48 and metrics["data"]["test"]["examples"] == 16
+    assert metrics["data"]["splits"]["train"]["examples"] == 48 and metrics["data"]["splits"]["test"]["examples"] == 16
+    assert metrics["data"]["splits"]["train"]["tokens_max"] > 0
     assert metrics["sft"]["steps"] == 3 and metrics["sft"]["final_loss"] > 0
     assert metrics["rl"]["steps"] == 2 and metrics["rl"]["start_from"] == "sft"
     assert set(metrics["eval"]) == {"base", "sft", "rl"}
@@ -112,6 +113,9 @@ def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):
     page = report.render(copy).read_text()
     assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # the eval notebook's side-by-side table (a DataFrame rendered as HTML) escapes it too
+    table = evaluation.comparison(copy, ["base", "sft"], limit=3)._repr_html_()
+    assert "<script>alert(1)" not in table and "&lt;script&gt;alert(1)&lt;/script&gt;" in table
 
 
 def test_report_command_rerenders(tiny_run, capsys):
@@ -122,18 +126,34 @@ def test_report_command_rerenders(tiny_run, capsys):
     assert cli.main(["report", str(run_dir / "nope")]) == 2
 
 
-def test_failing_stage_is_recorded_and_stops_the_run(tiny_recipe, tmp_path, capsys):
-    recipe = tiny_recipe(model={"id": str(tmp_path / "no-such-model")}, stages=["data", "sft", "eval"])
+def test_failing_stage_is_recorded_and_stops_the_run(tiny_recipe, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    # tokenizer and config but no weights: the data stage (which needs only the tokenizer) passes, SFT fails
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    recipe = tiny_recipe(model={"id": str(broken)}, stages=["data", "sft", "eval"])
     run_dir = tmp_path / "failed"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
     err = capsys.readouterr().err
-    assert "stage sft failed: ModelNotFound" in err and "02_sft.ipynb" in err
+    assert "stage sft failed: OSError" in err and "02_sft.ipynb" in err
     status = read_json(run_dir / "status.json")
     assert status["data"]["state"] == "done"
-    assert status["sft"]["state"] == "failed" and "no-such-model" in status["sft"]["error"]
+    assert status["sft"]["state"] == "failed" and "no-weights" in status["sft"]["error"]
     assert status["eval"]["state"] == "not run"
     page = (run_dir / "report.html").read_text()
     assert "Stage sft failed" in page
+
+
+def test_missing_model_fails_in_the_data_stage_before_training(tiny_recipe, tmp_path, capsys):
+    recipe = tiny_recipe(model={"id": str(tmp_path / "no-such-model")})
+    run_dir = tmp_path / "failed"
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
+    assert "stage data failed: ModelNotFound" in capsys.readouterr().err
+    status = read_json(run_dir / "status.json")
+    assert status["data"]["state"] == "failed" and "no-such-model" in status["data"]["error"]
+    assert [status[s]["state"] for s in ("sft", "rl", "eval")] == ["not run"] * 3
+    assert not (run_dir / "sft").exists()
 
 
 def test_cell_timeout_is_a_failure_not_a_success(tiny_recipe, tmp_path):

@@ -60,22 +60,22 @@ def test_data_checks_name_split_row_and_field():
     good = get("addition").splits(10, 5, 0)
     data.check(good)
     broken = {"train": [dict(good["train"][0]), {"prompt": "  ", "answer": "3"}], "test": []}
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(data.DataError) as info:
         data.check(broken)
     text = str(info.value)
     assert "split 'test' is empty" in text
     assert "train row 1: field 'prompt' is '  '" in text
-    leak = {"train": good["train"], "test": good["train"][:2]}
-    with pytest.raises(ValueError, match="2 test prompts also appear in train"):
-        data.check(leak)
+    assert data.contamination(good["train"], good["test"])["ngram_overlaps"] == 0
+    assert data.contamination(good["train"], good["train"][:2])["exact_matches"] == 2
 
 
 def test_splits_round_trip_through_the_run_directory(tmp_path):
     cfg = Recipe(name="t", data={"train_size": 20, "test_size": 7})
-    splits = data.build_splits(cfg)
-    data.save_splits(splits, tmp_path)
+    splits, figures = data.build_splits(cfg)
+    assert figures["source"] == "task addition" and figures["contamination"]["fraction"] == 0.0
+    data.save_splits(splits, tmp_path, figures)
     assert data.load_split(tmp_path, "test") == splits["test"]
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
-    assert stats["train"]["examples"] == 20 and stats["test"]["examples"] == 7
+    assert stats["splits"]["train"]["examples"] == 20 and stats["splits"]["test"]["examples"] == 7
     with pytest.raises(FileNotFoundError, match="run the data stage first"):
         data.load_split(tmp_path / "elsewhere", "train")

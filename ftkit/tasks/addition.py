@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import re
 
+from ftkit.tasks.common import score_all
+
 _NUMBER = re.compile(r"-?\d+")
 
 
@@ -52,5 +54,4 @@ class Addition:
         >>> Addition().reward([[{"role": "assistant", "content": "57"}], "56"], answer=["57", "57"])
         [1.0, 0.0]
         """
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [self.score(text, ref) for text, ref in zip(texts, answer, strict=True)]
+        return score_all(self.score, completions, answer)

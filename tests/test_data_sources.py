@@ -1,0 +1,272 @@
+"""The data stage on local files: every format, cleaning with counted drops, splits, and bad input."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from ftkit import cli, data, recipe
+from ftkit.io import read_json
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_recipe(tmp_path, **data_section):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "files", "data": {"test_size": 2, **data_section}}))
+    return recipe.load(path)
+
+
+def qa_rows(n, start=0):
+    return [{"question": f"What is the capital of country number {i}?", "answer": f"City {i}"}
+            for i in range(start, start + n)]
+
+
+# ---------------------------------------------------------------- formats and sources
+
+
+def test_every_format_normalizes_to_prompt_answer_rows(tmp_path):
+    write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "Say hi", "completion": "hi"}])
+    pd.DataFrame(qa_rows(1)).to_csv(tmp_path / "qa.csv", index=False)
+    (tmp_path / "alpaca.json").write_text(json.dumps(
+        [{"instruction": "Translate", "input": "chat", "output": "cat"}, {"instruction": "Count", "output": "3"}]))
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Name?"},
+        {"role": "assistant", "content": "ftkit"}]}])
+    pd.DataFrame([{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}]) \
+        .to_parquet(tmp_path / "share.parquet")
+    got = {}
+    for name in ("pc.jsonl", "qa.csv", "alpaca.json", "chat.jsonl", "share.parquet"):
+        rows, drops = data.load_files(str(tmp_path / name), "auto", {})
+        got[name] = [r for _, r in rows]
+        assert not drops
+    assert got["pc.jsonl"] == [{"prompt": "Say hi", "answer": "hi"}]
+    assert got["qa.csv"][0]["answer"] == "City 0"
+    assert got["alpaca.json"] == [{"prompt": "Translate\n\nchat", "answer": "cat"}, {"prompt": "Count", "answer": "3"}]
+    assert got["chat.jsonl"] == [{"prompt": "Name?", "answer": "ftkit", "system": "Be brief.",
+                                  "history": [{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": "Hello"}]}]
+    assert data.messages(got["chat.jsonl"][0])[0] == {"role": "system", "content": "Be brief."}
+    assert len(data.messages(got["chat.jsonl"][0])) == 4
+    assert got["share.parquet"] == [{"prompt": "2+2?", "answer": "4"}]
+
+
+def test_column_mapping_and_explicit_format(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"q": "Why?", "a": "Because."}])
+    rows, _ = data.load_files(str(tmp_path / "x.jsonl"), "auto", {"question": "q", "answer": "a"})
+    assert [r for _, r in rows] == [{"prompt": "Why?", "answer": "Because."}]
+    write_jsonl(tmp_path / "y.jsonl", [{"prompt": "p", "completion": "c", "question": "q", "answer": "a"}])
+    rows, _ = data.load_files(str(tmp_path / "y.jsonl"), "question_answer", {})
+    assert [r for _, r in rows] == [{"prompt": "q", "answer": "a"}]
+
+
+def test_cleaning_counts_every_reason_and_splits_are_seeded(tmp_path):
+    rows = qa_rows(20) + qa_rows(3) + [{"question": "  ", "answer": "x"}, {"question": "q", "answer": ""}]
+    write_jsonl(tmp_path / "part1.jsonl", rows[:12])
+    write_jsonl(tmp_path / "part2.jsonl", rows[12:] + [{"messages": [{"role": "user", "content": "a"}]}])
+    # a file's format is read off its first row: a chat row among question/answer rows is a missing column
+    with pytest.raises(data.DataError, match="part2.jsonl:14: missing column 'question'"):
+        data.build_splits(make_recipe(tmp_path, path="part*.jsonl"))
+    (tmp_path / "part2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
+    cfg = make_recipe(tmp_path, path="part*.jsonl", test_size=4)
+    splits, figures = data.build_splits(cfg)
+    assert figures["drops"] == {"duplicate": 3, "empty_field": 2}
+    assert len(splits["test"]) == 4 and len(splits["train"]) == 16
+    assert figures["contamination"]["exact_matches"] == 0
+    again, _ = data.build_splits(cfg)
+    assert again == splits
+    capped, _ = data.build_splits(make_recipe(tmp_path, path="part*.jsonl", test_size=4, train_size=5))
+    assert len(capped["train"]) == 5 and capped["test"] == splits["test"]
+
+
+def test_turn_order_problems_are_dropped_and_counted(tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    two_users = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                              {"role": "assistant", "content": "c"}]}
+    ends_with_user = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                   {"role": "user", "content": "c"}]}
+    write_jsonl(tmp_path / "c.jsonl", [good, two_users, ends_with_user])
+    rows, drops = data.load_files(str(tmp_path / "c.jsonl"), "auto", {})
+    assert len(rows) == 1 and drops == {"turn_order": 2}
+
+
+def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
+    from ftkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = qa_rows(10) + [{"question": "word " * 400, "answer": "long"}]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = make_recipe(tmp_path, path="d.jsonl")
+    splits, figures = data.build_splits(cfg, tokenizer)
+    assert figures["drops"] == {"too_long": 1}
+    stats = data.save_splits(splits, tmp_path / "run", figures, tokenizer)
+    assert stats["splits"]["train"]["tokens_max"] <= cfg.sft.max_length
+    assert stats["splits"]["test"]["examples"] == 2
+
+
+def test_source_test_split_is_used_as_given(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(6))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(3, start=100))
+    splits, _ = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+    assert [r["answer"] for r in splits["test"]] == ["City 100", "City 101", "City 102"]
+    assert len(splits["train"]) == 6
+
+
+def test_data_stage_runs_on_files_through_the_cli(tmp_path, tiny_model_dir):
+    write_jsonl(tmp_path / "qa.jsonl", qa_rows(30) + qa_rows(2))
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump({"name": "files", "model": {"id": str(tiny_model_dir)},
+                                    "data": {"path": "qa.jsonl", "test_size": 5}}))
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--stages", "data", "--run-dir", str(run_dir)]) == 0
+    metrics = read_json(run_dir / "metrics.json")["data"]
+    assert metrics["splits"]["train"]["examples"] == 25 and metrics["drops"] == {"duplicate": 2}
+    assert "Dropped: duplicate: 2" in (run_dir / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- bad input: each message names file, place, fix
+
+
+def bad(tmp_path, name, content, fmt="auto", columns=None, match=None):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(data.DataError, match=match) as info:
+        data.load_files(str(path), fmt, columns or {})
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    text = bad(tmp_path, "a.jsonl", '{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": }\n')
+    assert "a.jsonl:3: malformed JSON" in text and "fix or delete this line" in text
+
+
+def test_malformed_json_file(tmp_path):
+    bad(tmp_path, "a.json", '[{"prompt": "a",]', match=r"a.json:1: malformed JSON .*use .jsonl")
+
+
+def test_json_file_that_is_not_a_list(tmp_path):
+    bad(tmp_path, "a.json", '"just a string"', match="expected a list of objects, found a str")
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    bad(tmp_path, "a.jsonl", '{"prompt": "a", "completion": "b"}\n42\n', match=r"a.jsonl:2: expected an object")
+
+
+def test_missing_column_lists_columns_and_mapping_key(tmp_path):
+    text = bad(tmp_path, "a.jsonl", '{"prompt": "a", "reply": "b"}\n', fmt="prompt_completion",
+               match="a.jsonl:1: missing column 'completion'")
+    assert "['prompt', 'reply']" in text and "data.columns: {completion: <column>}" in text
+
+
+def test_undetectable_format(tmp_path):
+    bad(tmp_path, "a.jsonl", '{"foo": "a", "bar": "b"}\n', match=r"cannot tell the format from the columns "
+                                                                 r"\['bar', 'foo'\]; set data.format")
+
+
+def test_column_mapping_to_an_absent_column(tmp_path):
+    bad(tmp_path, "a.jsonl", '{"q": "a", "a": "b"}\n', columns={"question": "query"},
+        match="data.columns names 'query', which is not a column here")
+
+
+def test_unknown_role_name(tmp_path):
+    line = json.dumps({"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]})
+    bad(tmp_path, "a.jsonl", line, match=r"a.jsonl:1: message 0 has role 'bot'; allowed roles: system, user")
+
+
+def test_message_without_content(tmp_path):
+    line = json.dumps({"messages": [{"role": "user", "text": "x"}]})
+    bad(tmp_path, "a.jsonl", line, match=r"message 0 has keys \['role', 'text'\]; each message needs 'role' and")
+
+
+def test_conversation_that_is_not_a_list(tmp_path):
+    bad(tmp_path, "a.jsonl", json.dumps({"messages": "hello"}), match="the conversation must be a list")
+
+
+def test_sharegpt_with_wrong_keys(tmp_path):
+    line = json.dumps({"conversations": [{"role": "user", "content": "x"}]})
+    bad(tmp_path, "a.jsonl", line, fmt="sharegpt", match="each message needs 'from' and 'value'")
+
+
+def test_file_not_utf8(tmp_path):
+    bad(tmp_path, "a.jsonl", '{"prompt": "caf\xe9"}'.encode("latin-1"), match="not UTF-8 text .*re-save the file")
+
+
+def test_csv_not_utf8(tmp_path):
+    bad(tmp_path, "a.csv", "prompt,completion\ncaf\xe9,x\n".encode("latin-1"), match="not UTF-8 text")
+
+
+def test_unknown_file_type(tmp_path):
+    bad(tmp_path, "a.txt", "hello", match="unknown file type '.txt'; use .jsonl, .json, .csv")
+
+
+def test_no_file_matches_at_run_time(tmp_path):
+    with pytest.raises(data.DataError, match="no file matches; check data.path"):
+        data.load_files(str(tmp_path / "nothing*.jsonl"), "auto", {})
+
+
+def test_missing_file_is_caught_by_validate(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ndata:\n  path: missing.jsonl\n")
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: data.path = 'missing.jsonl': no file matches" in err and "Traceback" not in err
+
+
+def test_empty_split_after_cleaning(tmp_path):
+    write_jsonl(tmp_path / "e.jsonl", [{"prompt": "a", "completion": " "}] * 3 + [{"prompt": "b", "completion": "c"}])
+    with pytest.raises(data.DataError, match="1 examples after cleaning, not enough for a test split of 2 .*"
+                                             "lower data.test_size"):
+        data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(data.DataError, match="0 examples after cleaning"):
+        data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
+
+
+def test_empty_test_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(4))
+    write_jsonl(tmp_path / "test.jsonl", [{"question": "", "answer": "x"}])
+    with pytest.raises(data.DataError, match="split 'test' is empty after cleaning"):
+        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+
+
+def test_contamination_above_threshold_fails(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(6))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(2) + qa_rows(2, start=50))
+    with pytest.raises(data.DataError, match=r"2 of 4 test prompts also occur in train \(2 exactly\); fraction 0.5 "
+                                             r"is above data.max_contamination = 0.0"):
+        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
+                                                    max_contamination=0.5))
+    assert figures["contamination"]["fraction"] == 0.5
+
+
+def test_ngram_overlap_counts_near_duplicates(tmp_path):
+    train = [{"prompt": "please summarize the following short article about the history of rome", "answer": "a"}]
+    test = [{"prompt": "Summarize the following short article about the history of rome for me", "answer": "b"},
+            {"prompt": "completely different words here", "answer": "c"}]
+    assert data.contamination(train, test) == {"exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "fraction": 0.5}
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"task": "addition", "path": "x.jsonl"}, "set either task ('addition') or path ('x.jsonl'), not both"),
+    ({"test_path": "t.jsonl"}, "test_path needs path"),
+    ({"format": "csv"}, "data.format = 'csv': Input should be 'auto', 'prompt_completion'"),
+    ({"columns": {"questoin": "q"}}, "data.columns.questoin: unknown key 'questoin'; did you mean 'question'?"),
+    ({"max_contamination": 2}, "data.max_contamination = 2: Input should be less than or equal to 1"),
+])
+def test_bad_data_sections_fail_validation(tmp_path, section, message):
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "data": section}))
+    with pytest.raises(recipe.RecipeError, match=re.escape(message)):
+        recipe.load(path)
