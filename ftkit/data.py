@@ -228,6 +228,30 @@ def token_lengths(rows: list[dict], tokenizer) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
+def trained_tokens(row: dict, tokenizer) -> tuple[list[str], list[str]]:
+    """(prompt tokens, answer tokens) of a row as SFT sees it: the loss counts only the answer tokens.
+
+    The answer is what the chat template adds after the generation prompt, so it ends with the template's
+    end-of-turn token. Raises DataError when nothing would be trained (every label masked).
+    """
+    prompt = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": row["answer"]}],
+                                         tokenize=False)
+    if not full.startswith(prompt) or len(full) == len(prompt):
+        raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "
+                        f"generation prompt for {row['prompt'][:60]!r}: every label would be masked; use a model "
+                        "whose template renders the assistant turn last")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    return tokenizer.convert_ids_to_tokens(ids), tokenizer.convert_ids_to_tokens(answer_ids)
+
+
+def ends_with_end_of_turn(row: dict, tokenizer) -> bool:
+    """Whether the trained tokens include the end-of-turn/EOS token, so the model learns to stop."""
+    _, answer = trained_tokens(row, tokenizer)
+    return tokenizer.eos_token in answer
+
+
 def drop_too_long(rows: list[dict], tokenizer, max_length: int, drops: Counter) -> list[dict]:
     lengths = token_lengths(rows, tokenizer)
     kept = [r for r, n in zip(rows, lengths) if n <= max_length]
@@ -288,12 +312,15 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     if tokenizer is not None and data_cfg.test_path:
         splits = {name: drop_too_long(rows, tokenizer, cfg.sft.max_length, drops) for name, rows in splits.items()}
     check(splits, source)
+    sample = splits["train"][:20]
+    end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
     figures = contamination(splits["train"], splits["test"])
     if figures["fraction"] > data_cfg.max_contamination:
         raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
                         f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "
                         f"data.max_contamination = {data_cfg.max_contamination}; deduplicate the sources or raise it")
-    return splits, {"source": source, "drops": dict(drops), "contamination": figures}
+    return splits, {"source": source, "drops": dict(drops), "contamination": figures,
+                    "answers_end_with_end_of_turn": end_of_turn}
 
 
 def check(splits: dict[str, list[dict]], source: str = "data") -> None:

@@ -54,10 +54,14 @@ def plot_curve(steps, values, title: str, ylabel: str, spread=None):
     return fig
 
 
-def plot_hist(values, limit: int | None = None, title: str = "", bins: int = 30):
-    """A histogram (with a dashed line at `limit` when given); returns the figure."""
+def plot_hist(values, limit: int | None = None, title: str = ""):
+    """A histogram of integer values from 0 (with a dashed line at `limit` when given); returns the figure."""
+    import numpy as np
+
+    upper = max([*values, limit or 0, 1])
+    width = max(1, upper // 40)
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(values, bins=bins, color="#4c72b0")
+    ax.hist(values, bins=np.arange(0, upper + 2 * width, width), color="#4c72b0")
     if limit is not None:
         ax.axvline(limit, color="#c44e52", linestyle="--", label=f"limit {limit}")
         ax.legend()
@@ -65,6 +69,32 @@ def plot_hist(values, limit: int | None = None, title: str = "", bins: int = 30)
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+class TokenView:
+    """HTML of examples as tokens: masked prompt tokens in grey, trained answer tokens highlighted (escaped)."""
+
+    def __init__(self, examples: list[tuple[list[str], list[str]]], tokenizer):
+        self.examples, self.tokenizer = examples, tokenizer
+
+    def _span(self, token: str, trained: bool) -> str:
+        text = self.tokenizer.convert_tokens_to_string([token])
+        style = "background:#d4f4dd;font-weight:bold" if trained else "color:#888"
+        return f'<span style="{style}" title="{_esc(token)}">{_esc(text)}</span>'
+
+    def _repr_html_(self) -> str:
+        blocks = ["<p><span style='color:#888'>grey: masked (no loss)</span> · "
+                  "<span style='background:#d4f4dd;font-weight:bold'>green: trained</span></p>"]
+        for prompt, answer in self.examples:
+            spans = [self._span(t, False) for t in prompt] + [self._span(t, True) for t in answer]
+            blocks.append(f"<pre style='white-space:pre-wrap'>{''.join(spans)}</pre>")
+        return "".join(blocks)
+
+
+def token_view(rows: list[dict], tokenizer, limit: int = 3) -> TokenView:
+    from ftkit.data import trained_tokens
+
+    return TokenView([trained_tokens(r, tokenizer) for r in rows[:limit]], tokenizer)
 
 
 def metrics_table(eval_metrics: dict):

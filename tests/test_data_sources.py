@@ -270,3 +270,31 @@ def test_bad_data_sections_fail_validation(tmp_path, section, message):
     path.write_text(yaml.safe_dump({"name": "x", "data": section}))
     with pytest.raises(recipe.RecipeError, match=re.escape(message)):
         recipe.load(path)
+
+
+# ---------------------------------------------------------------- what the trainer sees
+
+
+def test_token_view_marks_trained_tokens_and_escapes(tiny_model_dir):
+    from ftkit import report
+    from ftkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    row = {"system": "Be brief.", "prompt": "<b>What is 1 plus 2?</b>", "answer": "3"}
+    prompt, answer = data.trained_tokens(row, tokenizer)
+    assert tokenizer.convert_tokens_to_string(answer).startswith("3")
+    assert tokenizer.eos_token in answer and data.ends_with_end_of_turn(row, tokenizer)
+    html = report.token_view([row], tokenizer)._repr_html_()
+    assert "<b>" not in html and "</b>" not in html and "&lt;" in html  # tokens may split the tag: each escaped
+    assert html.count("background:#d4f4dd") == len(answer) + 1  # the legend and every trained token
+
+
+def test_all_masked_labels_are_an_error(tiny_model_dir):
+    from ftkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    # a template that drops assistant turns leaves nothing to learn
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}\n"
+                               "{% endif %}{% endfor %}")
+    with pytest.raises(data.DataError, match="every label would be masked; use a model whose template"):
+        data.trained_tokens({"prompt": "hi", "answer": "hello"}, tokenizer)
