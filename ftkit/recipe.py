@@ -48,24 +48,35 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    task: Literal["addition"] | None = Field(None, description="built-in task (default: addition, without path)")
+    task: Literal["addition"] | None = Field(None, description="built-in task (default: addition, with no other source)")
     path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
-    test_path: str | None = Field(None, description="the source's own test split (file or glob)")
-    format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt"] = "auto"
-    columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output",
-                          "system", "messages", "conversations"], str] = Field(default_factory=dict)
+    test_path: str | None = Field(None, description="the files' own test split (file or glob)")
+    hub: str | None = Field(None, description="Hugging Face Hub dataset id")
+    subset: str | None = Field(None, description="hub dataset configuration")
+    split: str = Field("train", description="hub split to train on")
+    test_split: str | None = Field(None, description="the hub dataset's own test split")
+    revision: str | None = None
+    format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
+                    "preference"] = "auto"
+    columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
+                          "rejected", "system", "messages", "conversations"], str] = Field(default_factory=dict)
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
     test_size: int = Field(200, gt=0)
     dedupe: bool = True
+    too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.task and self.path:
-            raise ValueError(f"set either task ({self.task!r}) or path ({self.path!r}), not both")
+        sources = {k: v for k, v in (("task", self.task), ("path", self.path), ("hub", self.hub)) if v}
+        if len(sources) > 1:
+            named = " and ".join(f"{k} ({v!r})" for k, v in sources.items())
+            raise ValueError(f"set one source, not {named}")
         if self.test_path and not self.path:
             raise ValueError("test_path needs path (the training files) too")
-        if not self.path and not self.task:
+        if self.test_split and not self.hub:
+            raise ValueError("test_split needs hub (the dataset id) too")
+        if not sources:
             self.task = "addition"
         return self
 

@@ -258,7 +258,9 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"task": "addition", "path": "x.jsonl"}, "set either task ('addition') or path ('x.jsonl'), not both"),
+    ({"task": "addition", "path": "x.jsonl"}, "set one source, not task ('addition') and path ('x.jsonl')"),
+    ({"test_split": "test"}, "test_split needs hub"),
+    ({"too_long": "cut"}, "data.too_long = 'cut': Input should be 'drop' or 'truncate'"),
     ({"test_path": "t.jsonl"}, "test_path needs path"),
     ({"format": "csv"}, "data.format = 'csv': Input should be 'auto', 'prompt_completion'"),
     ({"columns": {"questoin": "q"}}, "data.columns.questoin: unknown key 'questoin'; did you mean 'question'?"),
@@ -298,3 +300,71 @@ def test_all_masked_labels_are_an_error(tiny_model_dir):
                                "{% endif %}{% endfor %}")
     with pytest.raises(data.DataError, match="every label would be masked; use a model whose template"):
         data.trained_tokens({"prompt": "hi", "answer": "hello"}, tokenizer)
+
+
+# ---------------------------------------------------------------- preference pairs, truncation, hub, templates
+
+
+def test_preference_pairs_keep_the_rejected_answer(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+                                       {"prompt": "3+3?", "chosen": "6", "rejected": " "}])
+    rows, drops = data.load_files(str(tmp_path / "p.jsonl"), "auto", {})
+    assert [r for _, r in rows][0] == {"prompt": "2+2?", "answer": "4", "rejected": "5"}
+    assert len(data.clean(rows, drops)) == 1 and drops == {"empty_field": 1}
+
+
+def test_preference_pair_with_identical_answers_is_an_error(tmp_path):
+    bad(tmp_path, "p.jsonl", json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}),
+        match=r"p.jsonl:1: chosen and rejected are the same \('same'\); a preference pair needs two different")
+
+
+def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):
+    from ftkit.models import load_tokenizer
+
+    write_jsonl(tmp_path / "d.jsonl", qa_rows(10) + [{"question": "word " * 400, "answer": "long"}])
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="d.jsonl", too_long="truncate"),
+                                        load_tokenizer(str(tiny_model_dir)))
+    assert figures["truncated"] == 1 and figures["drops"] == {}
+    assert sum(len(rows) for rows in splits.values()) == 11
+
+
+def test_unreachable_hub_dataset_says_how_to_use_a_local_file(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(data.DataError) as info:
+        data.read_hub("ftkit-tests/no-such-dataset", None, "train", None)
+    text = str(info.value)
+    assert "hub dataset 'ftkit-tests/no-such-dataset' (subset None, split 'train') could not be loaded" in text
+    assert "set data.path to it (and data.hub to null)" in text
+
+
+@pytest.mark.skipif(__import__("os").environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""),
+                    reason="HF_HUB_OFFLINE is set (the suite runs offline); run with HF_HUB_OFFLINE=0 where the "
+                           "Hugging Face hub can be reached")
+def test_hub_dataset_loads_by_id_subset_and_split(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "hub", "data": {
+        "hub": "trl-internal-testing/zen", "subset": "standard_prompt_completion", "test_size": 2}}))
+    splits, figures = data.build_splits(recipe.load(path))
+    assert splits["train"] and len(splits["test"]) == 2 and figures["source"].startswith("hub dataset")
+
+
+def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tiny_model_dir):
+    import shutil
+
+    from ftkit.models import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = load_tokenizer(str(plain))
+    assert tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
+    row = {"system": "Be brief.", "prompt": "Hi", "answer": "Hello"}
+    text = tokenizer.apply_chat_template(data.messages(row) + [{"role": "assistant", "content": "Hello"}],
+                                         tokenize=False)
+    eos = tokenizer.eos_token
+    assert text == f"### System:\nBe brief.{eos}\n### User:\nHi{eos}\n### Assistant:\nHello{eos}\n"
+    assert data.ends_with_end_of_turn(row, tokenizer)
