@@ -313,33 +313,50 @@ def _grams(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
 
 
+def context(row: dict) -> str:
+    """The conversation a row asks about (earlier turns and the prompt) as one text. The system prompt is left
+    out: datasets share one, and it says nothing about leaked questions."""
+    return "\n".join([m["content"] for m in row.get("history", [])] + [row["prompt"]])
+
+
 def contamination(train: list[dict], test: list[dict]) -> dict:
-    """Test prompts that also occur in train: exactly, or sharing a word 8-gram (whole prompt if shorter)."""
-    train_prompts = {r["prompt"].strip().lower() for r in train}
-    train_grams = set().union(*(_grams(r["prompt"]) for r in train)) if train else set()
-    exact = sum(r["prompt"].strip().lower() in train_prompts for r in test)
-    overlap = sum(bool(_grams(r["prompt"]) & train_grams) for r in test)
+    """Test examples whose conversation (earlier turns and prompt) also occurs in train: exactly, or sharing a
+    word 8-gram (the whole text if shorter)."""
+    train_texts = {context(r).strip().lower() for r in train}
+    train_grams = set().union(*(_grams(context(r)) for r in train)) if train else set()
+    exact = sum(context(r).strip().lower() in train_texts for r in test)
+    overlap = sum(bool(_grams(context(r)) & train_grams) for r in test)
     return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM,
             "fraction": round(overlap / len(test), 4) if test else 0.0}
 
 
-def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str) -> dict[str, list[dict]]:
-    if len(rows) <= test_size:
-        raise DataError(f"{source}: {len(rows)} examples after cleaning, not enough for a test split of {test_size} "
-                        "and a train split; lower data.test_size or add data")
+def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
+          validation_size: int = 0) -> dict[str, list[dict]]:
+    """Seeded test split first (so it does not move with train_size), then validation, then train."""
+    held_out = test_size + validation_size
+    if len(rows) <= held_out:
+        raise DataError(f"{source}: {len(rows)} examples after cleaning, not enough for a test split of {test_size}"
+                        f"{f', a validation split of {validation_size}' if validation_size else ''} and a train split; "
+                        "lower data.test_size or add data")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    test = [rows[i] for i in order[:test_size]]
-    train = [rows[i] for i in order[test_size:]]
-    return {"train": train[:train_size] if train_size else train, "test": test}
+    splits = {"test": [rows[i] for i in order[:test_size]]}
+    if validation_size:
+        splits["validation"] = [rows[i] for i in order[test_size:held_out]]
+    train = [rows[i] for i in order[held_out:]]
+    splits["train"] = train[:train_size] if train_size else train
+    return splits
 
 
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them."""
     data_cfg, drops, counts = cfg.data, Counter(), Counter()
     if data_cfg.task:
-        splits = tasks.get(data_cfg.task).splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
         source = f"task {data_cfg.task}"
+        splits = tasks.get(data_cfg.task).splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+        if data_cfg.validation_size:
+            splits = {**split(splits["train"], 0, None, cfg.seed, source, data_cfg.validation_size),
+                      "test": splits["test"]}
     else:
         source = data_cfg.path or f"hub dataset {data_cfg.hub}"
         rows, drops = load_source(data_cfg)
@@ -352,9 +369,9 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
             test = clean(test_rows, drops, data_cfg.dedupe)
             if tokenizer is not None:
                 test = limit_length(test, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
-            splits = {"train": train[:data_cfg.train_size] if data_cfg.train_size else train, "test": test}
+            splits = {**split(train, 0, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size), "test": test}
         else:
-            splits = split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source)
+            splits = split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size)
     check(splits, source)
     sample = splits["train"][:20]
     end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
@@ -390,6 +407,7 @@ def save_splits(splits: dict[str, list[dict]], run_dir: str | Path, figures: dic
     """Write the splits and `data/stats.json`; return the stats."""
     out = Path(run_dir) / "data"
     out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.jsonl").unlink(missing_ok=True)  # a rerun without validation must not leave a stale one
     for name, rows in splits.items():
         write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     figures = {**(figures or {}), "splits": stats(splits, tokenizer)}

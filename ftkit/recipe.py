@@ -62,6 +62,7 @@ class DataConfig(_Section):
                           "rejected", "system", "messages", "conversations"], str] = Field(default_factory=dict)
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
     test_size: int = Field(200, gt=0)
+    validation_size: int = Field(0, ge=0, description="examples held out of train for an SFT eval loss")
     dedupe: bool = True
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")

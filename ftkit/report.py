@@ -54,6 +54,20 @@ def plot_curve(steps, values, title: str, ylabel: str, spread=None):
     return fig
 
 
+def plot_losses(run_dir: str | Path):
+    """SFT training loss per logged step, with the validation loss when there is a validation split."""
+    from ftkit.sft import loss_curve
+
+    fig = plot_curve(*loss_curve(run_dir), title="SFT loss", ylabel="loss")
+    steps, values = loss_curve(run_dir, key="eval_loss")
+    if steps:
+        ax = fig.axes[0]
+        ax.plot(steps, values, marker="s", markersize=3, label="validation")
+        ax.lines[0].set_label("train")
+        ax.legend()
+    return fig
+
+
 def plot_hist(values, limit: int | None = None, title: str = ""):
     """A histogram of integer values from 0 (with a dashed line at `limit` when given); returns the figure."""
     import numpy as np
@@ -165,10 +179,7 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
                      + _table(["model", "accuracy", "95% CI (bootstrap)", "n", "vs base (points)"], rows) + "</div>")
     plots = []
     if (run_dir / "sft" / "log_history.json").is_file():
-        from ftkit.sft import loss_curve
-
-        steps, losses = loss_curve(run_dir)
-        plots.append(_png(plot_curve(steps, losses, "SFT training loss", "loss")))
+        plots.append(_png(plot_losses(run_dir)))
     if (run_dir / "rl" / "log_history.json").is_file():
         from ftkit.rl import reward_curve
 

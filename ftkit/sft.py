@@ -50,19 +50,25 @@ def train(cfg, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     out = run_dir / "sft"
     dataset = to_conversations(data.load_split(run_dir, "train"))
+    validation = (to_conversations(data.load_split(run_dir, "validation"))
+                  if (run_dir / "data" / "validation.jsonl").is_file() else None)
+    evaluation = ({"eval_strategy": "steps", "eval_steps": max(cfg.sft.logging_steps, cfg.sft.max_steps // 5),
+                   "per_device_eval_batch_size": cfg.sft.batch_size} if validation is not None else {})
     model, tokenizer = models.load(cfg.model)
     args = training_args(cfg, cfg.sft, out / "checkpoints", SFTConfig,
                          per_device_train_batch_size=cfg.sft.batch_size, lr_scheduler_type=cfg.sft.lr_scheduler,
-                         warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=models.lora_config(cfg.model))
+                         warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length, **evaluation)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=validation,
+                         processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
     figures, history = fit(trainer, tokenizer, out)
     losses = [h["loss"] for h in history if "loss" in h]
-    return {**figures, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    return {**figures, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "final_eval_loss": eval_losses[-1] if eval_losses else None}
 
 
-def loss_curve(run_dir: str | Path, stage: str = "sft"):
-    """Steps and losses from a stage's saved log history."""
+def loss_curve(run_dir: str | Path, stage: str = "sft", key: str = "loss"):
+    """Steps and values of `key` ("loss", or "eval_loss" on the validation split) from a stage's log history."""
     history = json.loads((Path(run_dir) / stage / "log_history.json").read_text())
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    points = [(h["step"], h[key]) for h in history if key in h]
     return [p[0] for p in points], [p[1] for p in points]

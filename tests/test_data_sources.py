@@ -368,3 +368,17 @@ def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tin
     eos = tokenizer.eos_token
     assert text == f"### System:\nBe brief.{eos}\n### User:\nHi{eos}\n### Assistant:\nHello{eos}\n"
     assert data.ends_with_end_of_turn(row, tokenizer)
+
+
+def test_validation_split_is_held_out_of_train(tmp_path):
+    write_jsonl(tmp_path / "v.jsonl", qa_rows(20))
+    splits, _ = data.build_splits(make_recipe(tmp_path, path="v.jsonl", test_size=3, validation_size=4))
+    assert {k: len(v) for k, v in splits.items()} == {"test": 3, "validation": 4, "train": 13}
+    prompts = [{r["prompt"] for r in rows} for rows in splits.values()]
+    assert sum(len(p) for p in prompts) == len(set().union(*prompts)) == 20
+    write_jsonl(tmp_path / "t.jsonl", qa_rows(2, start=100))
+    own, _ = data.build_splits(make_recipe(tmp_path, path="v.jsonl", test_path="t.jsonl", validation_size=5))
+    assert {k: len(v) for k, v in own.items()} == {"validation": 5, "train": 15, "test": 2}
+    cfg = make_recipe(tmp_path, test_size=10, validation_size=5, train_size=50)
+    task, _ = data.build_splits(cfg)
+    assert {k: len(v) for k, v in task.items()} == {"validation": 5, "train": 45, "test": 10}

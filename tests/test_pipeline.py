@@ -167,3 +167,31 @@ def test_cell_timeout_is_a_failure_not_a_success(tiny_recipe, tmp_path):
     assert status["data"]["state"] == "done"
     assert status["sft"]["state"] == "failed" and "timed out" in status["sft"]["error"].lower()
     assert "sft" not in read_json(run_dir / "metrics.json", {})
+
+
+def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
+    """Multi-turn chat data from a file: validation split, SFT with an eval loss, GRPO and exact-match eval."""
+    import yaml
+
+    rows = [{"messages": [{"role": "system", "content": "Reply with the color."},
+                          {"role": "user", "content": f"Item {i} is it red or blue?"},
+                          {"role": "assistant", "content": "red" if i % 2 else "blue"},
+                          {"role": "user", "content": "Say it again."},
+                          {"role": "assistant", "content": "red" if i % 2 else "blue"}]} for i in range(40)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "chat.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "chat", "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        # templated examples share 8-grams; this test is about the flow, not contamination
+        "data": {"path": "chat.jsonl", "test_size": 6, "validation_size": 4, "max_contamination": 1.0},
+        "sft": {"max_steps": 4, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 2},
+        "rl": {"max_steps": 1, "batch_size": 4, "num_generations": 2, "max_completion_length": 3},
+        "eval": {"batch_size": 8, "max_new_tokens": 3}}))
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    metrics = read_json(run_dir / "metrics.json")
+    assert {k: v["examples"] for k, v in metrics["data"]["splits"].items()} == {"test": 6, "validation": 4, "train": 30}
+    assert metrics["sft"]["final_eval_loss"] > 0
+    assert set(metrics["eval"]) == {"base", "sft", "rl"} and metrics["eval"]["sft"]["n"] == 6
+    first = json.loads((run_dir / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == "Say it again." and len(first["history"]) == 2
