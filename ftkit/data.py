@@ -131,7 +131,8 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
         if role is None:
             raise DataError(f"{place}: message {i} has role {message[role_key]!r}; allowed roles: "
                             f"{', '.join(ROLES)}; fix the role or set data.format")
-        turns.append({"role": role, "content": message[content_key]})
+        content = message[content_key]
+        turns.append({"role": role, "content": "" if content is None else str(content)})
     system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
     expected = ["user", "assistant"] * (len(turns) // 2)
     if len(turns) < 2 or len(turns) % 2 or [t["role"] for t in turns] != expected:
