@@ -26,10 +26,7 @@ from ftkit.recipe import build
 
 def real_tokens(run_dir: Path, tokenizer, steps: int, batch_size: int) -> int:
     """Non-padding tokens the SFT steps saw (prompt + answer, chat-templated)."""
-    rows = data.load_split(run_dir, "train")
-    texts = [tokenizer.apply_chat_template(data.messages(r) + [{"role": "assistant", "content": r["answer"]}],
-                                           tokenize=False) for r in rows]
-    per_row = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    per_row = data.token_lengths(data.load_split(run_dir, "train"), tokenizer)
     seen = steps * batch_size
     return sum(per_row[i % len(per_row)] for i in range(seen))
 
