@@ -1,12 +1,14 @@
 """Data stage: sources -> normalized rows -> cleaning -> held-out splits -> checks and stats.
 
-A source is a built-in task (`data.task`) or local files (`data.path`: JSONL, JSON, CSV or Parquet, globs
-allowed; `data.test_path` for the source's own test split). Every format is normalized to rows
+A source is a built-in task (`data.task`), local files (`data.path`: JSONL, JSON, CSV or Parquet, globs
+allowed; `data.test_path` for the source's own test split), a Hugging Face Hub dataset (`data.hub`), or several
+files and hub datasets mixed by weight (`data.mix`). Every format is normalized to rows
 
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str}
 
-that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history.
-Splits are written as JSONL to `<run_dir>/data/`. Problems in the data raise `DataError` naming the file, the
+that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
+plain text (continued pre-training) becomes {"text": str}. The data stage adds "tokens" (the length as trained)
+and, for a mix, "source". Splits are written as JSONL to `<run_dir>/data/`. Problems in the data raise `DataError` naming the file, the
 line and the fix, before any training starts.
 """
 
@@ -24,10 +26,10 @@ from ftkit import tasks
 from ftkit.io import write_atomic
 
 SPLITS = ("train", "test")
-FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference")
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "text")
 FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
           "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
-          "preference": ("prompt", "chosen", "rejected")}
+          "preference": ("prompt", "chosen", "rejected"), "text": ("text",)}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 NGRAM = 8
 
@@ -114,6 +116,8 @@ def detect_format(columns, place: str) -> str:
             return name
     if {"prompt", "answer"} <= keys:
         return "question_answer"
+    if "text" in keys:
+        return "text"
     raise DataError(f"{place}: cannot tell the format from the columns {sorted(keys)}; set data.format (one of "
                     f"{', '.join(FORMATS)}) or map your columns, e.g. data.columns: {{prompt: <column>, answer: <column>}}")
 
@@ -158,6 +162,8 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
         return _messages_to_row(record["messages"], place, "role", "content")
     if fmt == "sharegpt":
         return _messages_to_row(record["conversations"], place, "from", "value")
+    if fmt == "text":
+        return {"text": record["text"]}
     if fmt == "preference":
         chosen, rejected = (str(record[k]) if record[k] is not None else "" for k in ("chosen", "rejected"))
         if chosen.strip() and chosen.strip() == rejected.strip():
@@ -196,7 +202,7 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
         if row is None:
             drops["turn_order"] += 1
             continue
-        for field in ("prompt", "answer", "system"):
+        for field in ("prompt", "answer", "system", "text"):
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])
         rows.append((place, row))
@@ -226,28 +232,41 @@ def read_hub(dataset_id: str, subset: str | None, split_name: str, revision: str
     return [(f"{dataset_id}[{split_name}] row {i}", dict(r)) for i, r in enumerate(dataset)]
 
 
-def load_source(data_cfg, own_test: bool = False) -> tuple[list[tuple[str, dict]], Counter]:
-    """Normalized rows of the recipe's files or hub dataset (its own test split when `own_test`)."""
-    if data_cfg.hub:
-        drops = Counter()
+def sources(data_cfg) -> dict[str, float]:
+    """The recipe's file and hub sources with their weights: data.mix, or the one data.path / data.hub."""
+    if data_cfg.mix:
+        return dict(data_cfg.mix)
+    return {data_cfg.path if data_cfg.path else f"hub:{data_cfg.hub}": 1.0}
+
+
+def load_source(name: str, data_cfg, own_test: bool = False) -> tuple[list[tuple[str, dict]], Counter]:
+    """Normalized rows of one source (a file pattern or hub:<id>); its own test split when `own_test`."""
+    if name.startswith("hub:"):
         split_name = data_cfg.test_split if own_test else data_cfg.split
-        records = read_hub(data_cfg.hub, data_cfg.subset, split_name, data_cfg.revision)
+        records = read_hub(name.removeprefix("hub:"), data_cfg.subset, split_name, data_cfg.revision)
+        drops = Counter()
         return normalize_records(records, data_cfg.format, data_cfg.columns, drops), drops
-    return load_files(data_cfg.test_path if own_test else data_cfg.path, data_cfg.format, data_cfg.columns)
+    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns)
 
 
-# ---------------------------------------------------------------- cleaning, splits, checks
+# ---------------------------------------------------------------- cleaning, mixing, splits, checks
+
+
+def fields(row: dict) -> tuple[str, ...]:
+    """The text fields a row must fill: its text (plain text), else prompt and answer (and rejected)."""
+    if "text" in row:
+        return ("text",)
+    return ("prompt", "answer", "rejected") if "rejected" in row else ("prompt", "answer")
 
 
 def clean(rows: list[tuple[str, dict]], drops: Counter, dedupe: bool = True) -> list[dict]:
-    """Drop rows with an empty prompt or answer and (optionally) exact duplicates, counting each reason."""
+    """Drop rows with an empty field and (optionally) exact duplicates, also across sources, counting each reason."""
     kept, seen = [], set()
     for _, row in rows:
-        required = [row["prompt"], row["answer"]] + ([row["rejected"]] if "rejected" in row else [])
-        if not all(text.strip() for text in required):
+        if not all(row[field].strip() for field in fields(row)):
             drops["empty_field"] += 1
             continue
-        key = json.dumps(row, sort_keys=True)
+        key = json.dumps({k: v for k, v in row.items() if k != "source"}, sort_keys=True)
         if dedupe and key in seen:
             drops["duplicate"] += 1
             continue
@@ -256,28 +275,61 @@ def clean(rows: list[tuple[str, dict]], drops: Counter, dedupe: bool = True) -> 
     return kept
 
 
+def draw(rows: list[dict], weights: dict[str, float], max_examples: int | None, seed: int) -> tuple[list[dict], dict]:
+    """Seeded sample of the rows of each source in proportion to its weight.
+
+    The total is `max_examples`, or else the largest that keeps the proportions without repeating a row. A
+    source with fewer rows than its share gives all it has (its `taken` is below `wanted`).
+    """
+    by_source = {name: [r for r in rows if r.get("source", name) == name] for name in weights}
+    total_weight = sum(weights.values())
+    shares = {name: w / total_weight for name, w in weights.items()}
+    total = max_examples or int(min(len(by_source[n]) / shares[n] for n in weights))
+    rng, drawn, figures = random.Random(seed), [], {}
+    for name, share in shares.items():
+        wanted = round(total * share)
+        pool = by_source[name]
+        taken = pool if wanted >= len(pool) else rng.sample(pool, wanted)
+        drawn += taken
+        figures[name] = {"weight": weights[name], "available": len(pool), "wanted": wanted, "taken": len(taken)}
+    return drawn, figures
+
+
 def messages(row: dict) -> list[dict]:
     """The chat messages a model sees for a row: system prompt, earlier turns, then the user prompt."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     return system + list(row.get("history", [])) + [{"role": "user", "content": row["prompt"]}]
 
 
+def trained_text(row: dict, tokenizer) -> str:
+    """A row as the trainer sees it: chat template over its messages and answer; plain text with EOS appended."""
+    if "text" in row:
+        return row["text"] + tokenizer.eos_token
+    return tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": row["answer"]}],
+                                         tokenize=False)
+
+
 def token_lengths(rows: list[dict], tokenizer) -> list[int]:
-    """Tokens of each row as trained: chat template applied to its messages plus the answer."""
-    texts = [tokenizer.apply_chat_template(messages(r) + [{"role": "assistant", "content": r["answer"]}],
-                                           tokenize=False) for r in rows]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    """Tokens of each row as trained. Measured once, in one batch, and kept on the row as "tokens"."""
+    todo = [r for r in rows if "tokens" not in r]
+    if todo:
+        ids = tokenizer([trained_text(r, tokenizer) for r in todo], add_special_tokens=False)["input_ids"]
+        for row, row_ids in zip(todo, ids):
+            row["tokens"] = len(row_ids)
+    return [r["tokens"] for r in rows]
 
 
 def trained_tokens(row: dict, tokenizer) -> tuple[list[str], list[str]]:
     """(prompt tokens, answer tokens) of a row as SFT sees it: the loss counts only the answer tokens.
 
     The answer is what the chat template adds after the generation prompt, so it ends with the template's
-    end-of-turn token. Raises DataError when nothing would be trained (every label masked).
+    end-of-turn token; plain text is trained whole. Raises DataError when nothing would be trained.
     """
+    if "text" in row:
+        return [], tokenizer.convert_ids_to_tokens(tokenizer(trained_text(row, tokenizer),
+                                                             add_special_tokens=False)["input_ids"])
     prompt = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": row["answer"]}],
-                                         tokenize=False)
+    full = trained_text(row, tokenizer)
     if not full.startswith(prompt) or len(full) == len(prompt):
         raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "
                         f"generation prompt for {row['prompt'][:60]!r}: every label would be masked; use a model "
@@ -316,7 +368,9 @@ def _grams(text: str) -> set[tuple[str, ...]]:
 
 def context(row: dict) -> str:
     """The conversation a row asks about (earlier turns and the prompt) as one text. The system prompt is left
-    out: datasets share one, and it says nothing about leaked questions."""
+    out: datasets share one, and it says nothing about leaked questions. Plain text: the text."""
+    if "text" in row:
+        return row["text"]
     return "\n".join([m["content"] for m in row.get("history", [])] + [row["prompt"]])
 
 
@@ -349,6 +403,31 @@ def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, s
     return splits
 
 
+def _load_clean(cfg, tokenizer, drops: Counter, counts: Counter, own_test: bool = False) -> list[dict]:
+    """Every source read, normalized, tagged (for a mix), cleaned, sampled by weight and length-checked."""
+    data_cfg, weights, rows = cfg.data, sources(cfg.data), []
+    for name in weights if not own_test else list(weights)[:1]:
+        loaded, source_drops = load_source(name, data_cfg, own_test)
+        drops.update(source_drops)
+        if data_cfg.mix and not own_test:
+            for _, row in loaded:
+                row["source"] = name
+        rows += loaded
+    rows = clean(rows, drops, data_cfg.dedupe)
+    kinds = {"plain text" if "text" in r else "prompt/answer" for r in rows}
+    if len(kinds) > 1:
+        raise DataError(f"{', '.join(weights)}: the sources mix plain text with prompt/answer examples; continued "
+                        "pre-training and instruction tuning are separate runs: mix sources of one kind")
+    if not own_test and (data_cfg.mix or data_cfg.max_examples):
+        empty = [name for name in weights if not any(r.get("source", name) == name for r in rows)]
+        if empty:
+            raise DataError(f"data.mix source {empty[0]!r} has no examples left after cleaning; fix it or remove it")
+        rows, counts["mix"] = draw(rows, weights, data_cfg.max_examples, cfg.seed)
+    if tokenizer is not None:
+        rows = limit_length(rows, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+    return rows
+
+
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them."""
     data_cfg, drops, counts = cfg.data, Counter(), Counter()
@@ -359,21 +438,20 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
             splits = {**split(splits["train"], 0, None, cfg.seed, source, data_cfg.validation_size),
                       "test": splits["test"]}
     else:
-        source = data_cfg.path or f"hub dataset {data_cfg.hub}"
-        rows, drops = load_source(data_cfg)
-        train = clean(rows, drops, data_cfg.dedupe)
-        if tokenizer is not None:
-            train = limit_length(train, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+        source = ", ".join(n.removeprefix("hub:") for n in sources(data_cfg))
+        train = _load_clean(cfg, tokenizer, drops, counts)
         if data_cfg.test_path or data_cfg.test_split:
-            test_rows, test_drops = load_source(data_cfg, own_test=True)
-            drops.update(test_drops)
-            test = clean(test_rows, drops, data_cfg.dedupe)
-            if tokenizer is not None:
-                test = limit_length(test, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+            test = _load_clean(cfg, tokenizer, drops, counts, own_test=True)
             splits = {**split(train, 0, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size), "test": test}
         else:
             splits = split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size)
     check(splits, source)
+    if "text" in splits["train"][0] and "rl" in cfg.stages:
+        raise DataError(f"{source}: plain text (continued pre-training) trains with SFT only, there is no prompt to "
+                        "answer for a reward: remove rl from stages, or use prompt/answer data")
+    if tokenizer is not None:
+        for rows in splits.values():
+            token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
     sample = splits["train"][:20]
     end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
     figures = contamination(splits["train"], splits["test"])
@@ -381,8 +459,12 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
                         f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "
                         f"data.max_contamination = {data_cfg.max_contamination}; deduplicate the sources or raise it")
-    return splits, {"source": source, "drops": dict(drops), "truncated": counts["truncated"],
-                    "contamination": figures, "answers_end_with_end_of_turn": end_of_turn}
+    out = {"source": source, "format": "text" if "text" in splits["train"][0] else "prompt_answer",
+           "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
+           "answers_end_with_end_of_turn": end_of_turn}
+    if counts["mix"]:
+        out["mix"] = counts["mix"]
+    return splits, out
 
 
 def check(splits: dict[str, list[dict]], source: str = "data") -> None:
@@ -393,7 +475,7 @@ def check(splits: dict[str, list[dict]], source: str = "data") -> None:
         if not rows:
             problems.append(f"{source}: split {name!r} is empty after cleaning; add data or lower data.test_size")
         for i, row in enumerate(rows):
-            for field in ("prompt", "answer"):
+            for field in fields(row):
                 value = row.get(field)
                 if not isinstance(value, str) or not value.strip():
                     problems.append(f"{source}: {name} row {i}: field {field!r} is {value!r}; "
@@ -427,10 +509,12 @@ def load_split(run_dir: str | Path, name: str) -> list[dict]:
 
 
 def stats(splits: dict[str, list[dict]], tokenizer=None) -> dict:
-    """Per split: examples, and token-length percentiles as trained (when a tokenizer is given)."""
+    """Per split: examples (per source, for a mix), and token-length percentiles as trained (with a tokenizer)."""
     out = {}
     for name, rows in splits.items():
         out[name] = {"examples": len(rows)}
+        if any("source" in r for r in rows):
+            out[name]["by_source"] = dict(Counter(r.get("source", "") for r in rows))
         if tokenizer is not None and rows:
             lengths = np.asarray(token_lengths(rows, tokenizer))
             out[name].update({f"tokens_p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)})

@@ -52,14 +52,18 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
     test_path: str | None = Field(None, description="the files' own test split (file or glob)")
     hub: str | None = Field(None, description="Hugging Face Hub dataset id")
+    mix: dict[str, float] | None = Field(None, description="several sources -> relative weights; a source is a "
+                                         "file or glob (as data.path) or hub:<dataset id>")
     subset: str | None = Field(None, description="hub dataset configuration")
     split: str = Field("train", description="hub split to train on")
     test_split: str | None = Field(None, description="the hub dataset's own test split")
     revision: str | None = None
     format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
-                    "preference"] = "auto"
+                    "preference", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
-                          "rejected", "system", "messages", "conversations"], str] = Field(default_factory=dict)
+                          "rejected", "system", "messages", "conversations", "text"], str] = Field(default_factory=dict)
+    max_examples: int | None = Field(None, gt=0, description="examples drawn from the files or hub (shared by "
+                                     "data.mix's weights) before splitting; default: all (mix: as weights allow)")
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
     test_size: int = Field(200, gt=0)
     validation_size: int = Field(0, ge=0, description="examples held out of train for an SFT eval loss")
@@ -67,16 +71,31 @@ class DataConfig(_Section):
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
 
+    @field_validator("mix")
+    @classmethod
+    def _weights(cls, mix):
+        if mix is not None:
+            if not mix:
+                raise ValueError("name at least one source, e.g. {a.jsonl: 2, hub:org/name: 1}")
+            bad = {k: v for k, v in mix.items() if not v > 0}
+            if bad:
+                raise ValueError(f"weights must be above 0, not {bad}; remove a source rather than weight it 0")
+        return mix
+
     @model_validator(mode="after")
     def _one_source(self):
-        sources = {k: v for k, v in (("task", self.task), ("path", self.path), ("hub", self.hub)) if v}
+        sources = {k: v for k, v in (("task", self.task), ("path", self.path), ("hub", self.hub), ("mix", self.mix))
+                   if v}
         if len(sources) > 1:
             named = " and ".join(f"{k} ({v!r})" for k, v in sources.items())
-            raise ValueError(f"set one source, not {named}")
-        if self.test_path and not self.path:
-            raise ValueError("test_path needs path (the training files) too")
+            raise ValueError(f"set one source, not {named} (data.mix names several)")
+        if self.test_path and not (self.path or self.mix):
+            raise ValueError("test_path needs path (the training files) or mix too")
         if self.test_split and not self.hub:
             raise ValueError("test_split needs hub (the dataset id) too")
+        if self.task and self.max_examples:
+            raise ValueError(f"max_examples ({self.max_examples}) applies to files and hub datasets; "
+                             "for a task set train_size")
         if not sources:
             self.task = "addition"
         return self
@@ -137,6 +156,13 @@ class Recipe(_Section):
         if len(set(stages)) != len(stages):
             raise ValueError(f"stages {stages} repeat a stage; list each once")
         return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _text_trains_with_sft(self):
+        if self.data.format == "text" and "rl" in self.stages:
+            raise ValueError("data.format text (continued pre-training) trains with SFT only: there is no prompt "
+                             "to answer for a reward; remove rl from stages")
+        return self
 
     @model_validator(mode="after")
     def _default_eval_models(self):
@@ -280,17 +306,21 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
     import glob
 
     problems = []
-    for key in ("path", "test_path"):
-        pattern = getattr(cfg.data, key)
-        if pattern is None:
-            continue
-        where = f"{source}:{lines[('data', key)]}" if ("data", key) in lines else source
-        absolute = str(Path(source).parent / os.path.expanduser(pattern)) if not Path(pattern).is_absolute() \
-            else pattern
+
+    def resolve(pattern: str, key: str, place: tuple) -> str:
+        where = f"{source}:{lines[place]}" if place in lines else source
+        absolute = str(Path(source).parent / os.path.expanduser(pattern))
         if not any(Path(p).is_file() for p in glob.glob(absolute, recursive=True)):
-            problems.append(f"{where}: data.{key} = {pattern!r}: no file matches {absolute!r}; "
+            problems.append(f"{where}: {key} = {pattern!r}: no file matches {absolute!r}; "
                             "fix the path (relative paths start at the recipe's folder)")
-        setattr(cfg.data, key, absolute if glob.has_magic(absolute) else str(Path(absolute).resolve()))
+        return absolute if glob.has_magic(absolute) else str(Path(absolute).resolve())
+
+    for key in ("path", "test_path"):
+        if getattr(cfg.data, key) is not None:
+            setattr(cfg.data, key, resolve(getattr(cfg.data, key), f"data.{key}", ("data", key)))
+    if cfg.data.mix:
+        cfg.data.mix = {name if name.startswith("hub:") else resolve(name, f"data.mix.{name}", ("data", "mix", name)):
+                        weight for name, weight in cfg.data.mix.items()}
     if problems:
         raise RecipeError(source, problems)
 

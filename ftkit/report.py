@@ -112,15 +112,38 @@ def token_view(rows: list[dict], tokenizer, limit: int = 3) -> TokenView:
 
 
 def metrics_table(eval_metrics: dict):
-    """DataFrame: one row per evaluated model with accuracy, 95% CI and n."""
+    """DataFrame: one row per evaluated model with its metric (accuracy, or perplexity for plain text), 95% CI
+    and n."""
     import pandas as pd
 
-    rows = [{"model": name, "accuracy": m["accuracy"], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
+    rows = [{"model": name, metric_name(m): m[metric_name(m)], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
              "n": m["n"]} for name, m in eval_metrics.items()]
     return pd.DataFrame(rows).set_index("model")
 
 
 # ---------------------------------------------------------------- HTML
+
+
+def metric_name(model_metrics: dict) -> str:
+    return model_metrics.get("metric", "accuracy")
+
+
+def versus_base(model_metrics: dict, base: dict | None) -> str:
+    """The change from the base model: accuracy in points, perplexity in percent (lower is better)."""
+    name = metric_name(model_metrics)
+    if not base or base is model_metrics or name not in base:
+        return ""
+    if name == "perplexity":
+        return f"{100 * (model_metrics[name] / base[name] - 1):+.1f}%"
+    return f"{100 * (model_metrics[name] - base[name]):+.1f} points"
+
+
+def shown(prediction: dict) -> str:
+    """A prediction as the comparison tables show it: ✓/✗ and the output, or the text's perplexity and the
+    model's continuation."""
+    if "perplexity" in prediction:
+        return f"ppl {prediction['perplexity']:.1f} · {prediction['output']}"
+    return ("✓ " if prediction["score"] else "✗ ") + prediction["output"]
 
 
 def _esc(value) -> str:
@@ -150,7 +173,8 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
         parts.append(f'<div class="failed"><b>Stage {_esc(stage)} failed:</b> {_esc(info.get("error"))}<br>'
                      f'Open the executed notebook <code>{_esc(info.get("notebook"))}</code> for the traceback.</div>')
     parts.append(f"<p><b>Model:</b> {_esc(recipe.get('model', {}).get('id'))} &nbsp; "
-                 f"<b>Task:</b> {_esc(recipe.get('data', {}).get('task'))} &nbsp; "
+                 f"<b>Data:</b> {_esc(metrics.get('data', {}).get('source') or recipe.get('data', {}).get('task'))}"
+                 " &nbsp; "
                  f"<b>Seed:</b> {_esc(recipe.get('seed'))}</p>")
     rows = []
     for stage, info in status.items():
@@ -169,14 +193,17 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
                      f"Test prompts also in train: {_esc(overlap.get('ngram_overlaps'))} "
                      f"({_esc(overlap.get('exact_matches'))} exact).</p>"
                      + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
+        if data.get("mix"):
+            rows = [[name, m["weight"], m["available"], m["wanted"], m["taken"]] for name, m in data["mix"].items()]
+            parts.append("<p>Mixed sources (data.mix):</p>"
+                         + _table(["source", "weight", "available", "wanted", "taken"], rows))
     evaluated = metrics.get("eval", {})
     if evaluated:
-        base = evaluated.get("base", {}).get("accuracy")
-        rows = [[name, _fmt(m["accuracy"]), f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", m["n"],
-                 "" if base is None or name == "base" else f"{100 * (m['accuracy'] - base):+.1f}"]
-                for name, m in evaluated.items()]
+        metric = metric_name(next(iter(evaluated.values())))
+        rows = [[name, _fmt(m[metric]), f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", m["n"],
+                 versus_base(m, evaluated.get("base"))] for name, m in evaluated.items()]
         parts.append('<h3>Held-out test set</h3><div id="metrics">'
-                     + _table(["model", "accuracy", "95% CI (bootstrap)", "n", "vs base (points)"], rows) + "</div>")
+                     + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base"], rows) + "</div>")
     plots = []
     if (run_dir / "sft" / "log_history.json").is_file():
         plots.append(_png(plot_losses(run_dir)))
@@ -200,8 +227,7 @@ def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
     if not preds:
         return ""
     first = next(iter(preds.values()))
-    rows = [[p["prompt"], p["reference"]] + [("✓ " if preds[n][i]["score"] else "✗ ") + preds[n][i]["output"]
-                                            for n in preds] for i, p in enumerate(first)]
+    rows = [[p["prompt"], p["reference"]] + [shown(preds[n][i]) for n in preds] for i, p in enumerate(first)]
     return "<h3>Example predictions</h3>" + _table(["prompt", "reference"] + list(preds), rows)
 
 

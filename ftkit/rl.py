@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from ftkit import data, models, tasks
-from ftkit.sft import fit, to_conversations, training_args
+from ftkit.sft import fit, to_dataset, training_args
 
 
 def checked_reward(fn, name: str):
@@ -37,7 +37,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     out = run_dir / "rl"
     task = tasks.for_data(cfg.data)
     rows = data.load_split(run_dir, "train")
-    dataset = to_conversations(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
+    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
     sft_adapter = run_dir / "sft" / "adapter"
     start_from = "sft" if "sft" in cfg.stages and sft_adapter.is_dir() else "base"
     if "sft" in cfg.stages and start_from == "base":

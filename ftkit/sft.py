@@ -1,4 +1,5 @@
-"""SFT stage: supervised fine-tuning with TRL's SFTTrainer on the train split (loss on the answer only)."""
+"""SFT stage: supervised fine-tuning with TRL's SFTTrainer on the train split (loss on the answer only; plain
+text: continued pre-training, loss on every token)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from ftkit import data, models
 from ftkit.io import write_atomic
 
 
-def to_conversations(rows: list[dict]) -> Dataset:
-    """Prompt/answer rows -> TRL's conversational prompt-completion format."""
+def to_dataset(rows: list[dict]) -> Dataset:
+    """Rows -> a TRL dataset: conversational prompt-completion (loss on the answer only), or language modeling
+    ("text", loss on every token; TRL appends EOS) for plain text."""
+    if rows and "text" in rows[0]:
+        return Dataset.from_list([{"text": r["text"]} for r in rows])
     return Dataset.from_list([{"prompt": data.messages(r),
                                "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
 
@@ -49,8 +53,8 @@ def train(cfg, run_dir: str | Path) -> dict:
 
     run_dir = Path(run_dir)
     out = run_dir / "sft"
-    dataset = to_conversations(data.load_split(run_dir, "train"))
-    validation = (to_conversations(data.load_split(run_dir, "validation"))
+    dataset = to_dataset(data.load_split(run_dir, "train"))
+    validation = (to_dataset(data.load_split(run_dir, "validation"))
                   if (run_dir / "data" / "validation.jsonl").is_file() else None)
     evaluation = ({"eval_strategy": "steps", "eval_steps": max(cfg.sft.logging_steps, cfg.sft.max_steps // 5),
                    "per_device_eval_batch_size": cfg.sft.batch_size} if validation is not None else {})
