@@ -87,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     except recipes.RecipeError as exc:
         print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
         return EXIT_INVALID
+    from ftkit import models
+
+    figures = None
+    if {"sft", "rl"} & set(stages):
+        try:
+            figures = models.estimate(cfg)
+            print(models.describe(figures), flush=True)
+        except models.ModelNotFound as exc:
+            print(f"memory estimate skipped: {exc}", flush=True)
+    problems = models.preflight(cfg.model_copy(update={"stages": stages}), check_memory=figures is not None,
+                                figures=figures)
+    if problems:
+        print(f"ftkit: {args.recipe} cannot run on this machine:\n" + "\n".join(f"  {p}" for p in problems),
+              file=sys.stderr)
+        return EXIT_INVALID
     if args.command == "validate":
         print(f"{args.recipe}: valid (stages: {', '.join(cfg.stages)})")
         return 0

@@ -39,13 +39,14 @@ def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tok
     return outputs
 
 
-def adapter_path(run_dir: Path, name: str) -> Path | None:
+def tuned_path(run_dir: Path, name: str) -> Path | None:
+    """The saved adapter or model of a tuned stage (None for the base model)."""
     if name == "base":
         return None
-    path = run_dir / name / "adapter"
-    if not path.is_dir():
-        raise FileNotFoundError(f"eval.models lists {name!r} but {path} is missing: run the {name} stage first "
-                                f"or remove {name!r} from eval.models")
+    path = models.tuned_dir(run_dir, name)
+    if path is None:
+        raise FileNotFoundError(f"eval.models lists {name!r} but {run_dir / name} holds no adapter or model: run the "
+                                f"{name} stage first or remove {name!r} from eval.models")
     return path
 
 
@@ -66,13 +67,18 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int, max_length
     return np.asarray(out, dtype=float)
 
 
+def continuation_prompt(text: str) -> str:
+    """The first half of a text's words (at most 64), which a model continues in the plain-text examples."""
+    words = text.split()
+    return " ".join(words[:max(1, min(len(words) // 2, 64))])
+
+
 def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: str) -> dict:
     """Perplexity on the test texts (95% bootstrap CI over texts), and greedy continuations of the first
     `eval.n_examples_shown` texts from their first half."""
     start = time.perf_counter()
     losses = token_losses(model, tokenizer, [r["text"] for r in rows], cfg.eval.batch_size, cfg.sft.max_length)
-    halves = [r["text"].split() for r in rows[:cfg.eval.n_examples_shown]]
-    prompts = [" ".join(words[:max(1, min(len(words) // 2, 64))]) for words in halves]
+    prompts = [continuation_prompt(r["text"]) for r in rows[:cfg.eval.n_examples_shown]]
     outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     seconds = time.perf_counter() - start
     per_text = np.exp(losses[:, 0] / np.maximum(losses[:, 1], 1))
@@ -94,7 +100,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     run_dir = Path(run_dir)
     task = tasks.for_data(cfg.data)
     rows = data.load_split(run_dir, "test")
-    model, tokenizer = models.load(cfg.model, adapter=adapter_path(run_dir, name))
+    model, tokenizer = models.load(cfg.model, tuned=tuned_path(run_dir, name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
     start = time.perf_counter()
@@ -108,6 +114,31 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     low, high = bootstrap_ci(scores, seed=cfg.seed)
     return {"metric": "accuracy", "accuracy": float(np.mean(scores)), "ci95": [low, high], "n": len(scores),
             "generate_seconds": round(seconds, 1)}
+
+
+def check_export(cfg, run_dir: str | Path, limit: int = 8) -> dict:
+    """Load `<run_dir>/export/merged` with plain transformers (no ftkit, no PEFT) and generate for the first test
+    prompts; the outputs must be the eval stage's predictions for the exported model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    path = run_dir / "export" / "merged"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=models.DTYPES[models.dtype_name(cfg.model)])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    rows = data.load_split(run_dir, "test")
+    if "text" in rows[0]:
+        prompts = [continuation_prompt(r["text"]) for r in rows[:min(limit, cfg.eval.n_examples_shown)]]
+    else:
+        prompts = [data.messages(r) for r in rows[:limit]]
+    outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    figures = {"prompts": len(prompts)}
+    predictions = run_dir / "eval" / f"predictions_{cfg.export.model}.jsonl"
+    if predictions.is_file():
+        expected = [p["output"] for p in load_predictions(run_dir, cfg.export.model)[:len(prompts)]]
+        figures["same_as_eval"] = sum(a == b for a, b in zip(outputs, expected))
+    figures["outputs"] = outputs[:3]
+    return figures
 
 
 def bootstrap_ci(scores: list[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -148,20 +148,56 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load(model_cfg, adapter: str | os.PathLike | None = None, trainable: bool = False):
-    """Load (model, tokenizer) for a recipe's `model:` section, optionally with a saved LoRA adapter."""
+def dtype_name(model_cfg) -> str:
+    """The recipe's dtype with `auto` resolved: bfloat16 on a GPU that supports it, else float32."""
+    if model_cfg.dtype != "auto":
+        return model_cfg.dtype
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def tuned_dir(run_dir: str | os.PathLike, stage: str) -> Path | None:
+    """Where a training stage saved its result: `<stage>/adapter` (LoRA) or `<stage>/model` (full fine-tuning)."""
+    for name in ("adapter", "model"):
+        if (Path(run_dir) / stage / name).is_dir():
+            return Path(run_dir) / stage / name
+    return None
+
+
+def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = False, quantized: bool = True):
+    """Load (model, tokenizer) for a recipe's `model:` section, optionally with a tuned adapter or checkpoint.
+
+    A LoRA adapter is merged for inference unless the base is 4-bit (QLoRA), where merging would round it;
+    `quantized=False` loads a QLoRA recipe's base in its compute dtype instead (for export).
+    """
     path = resolve(model_cfg.id, model_cfg.revision)
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[model_cfg.dtype])
-    if torch.cuda.is_available():
+    tuned = Path(tuned) if tuned else None
+    is_adapter = tuned is not None and (tuned / "adapter_config.json").is_file()
+    source = str(tuned) if tuned is not None and not is_adapter else path
+    dtype = DTYPES[dtype_name(model_cfg)]
+    options = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        options["attn_implementation"] = model_cfg.attn_implementation
+    four_bit = model_cfg.adapter == "qlora" and quantized
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+        options["device_map"] = {"": 0}
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(source, **options)
+    if torch.cuda.is_available() and not four_bit:
         model.to("cuda")
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if adapter is not None:
-        from peft import PeftModel
+    if is_adapter:
+        from peft import PeftModel, prepare_model_for_kbit_training
 
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-        if not trainable:
+        if four_bit and trainable:
+            model = prepare_model_for_kbit_training(model, model_cfg.gradient_checkpointing)
+        model = PeftModel.from_pretrained(model, str(tuned), is_trainable=trainable)
+        if not trainable and not four_bit:
             model = model.merge_and_unload()
     return model, tokenizer
 
@@ -176,13 +212,184 @@ def lora_config(model_cfg):
                       target_modules=model_cfg.target_modules, task_type="CAUSAL_LM")
 
 
-def save_trained(model, tokenizer, dest: str | os.PathLike) -> Path:
-    """Save an adapter (or full model) with its tokenizer; a manifest written last marks it complete."""
-    dest = Path(dest)
+def save_trained(model, tokenizer, stage_dir: str | os.PathLike) -> Path:
+    """Save an adapter (`<stage_dir>/adapter`) or a fully fine-tuned model (`<stage_dir>/model`) with its
+    tokenizer; written to a staging folder first, so an interrupted save never leaves a half-written result."""
+    from peft import PeftModel
+
+    dest = Path(stage_dir) / ("adapter" if isinstance(model, PeftModel) else "model")
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    shutil.rmtree(dest, ignore_errors=True)
+    for stale in ("adapter", "model"):  # a rerun may switch between LoRA and full fine-tuning
+        shutil.rmtree(Path(stage_dir) / stale, ignore_errors=True)
     os.replace(staging, dest)
     return dest
+
+
+# ---------------------------------------------------------------- before loading: size, memory, environment
+
+GB = 1024 ** 3
+
+
+def _config(model_cfg):
+    """The model's config alone (no weights): from a local directory, the cache, the offline copy or the hub."""
+    candidates = [model_cfg.id]
+    if model_cfg.id == DEFAULT_MODEL and _is_checkpoint(offline_copy_dir()):
+        candidates.insert(0, str(offline_copy_dir()))
+    for candidate in candidates:
+        try:
+            return AutoConfig.from_pretrained(candidate, revision=model_cfg.revision,
+                                              trust_remote_code=model_cfg.trust_remote_code)
+        except Exception as exc:
+            error = exc
+    raise ModelNotFound(f"model.id = {model_cfg.id!r}: its config could not be read ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160]})")
+
+
+def estimate(cfg) -> dict:
+    """Parameters, trainable parameters and a rough estimate of the memory that training needs (GB), against the
+    memory available (the GPU's, else the machine's free RAM). Built from the config on the meta device: nothing
+    is downloaded but config.json and nothing is allocated.
+
+    Memory = weights (4 bytes per parameter in float32, 2 in bf16/fp16, about 0.5 for QLoRA's 4-bit linears)
+    + gradients and AdamW state of the trainable parameters (16 bytes each for a float32 adapter; the weight's
+    size plus 8 for full fine-tuning) + activations of one batch of `sft.max_length` tokens (one hidden state per
+    layer with gradient checkpointing, about 16 without) + float32 logits and their gradient. It is a rough guide
+    (within about ±50%), used to refuse only what clearly cannot fit: weights, gradients and optimizer state alone
+    above the memory available.
+    """
+    import torch.nn as nn
+
+    model_cfg = cfg.model
+    config = _config(model_cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    output = model.get_output_embeddings()
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output}
+    targets = model_cfg.target_modules
+    if targets != "all-linear":
+        wanted = {targets} if isinstance(targets, str) else set(targets)
+        linears = {n: m for n, m in linears.items() if n.split(".")[-1] in wanted}
+    params = sum(p.numel() for p in model.parameters())
+    linear_params = sum(m.weight.numel() for m in linears.values())
+    dtype_bytes = 4 if dtype_name(model_cfg) == "float32" else 2
+    if model_cfg.adapter == "none":
+        trainable, state_bytes = params, params * (dtype_bytes + 8)
+    else:
+        trainable = sum(model_cfg.lora_r * (m.in_features + m.out_features) for m in linears.values())
+        state_bytes = trainable * 16
+    weight_bytes = (linear_params * 0.5 + (params - linear_params) * 2 if model_cfg.adapter == "qlora"
+                    else params * dtype_bytes)
+    text = config.get_text_config()
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0)
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
+    tokens = (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) * cfg.sft.max_length
+    per_layer = 1 if model_cfg.gradient_checkpointing else 16
+    activation_bytes = tokens * hidden * layers * per_layer * max(dtype_bytes, 2) + tokens * text.vocab_size * 8
+    total = weight_bytes + state_bytes + activation_bytes
+    if torch.cuda.is_available():
+        available, where = torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    else:
+        import psutil
+
+        available, where = psutil.virtual_memory().available, "free RAM (no CUDA GPU)"
+    return {"model": model_cfg.id, "architecture": type(model).__name__, "parameters": params,
+            "trainable_parameters": trainable, "adapter": model_cfg.adapter, "dtype": dtype_name(model_cfg),
+            "weights_gb": round(weight_bytes / GB, 2), "gradients_optimizer_gb": round(state_bytes / GB, 2),
+            "activations_gb": round(activation_bytes / GB, 2), "estimated_gb": round(total / GB, 2),
+            "available_gb": round(available / GB, 2), "available_on": where,
+            "fits": "yes" if total < 0.8 * available else ("no" if weight_bytes + state_bytes > available
+                                                          else "tight")}
+
+
+def describe(figures: dict) -> str:
+    """One line for the command line: size, trained parameters and memory, from `estimate`."""
+    return (f"{figures['model']}: {figures['parameters'] / 1e6:,.0f}M parameters, "
+            f"{figures['trainable_parameters'] / 1e6:,.1f}M trained ({figures['adapter']}, {figures['dtype']}); "
+            f"training needs about {figures['estimated_gb']} GB, {figures['available_on']} has "
+            f"{figures['available_gb']} GB")
+
+
+def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> list[str]:
+    """What the recipe needs from this machine and would only find out at load or train time: each problem with
+    the fix. Empty when the recipe can run here. `figures`: an `estimate` already made."""
+    import importlib.util
+
+    problems, model_cfg = [], cfg.model
+    cuda = torch.cuda.is_available()
+    if model_cfg.adapter == "qlora" and not (cuda and importlib.util.find_spec("bitsandbytes")):
+        missing = "no CUDA GPU" if not cuda else "bitsandbytes is not installed (pip install -e '.[gpu]')"
+        problems.append(f"model.adapter = 'qlora' needs a CUDA GPU and bitsandbytes, and here there is {missing}; "
+                        "on a CPU use model.adapter: lora (--set model.adapter=lora)")
+    if model_cfg.attn_implementation == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
+        problems.append("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU and the flash-attn "
+                        "package; use sdpa (or leave it unset)")
+    if model_cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        problems.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name(0)} does not support bfloat16; "
+                        "use float16 or auto")
+    if model_cfg.dtype == "float16" and not cuda and {"sft", "rl"} & set(cfg.stages):
+        problems.append("model.dtype = 'float16': mixed-precision training in float16 needs a CUDA GPU; use auto "
+                        "or float32 on a CPU")
+    export = getattr(cfg, "export", None)
+    if export is not None and export.push_to_hub and "export" in cfg.stages and not os.environ.get("HF_TOKEN"):
+        problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "
+                        "variable HF_TOKEN (it is read from there only and never written anywhere); set it, or "
+                        "set export.push_to_hub: null")
+    if check_memory and {"sft", "rl"} & set(cfg.stages) and not problems:
+        try:
+            figures = figures or estimate(cfg)
+        except ModelNotFound as exc:
+            log.info("memory estimate skipped: %s", exc)
+        else:
+            if figures["fits"] == "no":
+                problems.append(
+                    f"model.id = {model_cfg.id!r} with adapter {model_cfg.adapter!r} in {figures['dtype']} needs about "
+                    f"{figures['weights_gb'] + figures['gradients_optimizer_gb']:.1f} GB for weights, gradients and "
+                    f"optimizer state alone, and {figures['available_on']} has {figures['available_gb']:.1f} GB; use "
+                    "adapter: lora or qlora, a smaller model, or a machine with more memory")
+    return problems
+
+
+# ---------------------------------------------------------------- export
+
+
+def export(cfg, run_dir: str | os.PathLike) -> dict:
+    """Write the tuned model `export.model` to `<run_dir>/export/`: `merged/` (base and adapter merged, safetensors,
+    tokenizer and chat template: loads with plain transformers) and `adapter/` (the adapter alone), then push the
+    merged model to `export.push_to_hub` with the token in HF_TOKEN, which is passed to the hub client only."""
+    run_dir = Path(run_dir)
+    tuned = tuned_dir(run_dir, cfg.export.model)
+    if tuned is None:
+        raise FileNotFoundError(f"export.model = {cfg.export.model!r}, but {run_dir / cfg.export.model} holds no adapter "
+                                f"or model: run the {cfg.export.model} stage first")
+    out = run_dir / "export"
+    figures = {"model": cfg.export.model, "base": cfg.model.id}
+    if cfg.export.merged:
+        model, tokenizer = load(cfg.model, tuned=tuned, quantized=False)
+        save_trained(model.to("cpu"), tokenizer, out)  # a plain model: export/model (clears export/adapter)
+        os.replace(out / "model", _clear(out / "merged"))
+        figures["merged"] = "export/merged"
+        figures["merged_gb"] = round(sum(f.stat().st_size for f in (out / "merged").glob("*.safetensors")) / GB, 3)
+    if cfg.export.adapter and tuned.name == "adapter":
+        staging = out / "adapter.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(tuned, staging)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        os.replace(staging, out / "adapter")
+        figures["adapter"] = "export/adapter"
+    if cfg.export.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=os.environ["HF_TOKEN"])
+        api.create_repo(cfg.export.push_to_hub, private=cfg.export.private, exist_ok=True)
+        api.upload_folder(repo_id=cfg.export.push_to_hub, folder_path=str(out / "merged"),
+                          commit_message=f"ftkit export of {cfg.name} ({cfg.export.model})")
+        figures["pushed_to"] = f"https://huggingface.co/{cfg.export.push_to_hub}"
+    return figures
+
+
+def _clear(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path

@@ -17,7 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGES = ("data", "sft", "rl", "eval")
+STAGES = ("data", "sft", "rl", "eval", "export")
+DEFAULT_STAGES = ["data", "sft", "rl", "eval"]
 TUNED_MODELS = ("sft", "rl")
 
 
@@ -39,12 +40,18 @@ class ModelConfig(_Section):
     id: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", min_length=1,
                     description="hub id or local directory")
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    adapter: Literal["lora", "none"] = "lora"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that supports it, else float32")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="default: transformers' choice (sdpa where supported)")
+    trust_remote_code: bool = Field(False, description="run modelling code shipped with the model; off unless set")
+    adapter: Literal["lora", "qlora", "none"] = Field(
+        "lora", description="qlora: LoRA on a 4-bit base (CUDA + bitsandbytes); none: full fine-tuning")
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str | list[str] = Field("all-linear", description="default: every linear layer but the output")
+    gradient_checkpointing: bool = Field(True, description="recompute activations: less memory, ~30% slower")
 
 
 class DataConfig(_Section):
@@ -139,16 +146,27 @@ class EvalConfig(_Section):
     n_examples_shown: int = Field(10, ge=0)
 
 
+class ExportConfig(_Section):
+    model: Literal["sft", "rl"] | None = Field(None, description="tuned model to export (default: the last trained)")
+    merged: bool = Field(True, description="base and adapter merged into one checkpoint, loadable with transformers")
+    adapter: bool = Field(True, description="the LoRA adapter alone (small; needs the base model)")
+    push_to_hub: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                                    description="hub repo id for the merged model; the token comes from HF_TOKEN")
+    private: bool = True
+
+
 class Recipe(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     seed: int = 0
-    stages: list[Literal["data", "sft", "rl", "eval"]] = list(STAGES)
+    stages: list[Literal["data", "sft", "rl", "eval", "export"]] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES), description="export runs only when listed")
     cell_timeout: int = Field(3600, gt=0, description="seconds one notebook cell may run")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
 
     @field_validator("stages")
     @classmethod
@@ -162,6 +180,19 @@ class Recipe(_Section):
         if self.data.format == "text" and "rl" in self.stages:
             raise ValueError("data.format text (continued pre-training) trains with SFT only: there is no prompt "
                              "to answer for a reward; remove rl from stages")
+        return self
+
+    @model_validator(mode="after")
+    def _export_has_a_model(self):
+        if "export" in self.stages:
+            if self.export.model is None:
+                tuned = [s for s in TUNED_MODELS if s in self.stages]
+                self.export.model = tuned[-1] if tuned else None
+            if self.export.model is None:
+                raise ValueError("stages lists export but no training stage (sft, rl); add one, or set export.model "
+                                 "to the stage whose result this run directory already holds")
+            if not (self.export.merged or self.export.adapter):
+                raise ValueError("export.merged and export.adapter are both false: nothing to export")
         return self
 
     @model_validator(mode="after")

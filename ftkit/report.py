@@ -204,6 +204,14 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
                  versus_base(m, evaluated.get("base"))] for name, m in evaluated.items()]
         parts.append('<h3>Held-out test set</h3><div id="metrics">'
                      + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base"], rows) + "</div>")
+    exported = metrics.get("export", {})
+    if exported.get("merged") or exported.get("adapter"):
+        check = exported.get("check", {})
+        same = (f"; loaded with plain transformers, {check['same_as_eval']} of {check['prompts']} outputs match the eval "
+                "stage's" if "same_as_eval" in check else "")
+        parts.append(f"<h3>Export</h3><p>The {_esc(exported.get('model'))} model: "
+                     f"{_esc(', '.join(str(exported[k]) for k in ('merged', 'adapter') if exported.get(k)))} in the run "
+                     f"directory{_esc(same)}{_esc('; pushed to ' + exported['pushed_to'] if exported.get('pushed_to') else '')}.</p>")
     plots = []
     if (run_dir / "sft" / "log_history.json").is_file():
         plots.append(_png(plot_losses(run_dir)))

@@ -38,13 +38,14 @@ def train(cfg, run_dir: str | Path) -> dict:
     task = tasks.for_data(cfg.data)
     rows = data.load_split(run_dir, "train")
     dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
-    sft_adapter = run_dir / "sft" / "adapter"
-    start_from = "sft" if "sft" in cfg.stages and sft_adapter.is_dir() else "base"
-    if "sft" in cfg.stages and start_from == "base":
-        raise FileNotFoundError(f"{sft_adapter} is missing although the recipe runs SFT: run the sft stage first")
+    sft_model = models.tuned_dir(run_dir, "sft")
+    if "sft" in cfg.stages and sft_model is None:
+        raise FileNotFoundError(f"{run_dir / 'sft'} holds no adapter or model although the recipe runs SFT: run the "
+                                "sft stage first")
+    start_from = "sft" if "sft" in cfg.stages else "base"
     if start_from == "sft":
-        model, tokenizer = models.load(cfg.model, adapter=sft_adapter, trainable=True)
-        peft_config = None
+        model, tokenizer = models.load(cfg.model, tuned=sft_model, trainable=True)
+        peft_config = None if sft_model.name == "adapter" else models.lora_config(cfg.model)
     else:
         model, tokenizer = models.load(cfg.model)
         peft_config = models.lora_config(cfg.model)

@@ -25,7 +25,8 @@ from ftkit.io import read_json, update_json, write_atomic
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"data": "01_data.ipynb", "sft": "02_sft.ipynb", "rl": "03_rl.ipynb", "eval": "04_eval.ipynb"}
+NOTEBOOKS = {"data": "01_data.ipynb", "sft": "02_sft.ipynb", "rl": "03_rl.ipynb", "eval": "04_eval.ipynb",
+             "export": "05_export.ipynb"}
 KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
               # library deprecation notices and tqdm's widget notice say nothing about the run

@@ -28,17 +28,19 @@ def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
     return trl_config_cls(
         output_dir=str(output_dir), max_steps=section.max_steps, learning_rate=section.learning_rate,
         logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
-        report_to="none", disable_tqdm=True, bf16=cfg.model.dtype == "bfloat16",
-        fp16=cfg.model.dtype == "float16", dataloader_num_workers=0,
+        report_to="none", disable_tqdm=True, bf16=models.dtype_name(cfg.model) == "bfloat16",
+        fp16=models.dtype_name(cfg.model) == "float16", gradient_checkpointing=cfg.model.gradient_checkpointing,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), **extra)
 
 
 def fit(trainer, tokenizer, out: Path) -> tuple[dict, list[dict]]:
-    """Train, save the adapter and the log history into the stage directory `out`; return figures and history."""
+    """Train, save the adapter (or model) and the log history into the stage directory `out`; return figures and
+    history."""
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    models.save_trained(trainer.model, tokenizer, out / "adapter")
+    models.save_trained(trainer.model, tokenizer, out)
     history = trainer.state.log_history
     write_atomic(out / "log_history.json", json.dumps(history, indent=2))
     figures = {"steps": result.global_step, "train_seconds": round(seconds, 1),

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny randomly-initialized Llama model with a byte-level BPE tokenizer, built offline."""
+"""Shared fixtures: tiny randomly-initialized models (Llama by default; GPT-Neo, Mistral, Qwen2) with a byte-level
+BPE tokenizer, built offline."""
 
 from __future__ import annotations
 
@@ -34,16 +35,25 @@ def build_tokenizer():
                                    bos_token="<|im_start|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer, seed: int = 0):
+def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
+    """A tiny randomly-initialized causal LM of one of the architectures ftkit's recipes name."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
+    sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "max_position_embeddings": 256,
+             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+             "eos_token_id": tokenizer.eos_token_id}
+    decoder = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "tie_word_embeddings": True}
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(**sizes, **decoder),
+        "mistral": lambda: transformers.MistralConfig(**sizes, **decoder, sliding_window=64),
+        "qwen2": lambda: transformers.Qwen2Config(**sizes, **decoder),
+        "gpt_neo": lambda: transformers.GPTNeoConfig(**sizes, num_layers=2, num_heads=4, intermediate_size=64,
+                                                     attention_types=[[["global", "local"], 1]], window_size=16),
+    }
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config)
+    return transformers.AutoModelForCausalLM.from_config(configs[arch]())
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,7 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir):
                 param.normal_(std=0.5)
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = peft_model(ids).logits
-    models.save_trained(peft_model, tokenizer, tmp_path / "adapter")
-    merged, _ = models.load(cfg, adapter=tmp_path / "adapter")
+    models.save_trained(peft_model, tokenizer, tmp_path)
+    merged, _ = models.load(cfg, tuned=tmp_path / "adapter")
     torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-4)
     assert not (tmp_path / "adapter.partial").exists()

@@ -1,0 +1,153 @@
+"""The model families ftkit's recipes name, as tiny random models of the same classes: LoRA on the intended modules,
+training changes the adapter, generation works, merging matches adapter + base; full fine-tuning; export."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftkit import cli, data, evaluation, models, recipe, sft
+from ftkit.io import read_json
+from tests.conftest import build_model, build_tokenizer
+
+DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+TARGETS = {"gpt_neo": {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"},
+           "llama": DECODER, "mistral": DECODER, "qwen2": DECODER}
+CLASSES = {"gpt_neo": "GPTNeoForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+           "qwen2": "Qwen2ForCausalLM"}
+
+
+def make_model_dir(tmp_path, arch, base_tokenizer=False):
+    tokenizer = build_tokenizer()
+    path = tmp_path / arch
+    build_model(tokenizer, arch=arch).save_pretrained(path)
+    if base_tokenizer:  # like GPT-Neo, Llama 2 and Mistral base: no chat template, no pad token
+        tokenizer.chat_template = None
+        tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_cfg(model_dir, **model):
+    return recipe.build({"name": "arch", "stages": ["data", "sft", "eval"],
+                         "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, **model},
+                         "data": {"train_size": 32, "test_size": 8},
+                         "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}})
+
+
+@pytest.mark.parametrize("arch", list(TARGETS))
+def test_architecture_trains_generates_and_merges(tmp_path, arch):
+    model_dir = make_model_dir(tmp_path, arch, base_tokenizer=arch == "gpt_neo")
+    cfg, run_dir = tiny_cfg(model_dir), tmp_path / "run"
+    tokenizer = models.load_tokenizer(str(model_dir))
+    if arch == "gpt_neo":
+        assert tokenizer.chat_template == models.DEFAULT_CHAT_TEMPLATE
+        assert tokenizer.pad_token == tokenizer.eos_token and len(tokenizer) == len(build_tokenizer()), \
+            "no token is added, so the embeddings keep their size"
+    splits, figures = data.build_splits(cfg, tokenizer)
+    data.save_splits(splits, run_dir, figures, tokenizer)
+    result = sft.train(cfg, run_dir)
+    assert result["steps"] == 3
+
+    adapter = run_dir / "sft" / "adapter"
+    targeted = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+    assert {name.split(".")[-1] for name in targeted} == TARGETS[arch]
+    assert len(targeted) == 2 * len(TARGETS[arch]), "every linear layer of both blocks, not the output head"
+    trained = load_file(adapter / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k), "lora_B starts at zero"
+
+    from peft import PeftModel
+
+    base, _ = models.load(cfg.model)
+    assert type(base).__name__ == CLASSES[arch]
+    unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()
+    merged, tokenizer = models.load(cfg.model, tuned=adapter)
+    ids = tokenizer(["What is 12 plus 34?"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**ids).logits, unmerged(**ids).logits, rtol=1e-4, atol=1e-4)
+    outputs = evaluation.generate(merged, tokenizer, [data.messages(r) for r in splits["test"][:4]], 4, 5)
+    assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
+
+
+def test_full_fine_tuning_saves_a_whole_model(tmp_path):
+    model_dir = make_model_dir(tmp_path, "qwen2")
+    cfg, run_dir = tiny_cfg(model_dir, adapter="none", gradient_checkpointing=False), tmp_path / "run"
+    tokenizer = models.load_tokenizer(str(model_dir))
+    splits, figures = data.build_splits(cfg, tokenizer)
+    data.save_splits(splits, run_dir, figures, tokenizer)
+    result = sft.train(cfg, run_dir)
+    assert result["trainable_parameters"] == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+    saved = models.tuned_dir(run_dir, "sft")
+    assert saved == run_dir / "sft" / "model" and not (run_dir / "sft" / "adapter").exists()
+    before = load_file(model_dir / "model.safetensors")
+    after = load_file(saved / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    model, _ = models.load(cfg.model, tuned=saved)
+    assert evaluation.generate(model, tokenizer, [data.messages(splits["test"][0])], 1, 3)[0] is not None
+
+
+def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir):
+    from transformers import LlamaConfig
+
+    cfg = tiny_cfg(tiny_model_dir)
+    figures = models.estimate(cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert figures["parameters"] == sum(p.numel() for p in model.parameters())
+    from peft import get_peft_model
+
+    lora = get_peft_model(model, models.lora_config(cfg.model))
+    assert figures["trainable_parameters"] == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert figures["fits"] == "yes" and models.preflight(cfg) == []
+    # Llama 2 7B's shape (config only, nothing allocated): full fine-tuning in float32 needs ~100 GB for its state
+    seven_b = tmp_path / "llama-2-7b-config"
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                vocab_size=32000).save_pretrained(seven_b)
+    big = tiny_cfg(seven_b, adapter="none", dtype="float32")
+    assert models.estimate(big)["parameters"] == 6_738_415_616
+    [problem] = models.preflight(big)
+    assert "needs about 100.4 GB for weights, gradients and optimizer state alone" in problem
+    assert "use adapter: lora or qlora, a smaller model" in problem
+
+
+def test_qlora_on_a_cpu_fails_at_validation_with_the_fix(tmp_path, tiny_model_dir, capsys):
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump({"name": "q", "model": {"id": str(tiny_model_dir), "adapter": "qlora"}}))
+    recipe.load(path)  # the schema is fine: the same recipe runs on a GPU
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.adapter = 'qlora' needs a CUDA GPU and bitsandbytes" in err
+    assert "on a CPU use model.adapter: lora (--set model.adapter=lora)" in err
+
+
+def test_push_to_hub_needs_a_token_from_the_environment(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    cfg = recipe.build({"name": "p", "stages": ["data", "sft", "export"], "model": {"id": str(tiny_model_dir)},
+                        "export": {"push_to_hub": "me/tiny"}})
+    assert any("needs a Hugging Face token in the environment variable HF_TOKEN" in p
+               for p in models.preflight(cfg, check_memory=False))
+
+
+def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tiny_recipe, tmp_path):
+    path = tiny_recipe(stages=["data", "sft", "eval", "export"])
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    exported = read_json(run_dir / "metrics.json")["export"]
+    assert exported["model"] == "sft" and exported["check"]["same_as_eval"] == exported["check"]["prompts"] == 8
+    assert (run_dir / "export" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "8 of 8 outputs match the eval stage" in (run_dir / "report.html").read_text()
+    # a colleague's side: plain transformers, no ftkit, no PEFT
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "export" / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export" / "merged")
+    predictions = evaluation.load_predictions(run_dir, "sft")
+    rows = data.load_split(run_dir, "test")
+    for row, prediction in list(zip(rows, predictions))[:4]:
+        text = tokenizer.apply_chat_template(data.messages(row), tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        out = merged.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == \
+            prediction["output"]
