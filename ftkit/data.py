@@ -449,6 +449,9 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     if "text" in splits["train"][0] and "rl" in cfg.stages:
         raise DataError(f"{source}: plain text (continued pre-training) trains with SFT only, there is no prompt to "
                         "answer for a reward: remove rl from stages, or use prompt/answer data")
+    if "rl" in cfg.stages and cfg.rl.method == "dpo" and not all("rejected" in r for r in splits["train"]):
+        raise DataError(f"{source}: rl.method dpo trains on preference pairs, and these rows have no rejected answer; "
+                        "use data with prompt/chosen/rejected columns (data.format: preference), or rl.method grpo")
     if tokenizer is not None:
         for rows in splits.values():
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]

@@ -326,6 +326,9 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
     if model_cfg.attn_implementation == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
         problems.append("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU and the flash-attn "
                         "package; use sdpa (or leave it unset)")
+    if "rl" in cfg.stages and cfg.rl.use_vllm and not (cuda and importlib.util.find_spec("vllm")):
+        problems.append("rl.use_vllm = true needs a CUDA GPU and the vllm package; set rl.use_vllm: false to "
+                        "generate with transformers")
     if model_cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
         problems.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name(0)} does not support bfloat16; "
                         "use float16 or auto")

@@ -119,22 +119,43 @@ class SFTConfig(_Section):
 
 
 class RLConfig(_Section):
-    method: Literal["grpo"] = "grpo"
+    method: Literal["grpo", "rloo", "dpo"] = Field(
+        "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs")
     max_steps: int = Field(30, gt=0)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
+    batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step; dpo: preference pairs per step")
+    beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
+                               "dpo: pull towards the reference (default 0.1)")
+    logging_steps: int = Field(2, gt=0)
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
-    batch_size: int = Field(16, gt=0, description="completions per step")
-    beta: float = Field(0.0, ge=0, description="KL coefficient (0: no reference model)")
     temperature: float = Field(1.0, gt=0)
     max_completion_length: int = Field(8, gt=0)
-    logging_steps: int = Field(2, gt=0)
+    rewards: dict[str, float] = Field(default_factory=lambda: {"task": 1.0},
+                                      description="reward -> weight: built-in names or file.py:function")
+    numeric_tolerance: float = Field(0.0, ge=0, description="numeric_match: allowed absolute difference")
+    format_regex: str | None = Field(None, description="format: regular expression the whole completion must match")
+    length_target: int = Field(200, gt=0, description="length_penalty: characters allowed before the penalty")
+    use_vllm: bool = Field(False, description="generate with vLLM (CUDA + vllm installed)")
 
     @model_validator(mode="after")
     def _generations_divide_batch(self):
-        if self.batch_size % self.num_generations:
+        if self.method != "dpo" and self.batch_size % self.num_generations:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                 f"({self.num_generations}); try batch_size: {self.num_generations * max(1, self.batch_size // self.num_generations)}")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_options(self):
+        if not self.rewards:
+            raise ValueError("rewards is empty; name at least one, e.g. {task: 1.0}")
+        if "format" in self.rewards:
+            if not self.format_regex:
+                raise ValueError("rewards names format but format_regex is not set; e.g. format_regex: '\\d+'")
+            try:
+                re.compile(self.format_regex)
+            except re.error as exc:
+                raise ValueError(f"format_regex {self.format_regex!r} is not a regular expression: {exc}") from None
         return self
 
 
@@ -174,6 +195,13 @@ class Recipe(_Section):
         if len(set(stages)) != len(stages):
             raise ValueError(f"stages {stages} repeat a stage; list each once")
         return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _dpo_needs_pairs(self):
+        if "rl" in self.stages and self.rl.method == "dpo" and self.data.task:
+            raise ValueError(f"rl.method dpo trains on preference pairs, and task {self.data.task!r} has none; use "
+                             "data with prompt/chosen/rejected columns (data.format: preference)")
+        return self
 
     @model_validator(mode="after")
     def _text_trains_with_sft(self):
@@ -349,6 +377,18 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
     for key in ("path", "test_path"):
         if getattr(cfg.data, key) is not None:
             setattr(cfg.data, key, resolve(getattr(cfg.data, key), f"data.{key}", ("data", key)))
+    if "rl" in cfg.stages and cfg.rl.method != "dpo":
+        from ftkit import rewards
+
+        renamed = {}
+        for name, weight in cfg.rl.rewards.items():
+            if ":" in name:
+                path, _, function = name.rpartition(":")
+                name = f"{Path(source).parent.resolve() / os.path.expanduser(path)}:{function}"
+            renamed[name] = weight
+        cfg.rl.rewards = renamed
+        where = f"{source}:{lines[('rl', 'rewards')]}" if ("rl", "rewards") in lines else source
+        problems += [f"{where}: {p}" for p in rewards.check_names(renamed, Path(source).parent)]
     if cfg.data.mix:
         cfg.data.mix = {name if name.startswith("hub:") else resolve(name, f"data.mix.{name}", ("data", "mix", name)):
                         weight for name, weight in cfg.data.mix.items()}

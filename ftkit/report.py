@@ -68,6 +68,27 @@ def plot_losses(run_dir: str | Path):
     return fig
 
 
+def plot_rl(run_dir: str | Path):
+    """The RL stage's curves side by side: GRPO/RLOO total reward (± std), each reward function, KL, completion
+    length and loss; DPO chosen/rejected rewards, margin, accuracy and loss. Returns the figure."""
+    from ftkit.rl import curves, reward_curve
+
+    series = curves(run_dir)
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3), squeeze=False)
+    for ax, (name, (steps, values)) in zip(axes[0], series.items()):
+        ax.plot(steps, values, marker="o", markersize=3)
+        if name == "reward":
+            _, means, stds = reward_curve(run_dir)
+            ax.fill_between(steps, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                            alpha=0.2)
+            name = "reward (mean ± std)"
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def plot_hist(values, limit: int | None = None, title: str = ""):
     """A histogram of integer values from 0 (with a dashed line at `limit` when given); returns the figure."""
     import numpy as np
@@ -216,14 +237,25 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     if (run_dir / "sft" / "log_history.json").is_file():
         plots.append(_png(plot_losses(run_dir)))
     if (run_dir / "rl" / "log_history.json").is_file():
-        from ftkit.rl import reward_curve
-
-        steps, rewards, stds = reward_curve(run_dir)
-        plots.append(_png(plot_curve(steps, rewards, "RL reward (mean ± std)", "reward", stds)))
+        plots.append(_png(plot_rl(run_dir)))
     if plots:
         parts.append("<h3>Training</h3>" + "".join(plots))
+    parts.append(_rl_samples(run_dir))
     parts.append(_examples(run_dir, list(evaluated)))
     return "\n".join(parts)
+
+
+def _rl_samples(run_dir: Path) -> str:
+    path = run_dir / "rl" / "samples.jsonl"
+    if not path.is_file():
+        return ""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return ""
+    names = [k for k in records[0] if k not in ("step", "prompt", "completion")]
+    rows = [[r["step"], r["prompt"], r["completion"]] + [_fmt(r.get(n)) for n in names] for r in records]
+    return ("<h3>RL samples</h3><p>Completions sampled during RL, with each reward (total: weighted sum).</p>"
+            + _table(["step", "prompt", "completion"] + names, rows))
 
 
 def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:

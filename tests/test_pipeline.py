@@ -70,25 +70,33 @@ def test_training_changed_the_weights(tiny_run):
     assert [h["step"] for h in history if "reward" in h] == [1, 2]
 
 
-def test_grpo_moves_the_weights_when_rewards_differ(tiny_run, tmp_path, monkeypatch):
-    """The random tiny model never answers right, so the task reward is flat (zero advantage, zero update);
-    a reward that varies with the completion shows that ftkit's GRPO wiring trains the SFT adapter."""
+def test_grpo_with_a_user_reward_file_moves_the_weights(tiny_run, tmp_path):
+    """The random tiny model never answers right, so the task reward is flat (zero advantage, zero update); a user's
+    reward that varies with the completion, named in the recipe as file.py:function, shows that GRPO trains the SFT
+    adapter, and that the samples table records each reward."""
     import shutil
 
     from ftkit import recipe, rl
-    from ftkit.tasks.addition import Addition
 
     _, run_dir = tiny_run
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    monkeypatch.setattr(Addition, "reward", lambda self, completions, **_: [
-        float(len(c[-1]["content"])) for c in completions])
-    cfg = recipe.load(copy / "recipe.yaml", ["rl.temperature=1.5"])
+    (copy / "my_rewards.py").write_text(
+        "def length(completions, answer, **kwargs):\n"
+        "    return [float(len(c[-1]['content'])) for c in completions]\n")
+    cfg = recipe.load(copy / "recipe.yaml", ["rl.temperature=1.5", "rl.rewards={my_rewards.py:length: 1.0, task: 0.5}"])
     result = rl.train(cfg, copy)
     assert result["start_from"] == "sft" and result["steps"] == 2
+    assert result["rewards"] == {"my_rewards.py:length": 1.0, "task": 0.5}
     before = load_file(copy / "sft" / "adapter" / "adapter_model.safetensors")
     after = load_file(copy / "rl" / "adapter" / "adapter_model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before if "lora" in k)
+    samples = rl.samples(copy)
+    assert set(samples["step"]) == {0, 1} and {"my_rewards.py:length", "task", "total"} <= set(samples.columns)
+    first = samples.iloc[0]
+    assert first["my_rewards.py:length"] == len(first["completion"])
+    assert first["total"] == pytest.approx(first["my_rewards.py:length"] + 0.5 * first["task"])
+    assert {"reward", "rewards/my_rewards.py:length/mean", "rewards/task/mean"} <= set(rl.curves(copy))
 
 
 def test_report_holds_the_metrics_table_and_plots(tiny_run):

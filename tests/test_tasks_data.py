@@ -5,13 +5,17 @@ import json
 
 import pytest
 
-from ftkit import data, rl
+from ftkit import data, rewards
 from ftkit.recipe import Recipe
 from ftkit.tasks import addition, get
 
 
 def test_doctests():
-    assert doctest.testmod(addition).failed == 0
+    from ftkit.tasks import exact_match
+
+    for module in (addition, exact_match, rewards):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_splits_are_disjoint_deterministic_and_correct():
@@ -51,9 +55,9 @@ def test_checked_reward_names_the_function():
         return [float("nan")] * len(completions)
 
     with pytest.raises(ValueError, match="reward 'short' returned 1 values for 2 completions"):
-        rl.checked_reward(short, "short")(["a", "b"])
+        rewards.checked(short, "short")(["a", "b"])
     with pytest.raises(ValueError, match="reward 'nan' returned nan"):
-        rl.checked_reward(nan, "nan")(["a"])
+        rewards.checked(nan, "nan")(["a"])
 
 
 def test_data_checks_name_split_row_and_field():

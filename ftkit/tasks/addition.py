@@ -38,6 +38,25 @@ class Addition:
         return {"test": [self.example(a, b) for a, b in pairs[:test_size]],
                 "train": [self.example(a, b) for a, b in pairs[test_size:test_size + train_size]]}
 
+    def preference_pairs(self, n: int, seed: int) -> list[dict]:
+        """`n` questions with the right answer (chosen) against a typical mistake (rejected): a dropped or doubled
+        carry (off by ten), off by one, or the right number buried in a sentence when the system prompt asks for
+        the number only. `recipes/data/addition_preferences.jsonl` is `preference_pairs(400, seed=1)`."""
+        rng = random.Random(seed)
+        pairs = []
+        for a, b in self._pairs(seed)[:n]:
+            right = a + b
+            kind = rng.choice(["carry", "off_by_one", "sentence"])
+            if kind == "carry":
+                wrong = str(right - 10 if (a % 10) + (b % 10) >= 10 else right + 10)
+            elif kind == "off_by_one":
+                wrong = str(right + rng.choice([-1, 1]))
+            else:
+                wrong = f"The answer is {right}."
+            pairs.append({"system": self.system, "prompt": self.instruction.format(a=a, b=b), "chosen": str(right),
+                          "rejected": wrong})
+        return pairs
+
     @staticmethod
     def score(output: str, answer: str) -> float:
         """1.0 when the first number in the output is the answer, else 0.0.

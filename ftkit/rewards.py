@@ -1,0 +1,201 @@
+"""GRPO rewards: built-in ones by name, and a user's own function named `file.py:function` in the recipe.
+
+Every reward has TRL's signature: the completions plus the dataset's columns (e.g. `answer`) and TRL's extras
+(`prompts`, `completion_ids`, `trainer_state`, ...) as keyword arguments; it returns one float per completion.
+A user's reward is written like this, in a file next to the recipe:
+
+    def brevity(completions, answer, **kwargs):
+        return [1.0 if len(text(c)) <= len(a) + 2 else 0.0 for c, a in zip(completions, answer)]
+
+(`ftkit.tasks.common.completion_text` turns a chat completion into its text.) The recipe names it with a weight:
+`rl.rewards: {task: 1.0, rewards.py:brevity: 0.5}`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import re
+from pathlib import Path
+
+from ftkit import tasks
+from ftkit.tasks.common import completion_text
+
+BUILT_IN = ("task", "exact_match", "numeric_match", "format", "length_penalty", "json_valid")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class RewardError(ValueError):
+    """A reward that cannot be used; the message names it and says the fix."""
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(n) for n in _NUMBER.findall(text.replace(",", ""))]
+
+
+def numeric_match(completions, answer, tolerance: float = 0.0, **_) -> list[float]:
+    """1.0 when the completion's first number is the answer's last number (GSM8K's "#### 42" style) within
+    `tolerance`, else 0.0.
+
+    >>> numeric_match(["42", "about 41.5", "none"], answer=["#### 42", "42", "42"], tolerance=0.5)
+    [1.0, 1.0, 0.0]
+    """
+    scores = []
+    for completion, reference in zip(completions, answer, strict=True):
+        got, want = _numbers(completion_text(completion)), _numbers(reference)
+        scores.append(float(bool(got and want) and abs(got[0] - want[-1]) <= tolerance))
+    return scores
+
+
+def format_match(completions, pattern: str, **_) -> list[float]:
+    """1.0 when the whole completion (stripped) matches the regular expression `pattern`.
+
+    >>> format_match(["<answer>7</answer>", "7"], pattern=r"<answer>\\d+</answer>")
+    [1.0, 0.0]
+    """
+    compiled = re.compile(pattern, re.DOTALL)
+    return [float(compiled.fullmatch(completion_text(c).strip()) is not None) for c in completions]
+
+
+def length_penalty(completions, target: int = 200, **_) -> list[float]:
+    """0.0 up to `target` characters, falling linearly to -1.0 at twice the target (and staying there).
+
+    >>> length_penalty(["a" * 10, "a" * 15, "a" * 40], target=10)
+    [0.0, -0.5, -1.0]
+    """
+    return [0.0 - min(1.0, max(0, len(completion_text(c)) - target) / target) for c in completions]
+
+
+def json_valid(completions, **_) -> list[float]:
+    """1.0 when the completion (without a ``` fence) parses as JSON.
+
+    >>> json_valid(['{"a": 1}', '```json\\n[1, 2]\\n```', "{a: 1}"])
+    [1.0, 1.0, 0.0]
+    """
+    scores = []
+    for completion in completions:
+        text = completion_text(completion).strip()
+        text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+        try:
+            json.loads(text)
+            scores.append(1.0)
+        except ValueError:
+            scores.append(0.0)
+    return scores
+
+
+# ---------------------------------------------------------------- user rewards
+
+
+def _split_reference(name: str) -> tuple[str, str] | None:
+    """'rewards.py:brevity' -> ('rewards.py', 'brevity'); None for a built-in name."""
+    if ":" not in name:
+        return None
+    path, _, function = name.rpartition(":")
+    return path, function
+
+
+def load_user_reward(reference: str, base_dir: str | Path = "."):
+    """Import `file.py:function` (the file relative to `base_dir`) and check TRL can call it."""
+    path_text, function = _split_reference(reference)
+    path = Path(base_dir) / path_text
+    if not path.is_file():
+        raise RewardError(f"reward {reference!r}: no file {path}; put the file next to the recipe or fix the path")
+    spec = importlib.util.spec_from_file_location(f"ftkit_user_rewards_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise RewardError(f"reward {reference!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise RewardError(f"reward {reference!r}: {path} defines no function {function!r}; its functions: "
+                          f"{', '.join(defined) or 'none'}")
+    check_signature(fn, reference)
+    return fn
+
+
+def check_signature(fn, name: str) -> None:
+    """TRL calls a reward as fn(prompts=..., completions=..., completion_ids=..., <columns>=..., trainer_state=...)."""
+    parameters = inspect.signature(fn).parameters.values()
+    names = {p.name for p in parameters}
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    if "completions" not in names or not takes_kwargs:
+        shown = f"{getattr(fn, '__name__', name)}{inspect.signature(fn)}"
+        raise RewardError(f"reward {name!r}: {shown} cannot take TRL's arguments; a reward takes `completions` and "
+                          "**kwargs (the dataset's columns such as `answer`, and `prompts`), e.g. "
+                          "def my_reward(completions, answer, **kwargs)")
+
+
+def check_names(names, base_dir: str | Path) -> list[str]:
+    """Problems with the rewards a recipe names (used at validation time; user files are imported and checked)."""
+    problems = []
+    for name in names:
+        if _split_reference(name) is None:
+            if name not in BUILT_IN:
+                problems.append(f"rl.rewards: unknown reward {name!r}; built-in rewards: {', '.join(BUILT_IN)}, "
+                                "or name your own as file.py:function")
+            continue
+        try:
+            load_user_reward(name, base_dir)
+        except RewardError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# ---------------------------------------------------------------- the recipe's rewards, checked at run time
+
+
+def checked(fn, name: str, **options):
+    """Wrap a reward so that an exception, a wrong length, None or NaN stops training with a message naming it
+    (TRL would otherwise turn None into NaN and carry on)."""
+
+    def reward(completions, **columns):
+        try:
+            values = fn(completions, **options, **columns)
+        except Exception as exc:
+            raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}") from exc
+        values = list(values) if values is not None else []
+        if len(values) != len(completions):
+            raise RewardError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions; "
+                              "return one float per completion")
+        for value in values:
+            if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+                raise RewardError(f"reward {name!r} returned {value!r}; a reward must be a number for every "
+                                  "completion (never None or NaN)")
+        return [float(v) for v in values]
+
+    reward.__name__ = name
+    return reward
+
+
+def short_name(name: str) -> str:
+    """A reward's name in logs and tables: the recipe key, a user file shortened to `file.py:function`."""
+    return f"{Path(name.rpartition(':')[0]).name}:{name.rpartition(':')[2]}" if ":" in name else name
+
+
+def build(cfg, base_dir: str | Path) -> tuple[list, list[float]]:
+    """The recipe's GRPO reward functions (checked, named by `short_name`) and their weights."""
+    functions, weights = [], []
+    for name, weight in cfg.rl.rewards.items():
+        options = {}
+        if name == "task":
+            fn = tasks.for_data(cfg.data).reward
+        elif name == "exact_match":
+            fn = tasks.ExactMatch().reward
+        elif name == "numeric_match":
+            fn, options = numeric_match, {"tolerance": cfg.rl.numeric_tolerance}
+        elif name == "format":
+            fn, options = format_match, {"pattern": cfg.rl.format_regex}
+        elif name == "length_penalty":
+            fn, options = length_penalty, {"target": cfg.rl.length_target}
+        elif name == "json_valid":
+            fn = json_valid
+        else:
+            fn = load_user_reward(name, base_dir)
+        functions.append(checked(fn, short_name(name), **options))
+        weights.append(weight)
+    return functions, weights

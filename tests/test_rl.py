@@ -1,0 +1,128 @@
+"""RL: rewards named in the recipe (built-in and user files) and their failures, DPO and RLOO on a tiny model."""
+
+import json
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from ftkit import data, models, recipe, report, rewards, rl, sft
+from ftkit.tasks import Addition
+from tests.conftest import ROOT
+
+
+def write_recipe(tmp_path, **sections):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", **sections}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("reward_file, reward, message", [
+    (None, "missing.py:f", r"r\.yaml:\d+: reward '.*missing\.py:f': no file .*missing\.py; put the file next to the "
+                           r"recipe or fix the path"),
+    ("def other(completions, **kwargs):\n    return [0.0]\n", "mine.py:mine",
+     r"mine\.py defines no function 'mine'; its functions: other"),
+    ("def mine(completions):\n    return [0.0]\n", "mine.py:mine",
+     r"mine\(completions\) cannot take TRL's arguments; a reward takes `completions` and \*\*kwargs"),
+    ("import nonexistent_module\n", "mine.py:mine",
+     r"importing .*mine\.py failed: ModuleNotFoundError: No module named 'nonexistent_module'"),
+    (None, "exact", r"unknown reward 'exact'; built-in rewards: task, exact_match, numeric_match, format, "
+                    r"length_penalty, json_valid, or name your own as file\.py:function"),
+    (None, "format", r"rl: rewards names format but format_regex is not set"),
+])
+def test_bad_rewards_fail_at_validation(tmp_path, reward_file, reward, message):
+    if reward_file:
+        (tmp_path / "mine.py").write_text(reward_file)
+    with pytest.raises(recipe.RecipeError, match=message):
+        recipe.load(write_recipe(tmp_path, rl={"rewards": {reward: 1.0}}))
+
+
+def test_bad_format_regex_is_caught(tmp_path):
+    with pytest.raises(recipe.RecipeError, match=r"format_regex '\(' is not a regular expression"):
+        recipe.load(write_recipe(tmp_path, rl={"rewards": {"format": 1.0}, "format_regex": "("}))
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise KeyError('answer')", r"reward 'bad' raised KeyError: 'answer'"),
+    ("return [1.0]", r"reward 'bad' returned 1 values for 2 completions; return one float per completion"),
+    ("return [float('nan')] * len(completions)", r"reward 'bad' returned nan; a reward must be a number"),
+    ("return [None] * len(completions)", r"reward 'bad' returned None; a reward must be a number"),
+])
+def test_rewards_that_misbehave_stop_training_with_their_name(body, message):
+    namespace = {}
+    exec(f"def bad(completions, **kwargs):\n    {body}\n", namespace)
+    with pytest.raises(rewards.RewardError, match=message):
+        rewards.checked(namespace["bad"], "bad")(["a", "b"], answer=["1", "2"])
+
+
+def test_built_in_rewards_are_built_with_their_options(tmp_path):
+    cfg = recipe.load(write_recipe(tmp_path, rl={
+        "rewards": {"task": 1.0, "numeric_match": 0.5, "format": 0.2, "length_penalty": 0.1, "json_valid": 0.1},
+        "numeric_tolerance": 1.0, "format_regex": r"\d+", "length_target": 2}))
+    functions, weights = rewards.build(cfg, tmp_path)
+    assert [f.__name__ for f in functions] == ["task", "numeric_match", "format", "length_penalty", "json_valid"]
+    assert weights == [1.0, 0.5, 0.2, 0.1, 0.1]
+    completions = [[{"role": "assistant", "content": "68"}], [{"role": "assistant", "content": "67 or so"}]]
+    values = [f(completions, answer=["68", "68"]) for f in functions]
+    assert values == [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, -1.0], [1.0, 0.0]]
+
+
+def test_dpo_needs_preference_pairs(tmp_path):
+    with pytest.raises(recipe.RecipeError, match="rl.method dpo trains on preference pairs, and task 'addition' has "
+                                                 "none"):
+        recipe.load(write_recipe(tmp_path, rl={"method": "dpo"}))
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n"
+                                               for i in range(30)))
+    cfg = recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "dpo"}))
+    with pytest.raises(data.DataError, match="these rows have no rejected answer; use data with prompt/chosen/"
+                                             "rejected columns"):
+        data.build_splits(cfg)
+
+
+def test_the_shipped_preference_pairs_are_the_generators():
+    shipped = (ROOT / "recipes" / "data" / "addition_preferences.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in shipped] == Addition().preference_pairs(400, seed=1)
+
+
+def _prepared_run(tmp_path, tiny_model_dir, stages, **sections):
+    """A run directory with the data stage done (and SFT, when listed), in-process."""
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().preference_pairs(60, 1)))
+    cfg = recipe.load(write_recipe(
+        tmp_path, stages=stages, model={"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8,
+                                        "gradient_checkpointing": False},
+        data={"path": "prefs.jsonl", "test_size": 8},
+        sft={"max_steps": 2, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}, **sections))
+    run_dir = tmp_path / "run"
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    splits, figures = data.build_splits(cfg, tokenizer)
+    data.save_splits(splits, run_dir, figures, tokenizer)
+    if "sft" in stages:
+        sft.train(cfg, run_dir)
+    return cfg, run_dir
+
+
+def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
+    cfg, run_dir = _prepared_run(tmp_path, tiny_model_dir, ["data", "sft", "rl"], rl={
+        "method": "dpo", "max_steps": 3, "batch_size": 4, "learning_rate": 1.0e-2, "logging_steps": 1})
+    result = rl.train(cfg, run_dir)
+    assert result["method"] == "dpo" and result["start_from"] == "sft" and result["steps"] == 3
+    assert result["first_margin"] == pytest.approx(0.0, abs=1e-4), "the reference is the SFT model itself"
+    before = load_file(run_dir / "sft" / "adapter" / "adapter_model.safetensors")
+    after = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"} <= \
+        set(rl.curves(run_dir))
+    assert len(report.plot_rl(run_dir).axes) == 5
+    assert rl.samples(run_dir).empty
+
+
+def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir):
+    cfg, run_dir = _prepared_run(tmp_path, tiny_model_dir, ["data", "rl"], rl={
+        "method": "rloo", "max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-2,
+        "temperature": 1.5, "max_completion_length": 6, "logging_steps": 1,
+        "rewards": {"length_penalty": 1.0, "exact_match": 1.0}, "length_target": 12})
+    result = rl.train(cfg, run_dir)
+    assert result["method"] == "rloo" and result["start_from"] == "base" and result["steps"] == 2
+    trained = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k), "lora_B starts at zero"
+    assert {"length_penalty", "exact_match", "total"} <= set(rl.samples(run_dir).columns)
