@@ -149,6 +149,13 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
     return row
 
 
+def _answer_text(value) -> str:
+    """A preference answer: a string, or a conversation (as in UltraFeedback) whose last message is the answer."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
+        return str(value[-1]["content"])
+    return "" if value is None else str(value)
+
+
 def normalize(record: dict, fmt: str, place: str) -> dict | None:
     """One raw record -> row (None for a conversation with invalid turn order)."""
     fields = FIELDS[fmt]
@@ -165,7 +172,7 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
     if fmt == "text":
         return {"text": record["text"]}
     if fmt == "preference":
-        chosen, rejected = (str(record[k]) if record[k] is not None else "" for k in ("chosen", "rejected"))
+        chosen, rejected = (_answer_text(record[k]) for k in ("chosen", "rejected"))
         if chosen.strip() and chosen.strip() == rejected.strip():
             raise DataError(f"{place}: chosen and rejected are the same ({chosen[:60]!r}); a preference pair needs "
                             "two different answers: fix or remove the row")
@@ -446,6 +453,11 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         else:
             splits = split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size)
     check(splits, source)
+    shifted = getattr(tasks.get(data_cfg.task), "shifted", None) if data_cfg.task else None
+    if data_cfg.generalization_size and (shifted or data_cfg.generalization_path):
+        splits["generalization"] = (shifted(data_cfg.generalization_size, cfg.seed) if shifted else
+                                    clean(load_files(data_cfg.generalization_path, data_cfg.format,
+                                                     data_cfg.columns)[0], Counter())[:data_cfg.generalization_size])
     if "text" in splits["train"][0] and "rl" in cfg.stages:
         raise DataError(f"{source}: plain text (continued pre-training) trains with SFT only, there is no prompt to "
                         "answer for a reward: remove rl from stages, or use prompt/answer data")
@@ -493,7 +505,8 @@ def save_splits(splits: dict[str, list[dict]], run_dir: str | Path, figures: dic
     """Write the splits and `data/stats.json`; return the stats."""
     out = Path(run_dir) / "data"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.jsonl").unlink(missing_ok=True)  # a rerun without validation must not leave a stale one
+    for optional in ("validation", "generalization"):  # a rerun without them must not leave stale ones
+        (out / f"{optional}.jsonl").unlink(missing_ok=True)
     for name, rows in splits.items():
         write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     figures = {**(figures or {}), "splits": stats(splits, tokenizer)}

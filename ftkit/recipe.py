@@ -74,6 +74,9 @@ class DataConfig(_Section):
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
     test_size: int = Field(200, gt=0)
     validation_size: int = Field(0, ge=0, description="examples held out of train for an SFT eval loss")
+    generalization_path: str | None = Field(None, description="a related but shifted test set (file or glob): "
+                                            "generalization claim; tasks bring their own")
+    generalization_size: int = Field(100, ge=0, description="generalization examples (0: none)")
     dedupe: bool = True
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
@@ -162,9 +165,42 @@ class RLConfig(_Section):
 class EvalConfig(_Section):
     models: list[Literal["base", "sft", "rl"]] | None = Field(
         None, description="models to evaluate; default: base plus every tuned model the recipe trains")
+    metrics: list[str] | None = Field(None, description="task, exact_match, accuracy, f1, rouge_l, chrf, bleu or an "
+                                      "evaluate hub id; the first is the headline; default: task (files: "
+                                      "exact_match, f1, rouge_l)")
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(8, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
+    samples: int = Field(1, gt=0, description="completions per prompt (pass@k with temperature > 0)")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion")
+    answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
+    robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
+    perturbations: list[Literal["typo", "case", "whitespace", "reword"]] = Field(
+        default_factory=lambda: ["typo", "case", "whitespace", "reword"])
     n_examples_shown: int = Field(10, ge=0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics):
+        from ftkit.metrics import LOCAL
+
+        if metrics is not None:
+            if not metrics:
+                raise ValueError("name at least one metric, or leave metrics out for the default")
+            unknown = [m for m in metrics if m != "task" and m not in LOCAL and "/" not in m]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], ["task", *LOCAL], n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: task, {', '.join(LOCAL)}, or an "
+                                 "evaluate hub id such as evaluate-metric/bertscore")
+        return metrics
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self):
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples = {self.samples} needs temperature > 0 (greedy decoding gives the same "
+                             "completion every time); e.g. temperature: 0.8")
+        return self
 
 
 class ExportConfig(_Section):
@@ -374,7 +410,7 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
                             "fix the path (relative paths start at the recipe's folder)")
         return absolute if glob.has_magic(absolute) else str(Path(absolute).resolve())
 
-    for key in ("path", "test_path"):
+    for key in ("path", "test_path", "generalization_path"):
         if getattr(cfg.data, key) is not None:
             setattr(cfg.data, key, resolve(getattr(cfg.data, key), f"data.{key}", ("data", key)))
     if "rl" in cfg.stages and cfg.rl.method != "dpo":

@@ -138,8 +138,35 @@ def metrics_table(eval_metrics: dict):
     import pandas as pd
 
     rows = [{"model": name, metric_name(m): m[metric_name(m)], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
-             "n": m["n"]} for name, m in eval_metrics.items()]
+             "n": m["n"], "vs base": versus_base(m, eval_metrics.get("base")), **_paired(m)}
+            for name, m in eval_metrics.items()]
     return pd.DataFrame(rows).set_index("model")
+
+
+def _paired(model_metrics: dict) -> dict:
+    paired = model_metrics.get("vs_base")
+    if not paired:
+        return {"p (paired)": None, "fail→pass": None, "pass→fail": None}
+    return {"p (paired)": round(paired["p_value"], 4), "fail→pass": paired["fail_to_pass"],
+            "pass→fail": paired["pass_to_fail"]}
+
+
+def all_metrics_table(eval_metrics: dict):
+    """DataFrame: every metric of every model (with its 95% CI where it has per-example scores), and the loss and
+    perplexity on the reference answers."""
+    import pandas as pd
+
+    table = {}
+    for name, m in eval_metrics.items():
+        row = {}
+        for metric, figures in m.get("metrics", {}).items():
+            ci = figures.get("ci95")
+            row[metric] = f"{figures['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        for key in ("answer_loss", "answer_perplexity", "perplexity"):
+            if key in m:
+                row[key] = round(m[key], 3)
+        table[name] = row
+    return pd.DataFrame(table).T
 
 
 # ---------------------------------------------------------------- HTML
@@ -222,9 +249,18 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     if evaluated:
         metric = metric_name(next(iter(evaluated.values())))
         rows = [[name, _fmt(m[metric]), f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]", m["n"],
-                 versus_base(m, evaluated.get("base"))] for name, m in evaluated.items()]
-        parts.append('<h3>Held-out test set</h3><div id="metrics">'
-                     + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base"], rows) + "</div>")
+                 versus_base(m, evaluated.get("base"))] + [_fmt(v) for v in _paired(m).values()]
+                for name, m in evaluated.items()]
+        parts.append('<h3>1 · Task performance (held-out test set)</h3><div id="metrics">'
+                     + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base", "p (paired test)", "fail→pass",
+                               "pass→fail"], rows) + "</div>")
+        others = all_metrics_table(evaluated)
+        if len(others.columns) > 1:
+            parts.append("<p>Every metric (95% CI) and the loss on the reference answers:</p>"
+                         + _table(["model", *others.columns], [[n, *(_fmt(v) for v in r)]
+                                                               for n, r in zip(others.index, others.values)]))
+        parts.append(_claims(evaluated))
+        parts.append(_flips(run_dir, [n for n in evaluated if n != "base"]))
     exported = metrics.get("export", {})
     if exported.get("merged") or exported.get("adapter"):
         check = exported.get("check", {})
@@ -243,6 +279,35 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     parts.append(_rl_samples(run_dir))
     parts.append(_examples(run_dir, list(evaluated)))
     return "\n".join(parts)
+
+
+def _claims(evaluated: dict) -> str:
+    from ftkit.evaluation import claims
+
+    table = claims(evaluated)
+    if len(table.columns) < 2:
+        return ""
+    first = next(iter(evaluated.values()))
+    shifted = first.get("generalization", {})
+    perturbed = first.get("robustness", {}).get("clean", {})
+    rows = [[name, *(_fmt(v) for v in values)] for name, values in zip(table.index, table.values)]
+    return ("<h3>2 · Generalization and 3 · Robustness</h3>"
+            f"<p>Generalization: the headline metric on a related but shifted test set ({_esc(shifted.get('n', 0))} "
+            f"examples). Robustness: its change on the first {_esc(perturbed.get('n', 0))} test prompts under each "
+            "perturbation (negative: worse than on the unperturbed prompts).</p>"
+            + _table(["model", *table.columns], rows))
+
+
+def _flips(run_dir: Path, names: list[str], limit: int = 8) -> str:
+    parts = []
+    for name in names:
+        path = run_dir / "eval" / f"flips_{name}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        if records:
+            rows = [[r["flip"], r["prompt"], r["reference"], r["base"], r[name]] for r in records[:limit]]
+            parts.append(f"<p>{_esc(name)} against base: {len(records)} examples flipped (first {len(rows)}):</p>"
+                         + _table(["flip", "prompt", "reference", "base", name], rows))
+    return "".join(parts)
 
 
 def _rl_samples(run_dir: Path) -> str:

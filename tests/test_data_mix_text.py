@@ -137,3 +137,13 @@ def test_plain_text_runs_sft_and_eval_by_perplexity(tiny_model_dir, tmp_path):
     assert predictions[0]["prompt"] and "output" in predictions[0]
     html = (run_dir / "report.html").read_text()
     assert "<th>perplexity</th>" in html and "ppl " in html
+
+
+def test_a_generalization_file_becomes_its_own_split(two_sources):
+    write_jsonl(two_sources / "shifted.jsonl", qa(30, "other"))
+    cfg = recipe.load(write_recipe(two_sources, path="small.jsonl", generalization_path="shifted.jsonl",
+                                   generalization_size=20))
+    splits, _ = data.build_splits(cfg)
+    assert len(splits["generalization"]) == 20 and splits["generalization"][0]["prompt"] == "other question number 0"
+    with pytest.raises(recipe.RecipeError, match=r"data\.generalization_path = 'gone\.jsonl': no file matches"):
+        recipe.load(write_recipe(two_sources, path="small.jsonl", generalization_path="gone.jsonl"))

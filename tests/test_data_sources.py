@@ -381,4 +381,4 @@ def test_validation_split_is_held_out_of_train(tmp_path):
     assert {k: len(v) for k, v in own.items()} == {"validation": 5, "train": 15, "test": 2}
     cfg = make_recipe(tmp_path, test_size=10, validation_size=5, train_size=50)
     task, _ = data.build_splits(cfg)
-    assert {k: len(v) for k, v in task.items()} == {"validation": 5, "train": 45, "test": 10}
+    assert {k: len(v) for k, v in task.items()} == {"validation": 5, "train": 45, "test": 10, "generalization": 100}

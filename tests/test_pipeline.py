@@ -55,8 +55,18 @@ def test_metrics_are_present_and_in_range(tiny_run):
     assert set(metrics["eval"]) == {"base", "sft", "rl"}
     for name, m in metrics["eval"].items():
         assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0 and m["n"] == 16
+        assert m["answer_loss"] > 0 and m["answer_perplexity"] > 1
+        assert m["generalization"]["n"] == 100 and 0.0 <= m["generalization"]["value"] <= 1.0
+        assert set(m["robustness"]) == {"clean", "typo", "case", "whitespace", "reword"}
+        assert m["robustness"]["typo"]["n"] == 16
         rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
-        assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score"}
+        assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores"}
+        assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
+    for tuned in ("sft", "rl"):
+        paired = metrics["eval"][tuned]["vs_base"]
+        assert paired["test"] == "mcnemar_exact" and 0.0 <= paired["p_value"] <= 1.0
+        flipped = (run_dir / "eval" / f"flips_{tuned}.jsonl").read_text().splitlines()
+        assert len(flipped) == paired["fail_to_pass"] + paired["pass_to_fail"]
 
 
 def test_training_changed_the_weights(tiny_run):
@@ -103,6 +113,8 @@ def test_report_holds_the_metrics_table_and_plots(tiny_run):
     _, run_dir = tiny_run
     page = (run_dir / "report.html").read_text()
     assert '<div id="metrics">' in page and "<td>sft</td>" in page and "<td>rl</td>" in page
+    assert "1 · Task performance" in page and "2 · Generalization and 3 · Robustness" in page
+    assert "robustness: typo (change)" in page
     assert page.count("data:image/png;base64,") >= 2  # SFT loss and RL reward, embedded
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     assert 'id="stage-eval"' in page

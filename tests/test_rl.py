@@ -126,3 +126,11 @@ def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir
     trained = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k), "lora_B starts at zero"
     assert {"length_penalty", "exact_match", "total"} <= set(rl.samples(run_dir).columns)
+
+
+def test_preference_answers_may_be_conversations():
+    row = data.normalize({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"},
+                                                      {"role": "assistant", "content": "Hello."}],
+                          "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go."}]},
+                         "preference", "ultrafeedback row 0")
+    assert row == {"prompt": "Hi?", "answer": "Hello.", "rejected": "Go."}

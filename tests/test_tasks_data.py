@@ -11,9 +11,10 @@ from ftkit.tasks import addition, get
 
 
 def test_doctests():
+    from ftkit import evaluation, robustness
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards):
+    for module in (addition, exact_match, rewards, robustness, evaluation):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

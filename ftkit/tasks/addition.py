@@ -11,6 +11,7 @@ import re
 from ftkit.tasks.common import score_all
 
 _NUMBER = re.compile(r"-?\d+")
+_QUESTION = re.compile(r"What is (\d+) plus (\d+)\?")
 
 
 class Addition:
@@ -37,6 +38,27 @@ class Addition:
                              f"{train_size + test_size} is too many: lower data.train_size or data.test_size")
         return {"test": [self.example(a, b) for a, b in pairs[:test_size]],
                 "train": [self.example(a, b) for a, b in pairs[test_size:test_size + train_size]]}
+
+    def shifted(self, n: int, seed: int) -> list[dict]:
+        """Generalization: the same question with a three-digit first number (training sees two digits only).
+
+        >>> Addition().shifted(1, 0)[0]["prompt"]
+        'What is 964 plus 59?'
+        """
+        rng = random.Random(seed)
+        return [self.example(rng.randint(100, 999), rng.randint(self.low, self.high)) for _ in range(n)]
+
+    def reword(self, prompt: str, rng: random.Random) -> str | None:
+        """The question asked another way (None when `prompt` is not one of this task's questions).
+
+        >>> Addition().reword("What is 12 plus 30?", random.Random(0))
+        '12 + 30 = ?'
+        """
+        found = _QUESTION.fullmatch(prompt.strip())
+        if found is None:
+            return None
+        a, b = found.groups()
+        return rng.choice(["Add {a} and {b}.", "{a} + {b} = ?", "Compute the sum of {a} and {b}."]).format(a=a, b=b)
 
     def preference_pairs(self, n: int, seed: int) -> list[dict]:
         """`n` questions with the right answer (chosen) against a typical mistake (rejected): a dropped or doubled

@@ -1,0 +1,16 @@
+"""Accuracy of predicted labels (stripped strings compared exactly), computed with scikit-learn."""
+
+import evaluate
+from sklearn.metrics import accuracy_score
+
+from ftkit.metrics import info, result
+
+
+class Accuracy(evaluate.Metric):
+    def _info(self):
+        return info(__doc__)
+
+    def _compute(self, predictions, references):
+        predicted, expected = [p.strip() for p in predictions], [r.strip() for r in references]
+        scores = [float(p == r) for p, r in zip(predicted, expected)]
+        return result("accuracy", scores, float(accuracy_score(expected, predicted)) if scores else 0.0)

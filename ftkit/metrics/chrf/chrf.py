@@ -1,0 +1,16 @@
+"""chrF (character n-gram F-score) per sentence and for the corpus, computed with `sacrebleu`, scaled to 0-1."""
+
+import evaluate
+import sacrebleu
+
+from ftkit.metrics import info, result
+
+
+class ChrF(evaluate.Metric):
+    def _info(self):
+        return info(__doc__, "Popović, 2015. chrF: character n-gram F-score for automatic MT evaluation.")
+
+    def _compute(self, predictions, references):
+        scores = [sacrebleu.sentence_chrf(p, [r]).score / 100 for p, r in zip(predictions, references)]
+        corpus = sacrebleu.corpus_chrf(list(predictions), [list(references)]).score / 100 if scores else 0.0
+        return result("chrf", scores, corpus)

@@ -1,0 +1,98 @@
+"""Evaluation: ftkit's `evaluate` metrics offline with exact values, scoring, confidence intervals, the paired test
+and flipped examples, and the perturbations of the robustness claim."""
+
+import json
+import random
+
+import pytest
+import yaml
+
+from ftkit import evaluation, metrics, recipe, robustness
+from ftkit.tasks import Addition
+
+
+def test_metric_modules_load_offline_and_give_exact_values(monkeypatch):
+    import evaluate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    predictions = ["The cat sat.", "paris", "42"]
+    references = ["the cat sat down", "Paris", "41"]
+    got = {name: evaluate.load(str(metrics.path(name))).compute(predictions=predictions, references=references)
+           for name in metrics.LOCAL}
+    assert got["exact_match"] == {"exact_match": pytest.approx(1 / 3), "per_example": [0.0, 1.0, 0.0]}
+    assert got["accuracy"] == {"accuracy": 0.0, "per_example": [0.0, 0.0, 0.0]}
+    # "the" is dropped: prediction {cat, sat} vs reference {cat, sat, down}: P 1, R 2/3
+    assert got["f1"]["per_example"] == pytest.approx([0.8, 1.0, 0.0])
+    # LCS 3 words of 3 and 4: P 1, R 3/4 -> F 6/7; case-folded "paris" matches
+    assert got["rouge_l"]["per_example"] == pytest.approx([6 / 7, 1.0, 0.0])
+    assert got["chrf"]["per_example"][2] == pytest.approx(0.25)  # "42" vs "41": the character unigram "4" only
+    assert 0 < got["chrf"]["per_example"][0] < 1
+    assert got["bleu"]["per_example"][1] == 0.0  # sacreBLEU is case-sensitive: "paris" is not "Paris"
+
+
+def test_scores_put_the_headline_metric_first_and_average_samples(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["task", "exact_match", "f1"]}}))
+    cfg = recipe.load(path)
+    # the task's scorer reads the first number; exact match wants the answer alone; F1: 1 of 3 words, recall 1
+    per_example, overall = evaluation.score(cfg, ["68", "I think 67", "66"], ["68", "67", "67"])
+    assert per_example == {"task": [1.0, 1.0, 0.0], "exact_match": [1.0, 0.0, 0.0],
+                           "f1": [1.0, pytest.approx(0.5), 0.0]}
+    assert overall["task"] == pytest.approx(2 / 3)
+    # two samples per prompt: each example's score is the mean over its samples
+    per_example, _ = evaluation.score(cfg, [["68", "69"], ["67", "67"]], ["68", "67"])
+    assert per_example["task"] == [0.5, 1.0]
+
+
+def test_unknown_metrics_and_sampling_without_temperature_are_refused(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["rouge"]}}))
+    with pytest.raises(recipe.RecipeError, match=r"r\.yaml:\d+: eval\.metrics = \['rouge'\]: unknown metric 'rouge'; "
+                                                 r"did you mean 'rouge_l'\?"):
+        recipe.load(path)
+    path.write_text(yaml.safe_dump({"name": "m", "eval": {"samples": 4}}))
+    with pytest.raises(recipe.RecipeError, match=r"samples = 4 needs temperature > 0"):
+        recipe.load(path)
+
+
+def test_bootstrap_ci_and_pass_at_k():
+    assert evaluation.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    low, high = evaluation.bootstrap_ci([0.0, 1.0] * 100, seed=0)
+    assert 0.42 < low < 0.5 < high < 0.58
+    assert evaluation.pass_at_k(1, 4, 1) == 0.25 and evaluation.pass_at_k(2, 4, 2) == pytest.approx(5 / 6)
+
+
+def _predictions(run_dir, name, scores):
+    rows = [{"prompt": f"q{i}", "reference": "r", "output": "right" if s else "wrong", "score": s}
+            for i, s in enumerate(scores)]
+    (run_dir / "eval" / f"predictions_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_test_and_flips_against_the_base(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test.jsonl").write_text(json.dumps({"prompt": "q", "answer": "r"}) + "\n")
+    _predictions(tmp_path, "base", [0.0] * 10 + [1.0] * 10)
+    _predictions(tmp_path, "sft", [1.0] * 9 + [0.0] + [1.0] * 9 + [0.0])  # 9 gained, 1 lost
+    cfg = recipe.build({"name": "m"})
+    results = evaluation.compare(cfg, tmp_path, {"base": {}, "sft": {}})
+    paired = results["sft"]["vs_base"]
+    assert paired["fail_to_pass"] == 9 and paired["pass_to_fail"] == 1 and paired["test"] == "mcnemar_exact"
+    assert paired["p_value"] == pytest.approx(22 / 1024)  # two-sided exact binomial: P(X <= 1 or X >= 9), n 10
+    flips = evaluation.flips(tmp_path, "sft", limit=50)
+    assert len(flips) == 10 and list(flips["flip"]).count("pass→fail") == 1
+    assert flips.iloc[0].to_dict() == {"flip": "fail→pass", "prompt": "q0", "reference": "r", "base": "wrong",
+                                       "sft": "right"}
+
+
+def test_perturbations_change_only_the_prompt_and_are_the_same_for_every_model():
+    rows = Addition().splits(0, 5, 0)["test"]
+    for kind in robustness.PERTURBATIONS:
+        once = robustness.perturb(rows, kind, seed=0, task=Addition())
+        assert once == robustness.perturb(rows, kind, seed=0, task=Addition())
+        assert all(p["answer"] == r["answer"] and p["system"] == r["system"] for p, r in zip(once, rows))
+        assert all(p["prompt"] != r["prompt"] for p, r in zip(once, rows)), kind
+    reworded = robustness.perturb(rows, "reword", seed=0, task=Addition())
+    assert all("What is" not in r["prompt"] for r in reworded), "the task's own rewordings"
+    assert robustness.typo("a b c", random.Random(0)) == "a b c", "no word long enough: unchanged"
