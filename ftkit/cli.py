@@ -3,6 +3,8 @@
     ftkit run recipes/quickstart.yaml --set sft.max_steps=10
     ftkit validate recipes/quickstart.yaml
     ftkit report reports/quickstart/20261126-101500
+    ftkit compare reports/quickstart/20261126-101500 reports/quickstart/20261126-113000 -o compare.html
+    ftkit run recipes/quickstart.yaml --sweep sft.learning_rate=1e-3,3e-4
     ftkit model HuggingFaceTB/SmolLM2-135M-Instruct
 """
 
@@ -27,9 +29,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a recipe key, e.g. sft.learning_rate=1e-4 (repeatable)")
     run.add_argument("--stages", help="comma-separated subset of the recipe's stages to run now, e.g. data,sft")
     run.add_argument("--run-dir", help="run directory to use (default: reports/<name>/<timestamp>)")
+    run.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                     help="run one variant of the recipe per value of KEY, then write a page comparing them")
     validate = sub.add_parser("validate", help="check a recipe without running anything (exit 0 when valid)")
     validate.add_argument("recipe")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compare = sub.add_parser("compare", help="write one HTML page comparing runs")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("-o", "--output", help="the page to write (default: reports/compare-<timestamp>.html)")
     report = sub.add_parser("report", help="re-render report.html from a run directory")
     report.add_argument("run_dir")
     model = sub.add_parser("model", help="make a model available locally and print where it is")
@@ -51,6 +58,11 @@ def _stages(option: str | None, cfg) -> list[str]:
 def _print_event(kind, stage, result):
     if kind == "start":
         print(f"▶ {stage} ...", flush=True)
+    elif kind == "progress":
+        done, total = result["done"], result["total"]
+        minutes, seconds = divmod(result["elapsed_s"], 60)
+        print(f"  {stage}: {done}/{total} {result['unit']} ({100 * done // total}%), {minutes}m{seconds:02d}s",
+              flush=True)
     elif result.ok:
         print(f"✓ {stage} done in {result.seconds:.1f} s", flush=True)
     else:
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("papermill", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
+    if args.command == "compare":
+        return _compare(args.run_dirs, args.output)
     if args.command == "report":
         from ftkit import report
 
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = recipes.load(args.recipe, args.overrides)
         stages = _stages(getattr(args, "stages", None), cfg)
+        variants = _sweep(args) if getattr(args, "sweep", None) else None
     except recipes.RecipeError as exc:
         print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ftkit import runner
 
+    if variants:
+        return _run_sweep(args, variants, stages)
     run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
     run_dir, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
@@ -115,6 +132,59 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {report_path}")
     if failed:
         print(f"ftkit: stage {failed.stage} failed: {failed.error} — open {failed.notebook}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _compare(run_dirs: list[str], output: str | None) -> int:
+    import datetime as dt
+
+    from ftkit import compare, runner
+
+    if len(run_dirs) < 2:
+        print("ftkit: compare needs at least two run directories", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(output) if output else runner.reports_dir() / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}.html"
+    try:
+        print(f"comparison: {compare.render(run_dirs, out)}")
+    except FileNotFoundError as exc:
+        print(f"ftkit: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def _sweep(args) -> list[tuple[str, object]]:
+    """The --sweep variants as (assignment, value) pairs, each validated as a --set override."""
+    import yaml
+
+    key, sep, values = args.sweep.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise recipes.RecipeError("--sweep", [f"{args.sweep!r}: expected KEY=V1,V2,..., e.g. sft.learning_rate=1e-3,3e-4"])
+    variants = [f"{key.strip()}={v.strip()}" for v in values.split(",") if v.strip()]
+    for assignment in variants:
+        recipes.load(args.recipe, [*args.overrides, assignment])
+    return [(a, yaml.safe_load(a.partition("=")[2])) for a in variants]
+
+
+def _run_sweep(args, variants, stages) -> int:
+    """One run per value (run directories named after it), then the comparison page next to them."""
+    import datetime as dt
+
+    from ftkit import compare, runner
+
+    stamp, run_dirs, failed = f"{dt.datetime.now():%Y%m%d-%H%M%S}", [], []
+    for assignment, _ in variants:
+        cfg = recipes.load(args.recipe, [*args.overrides, assignment])
+        run_dir = runner.reports_dir() / cfg.name / f"{stamp}-{assignment.replace('/', '_')}"
+        print(f"▶▶ {assignment}: {run_dir}", flush=True)
+        _, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
+        print(f"report: {report_path}")
+        run_dirs.append(run_dir)
+        failed += [f"{assignment}: {r.stage}" for r in results if not r.ok]
+    page = compare.render(run_dirs, runner.reports_dir() / cfg.name / f"sweep-{stamp}.html")
+    print(f"comparison: {page}")
+    if failed:
+        print(f"ftkit: failed stages: {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

@@ -22,17 +22,18 @@ import numpy as np
 import torch
 
 from ftkit import data, metrics, models, robustness, tasks
-from ftkit.io import write_atomic
+from ftkit.io import write_atomic, write_progress
 
 BINARY = ("task", "exact_match", "accuracy")
 
 
 @torch.inference_mode()
 def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tokens: int, temperature: float = 0.0,
-             samples: int = 1, stop: list[str] | tuple = ()) -> list:
+             samples: int = 1, stop: list[str] | tuple = (), progress=None) -> list:
     """Chat completions (plain-text continuations for string prompts), batched with left padding and prompts sorted
     by length to waste less padding. Greedy unless `temperature` > 0; with `samples` > 1 each output is a list of
-    that many completions. A completion ends at the first of the `stop` strings (which is cut off)."""
+    that many completions. A completion ends at the first of the `stop` strings (which is cut off). `progress(n)`
+    is called after each batch with the number of prompts it finished."""
     tokenizer.padding_side = "left"
     options = {"do_sample": temperature > 0, "num_return_sequences": samples}
     if temperature > 0:
@@ -54,6 +55,8 @@ def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tok
         for k, i in enumerate(idx):
             texts_i = [_cut(t, stop) for t in decoded[k * samples:(k + 1) * samples]]
             outputs[i] = texts_i[0] if samples == 1 else texts_i
+        if progress is not None:
+            progress(len(idx))
     return outputs
 
 
@@ -197,9 +200,20 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
     return out
 
 
-def _run(cfg, model, tokenizer, rows: list[dict]) -> list:
+def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> list:
     return generate(model, tokenizer, [data.messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                    cfg.eval.temperature, cfg.eval.samples, cfg.eval.stop)
+                    cfg.eval.temperature, cfg.eval.samples, cfg.eval.stop, progress)
+
+
+def _counter(run_dir: Path, name: str, total: int):
+    """A progress callback counting the prompts model `name` has answered, written for `ftkit run` to show."""
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        write_progress(run_dir, "eval", done[0], total, f"prompts ({name})")
+
+    return tick
 
 
 def _records(rows: list[dict], outputs: list, per_example: dict, **extra) -> str:
@@ -220,8 +234,12 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(run_dir, name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
+    shifted = run_dir / "data" / "generalization.jsonl"
+    gen_rows = data.load_split(run_dir, "generalization") if shifted.is_file() and shifted.stat().st_size else []
+    subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
+    tick = _counter(run_dir, name, len(rows) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     start = time.perf_counter()
-    outputs = _run(cfg, model, tokenizer, rows)
+    outputs = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
     references = [r["answer"] for r in rows]
     per_example, overall = score(cfg, outputs, references)
@@ -232,22 +250,19 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         result["answer_loss"] = float(losses[:, 0].sum() / max(losses[:, 1].sum(), 1))
         result["answer_perplexity"] = math.exp(result["answer_loss"])
     primary = metric_names(cfg)[0]
-    shifted = run_dir / "data" / "generalization.jsonl"
-    if shifted.is_file() and shifted.stat().st_size:
-        gen_rows = data.load_split(run_dir, "generalization")
-        gen_outputs = _run(cfg, model, tokenizer, gen_rows)
+    if gen_rows:
+        gen_outputs = _run(cfg, model, tokenizer, gen_rows, tick)
         gen_scores, gen_overall = score(cfg, gen_outputs, [r["answer"] for r in gen_rows])
         write_atomic(run_dir / "eval" / f"generalization_{name}.jsonl", _records(gen_rows, gen_outputs, gen_scores))
         result["generalization"] = {"value": gen_overall[primary], "n": len(gen_rows),
                                     "ci95": list(bootstrap_ci(gen_scores[primary], seed=cfg.seed))
                                     if gen_scores.get(primary) else None}
-    subset = rows[:cfg.eval.robustness_size]
-    if subset and cfg.eval.perturbations and primary in per_example:
+    if subset and primary in per_example:
         clean = float(np.mean(per_example[primary][:len(subset)]))
         result["robustness"], lines = {"clean": {"value": clean, "n": len(subset)}}, []
         for kind in cfg.eval.perturbations:
             perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
-            p_outputs = _run(cfg, model, tokenizer, perturbed)
+            p_outputs = _run(cfg, model, tokenizer, perturbed, tick)
             p_scores, p_overall = score(cfg, p_outputs, [r["answer"] for r in perturbed])
             lines.append(_records(perturbed, p_outputs, p_scores, perturbation=kind))
             value = float(np.mean(p_scores[primary]))

@@ -36,3 +36,9 @@ def update_json(path: str | Path, key: str, value) -> dict:
     data[key] = value
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False))
     return data
+
+
+def write_progress(run_dir: str | Path, stage: str, done: int, total: int, unit: str) -> None:
+    """Where the running stage is (e.g. 12 of 40 steps), for `ftkit run` to show while the notebook executes."""
+    write_atomic(Path(run_dir) / "progress.json", json.dumps({"stage": stage, "done": done, "total": total,
+                                                              "unit": unit}))

@@ -30,7 +30,8 @@ img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.
 .state-done{color:#11772d}.state-failed{color:#b00020;font-weight:bold}.muted{color:#666}
 .notebook{border:1px solid #e3e3e3;padding:0 1em;margin:1em 0;border-radius:4px}
 .jp-OutputPrompt,.jp-InputPrompt{display:none}
-@media print{.notebook{break-before:page}}
+details.code>summary{color:#666;font-size:.8em;cursor:pointer}details.code .highlight pre{margin:.2em 0}
+@media print{.notebook{break-before:page}details.code{display:none}}
 """
 
 
@@ -147,7 +148,7 @@ def _paired(model_metrics: dict) -> dict:
     paired = model_metrics.get("vs_base")
     if not paired:
         return {"p (paired)": None, "fail→pass": None, "pass→fail": None}
-    return {"p (paired)": round(paired["p_value"], 4), "fail→pass": paired["fail_to_pass"],
+    return {"p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
             "pass→fail": paired["pass_to_fail"]}
 
 
@@ -336,7 +337,12 @@ def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
     return "<h3>Example predictions</h3>" + _table(["prompt", "reference"] + list(preds), rows)
 
 
+TEMPLATES = Path(__file__).parent / "templates"
+
+
 def _notebook_html(path: Path) -> str:
+    """An executed notebook as HTML: outputs shown, each code cell folded behind a <details> toggle (ftkit's
+    template over nbconvert's basic one), the parameters cells left out, no script."""
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -345,12 +351,19 @@ def _notebook_html(path: Path) -> str:
     config = Config()
     config.TagRemovePreprocessor.remove_cell_tags = ("injected-parameters", "parameters")
     config.TagRemovePreprocessor.enabled = True
-    exporter = HTMLExporter(config=config, template_name="basic", exclude_input=True,
+    exporter = HTMLExporter(config=config, template_name="ftkit", extra_template_basedirs=[str(TEMPLATES)],
                             exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.register_preprocessor(TagRemovePreprocessor(config=config), enabled=True)
     body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
     # the report must open offline and run nothing: drop any script element the template adds
     return re.sub(r"<script\b.*?</script>", "", body, flags=re.S | re.I)
+
+
+def _code_css() -> str:
+    """Pygments colours for the folded code cells (nbconvert's basic template leaves them out)."""
+    from pygments.formatters import HtmlFormatter
+
+    return HtmlFormatter(style="default").get_style_defs(".highlight")
 
 
 def render(run_dir: str | Path) -> Path:
@@ -378,5 +391,5 @@ def render(run_dir: str | Path) -> Path:
                 body = f"<p class='failed'>This notebook could not be rendered: {_esc(exc)}</p>"
             sections.append(f'<section class="notebook" id="stage-{stage}"><h2>{_esc(stage)}</h2>{body}</section>')
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · {_esc(name)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>")
+            f"<style>{CSS}{_code_css()}</style></head><body>{''.join(sections)}</body></html>")
     return write_atomic(run_dir / "report.html", page)

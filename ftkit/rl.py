@@ -37,7 +37,8 @@ class SampleLog:
             if step in self.steps and (step, fn.__name__) not in self._seen:  # the step's first batch only
                 self._seen.add((step, fn.__name__))
                 prompts = columns.get("prompts") or [""] * len(completions)
-                for i in range(min(self.per_step, len(completions))):
+                spread = max(1, len(completions) // self.per_step)  # across prompts, not one prompt's group
+                for i in range(0, min(self.per_step * spread, len(completions)), spread):
                     prompt = prompts[i][-1]["content"] if isinstance(prompts[i], list) else prompts[i]
                     record = self.records.setdefault((step, i), {"step": step, "prompt": prompt,
                                                                  "completion": completion_text(completions[i])})

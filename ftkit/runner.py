@@ -130,8 +130,49 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
-def run_stage(stage: str, cfg, run_dir: Path) -> StageResult:
-    """Execute one stage notebook into `<run_dir>/notebooks/` and record its status."""
+class ProgressWatcher:
+    """Reads `<run_dir>/progress.json` (written by the stage's kernel) every few seconds while a notebook runs and
+    reports it through `on_event("progress", stage, figures)`: at each further tenth of the work, or once a minute,
+    so that a long stage shows where it is without flooding the log."""
+
+    def __init__(self, run_dir: Path, stage: str, on_event, poll_s: float = 2.0):
+        import threading
+
+        self.path, self.stage, self.on_event, self.poll_s = run_dir / "progress.json", stage, on_event, poll_s
+        self.path.unlink(missing_ok=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.started = time.perf_counter()
+
+    def _watch(self):
+        shown, last = (None, -1), 0.0
+        while not self.stop.wait(self.poll_s):
+            try:
+                figures = read_json(self.path)
+            except (OSError, ValueError):
+                continue
+            if not figures or figures.get("stage") != self.stage or not figures.get("total"):
+                continue
+            tenth = int(10 * figures["done"] / figures["total"])
+            elapsed = time.perf_counter() - self.started
+            if (figures["unit"], tenth) != shown or elapsed - last >= 60:
+                shown, last = (figures["unit"], tenth), elapsed
+                self.on_event("progress", self.stage, {**figures, "elapsed_s": round(elapsed)})
+
+    def __enter__(self):
+        if self.on_event:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
+def run_stage(stage: str, cfg, run_dir: Path, on_event=None) -> StageResult:
+    """Execute one stage notebook into `<run_dir>/notebooks/` and record its status; its progress goes to
+    `on_event("progress", stage, figures)` while it runs."""
     import papermill
 
     out = run_dir / "notebooks" / NOTEBOOKS[stage]
@@ -147,11 +188,12 @@ def run_stage(stage: str, cfg, run_dir: Path) -> StageResult:
     error = None
     os.environ.update(KERNEL_ENV)
     try:
-        papermill.execute_notebook(
-            str(notebooks_dir() / NOTEBOOKS[stage]), str(out),
-            parameters={"recipe": str((run_dir / "recipe.yaml").resolve()), "run_dir": str(run_dir.resolve())},
-            kernel_name=ensure_kernel(), cwd=str(notebooks_dir()), execution_timeout=cfg.cell_timeout,
-            progress_bar=False, log_output=False)
+        with ProgressWatcher(run_dir, stage, on_event):
+            papermill.execute_notebook(
+                str(notebooks_dir() / NOTEBOOKS[stage]), str(out),
+                parameters={"recipe": str((run_dir / "recipe.yaml").resolve()), "run_dir": str(run_dir.resolve())},
+                kernel_name=ensure_kernel(), cwd=str(notebooks_dir()), execution_timeout=cfg.cell_timeout,
+                progress_bar=False, log_output=False)
     except Exception as exc:  # papermill raises for errors, timeouts and dead kernels alike
         error = _error_text(exc)
     if error is None and stage not in read_json(metrics_path, {}):
@@ -186,7 +228,7 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
     for stage in stages:
         if on_event:
             on_event("start", stage, None)
-        result = run_stage(stage, cfg, run_dir)
+        result = run_stage(stage, cfg, run_dir, on_event)
         results.append(result)
         if on_event:
             on_event("end", stage, result)

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from ftkit import data, models
-from ftkit.io import write_atomic
+from ftkit.io import write_atomic, write_progress
 
 
 def to_dataset(rows: list[dict]) -> Dataset:
@@ -37,6 +37,13 @@ def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
 def fit(trainer, tokenizer, out: Path) -> tuple[dict, list[dict]]:
     """Train, save the adapter (or model) and the log history into the stage directory `out`; return figures and
     history."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            write_progress(out.parent, out.name, state.global_step, state.max_steps, "steps")
+
+    trainer.add_callback(Progress())
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

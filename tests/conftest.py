@@ -87,3 +87,24 @@ def tiny_recipe(tmp_path, tiny_model_dir):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """One full run (data -> sft -> rl -> eval) of the tiny model through the CLI, shared by the tests that read a
+    complete run directory."""
+    root = tmp_path_factory.mktemp("run")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "seed": 0,
+        "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        "data": {"train_size": 48, "test_size": 16},
+        "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
+        "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3, "logging_steps": 1,
+               "max_completion_length": 4},
+        "eval": {"batch_size": 8, "max_new_tokens": 4}}))
+    run_dir = root / "out"
+    from ftkit import cli
+
+    code = cli.main(["run", str(recipe), "--run-dir", str(run_dir)])
+    return code, run_dir

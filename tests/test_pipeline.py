@@ -11,26 +11,6 @@ from ftkit.io import read_json
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir):
-    """One full run (data -> sft -> rl -> eval) through the CLI, shared by the assertions below."""
-    import yaml
-
-    root = tmp_path_factory.mktemp("run")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "tiny", "seed": 0,
-        "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
-        "data": {"train_size": 48, "test_size": 16},
-        "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
-        "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3, "logging_steps": 1,
-               "max_completion_length": 4},
-        "eval": {"batch_size": 8, "max_new_tokens": 4}}))
-    run_dir = root / "out"
-    code = cli.main(["run", str(recipe), "--run-dir", str(run_dir)])
-    return code, run_dir
-
-
 def test_every_stage_runs_and_records(tiny_run):
     code, run_dir = tiny_run
     status = read_json(run_dir / "status.json")
@@ -215,3 +195,22 @@ def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
     assert set(metrics["eval"]) == {"base", "sft", "rl"} and metrics["eval"]["sft"]["n"] == 6
     first = json.loads((run_dir / "data" / "train.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == "Say it again." and len(first["history"]) == 2
+
+
+def test_progress_of_a_running_stage_is_reported_by_tenths(tmp_path):
+    import time
+
+    from ftkit.io import write_progress
+    from ftkit.runner import ProgressWatcher
+
+    events = []
+    with ProgressWatcher(tmp_path, "sft", lambda kind, stage, figures: events.append((kind, stage, figures)),
+                         poll_s=0.02):
+        for step in range(1, 41):
+            write_progress(tmp_path, "sft", step, 40, "steps")
+            write_progress(tmp_path, "rl", step, 40, "steps")  # another stage's file is not this stage's progress
+            time.sleep(0.01)
+        time.sleep(0.1)
+    shown = [figures["done"] for kind, stage, figures in events if kind == "progress" and stage == "sft"]
+    assert 1 <= len(shown) <= 11 and shown == sorted(shown), shown
+    assert all(f["total"] == 40 and f["unit"] == "steps" for _, _, f in events)

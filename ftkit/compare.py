@@ -1,0 +1,120 @@
+"""Compare runs: one self-contained HTML page with every run's metrics side by side (the best of each column in
+bold), the recipe keys that differ between the runs, and their training curves overlaid.
+
+    ftkit compare reports/quickstart/20261126-101500 reports/quickstart/20261126-113000 -o compare.html
+    ftkit run recipes/quickstart.yaml --sweep sft.learning_rate=1e-3,3e-4     (runs both, then compares them)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import yaml
+
+from ftkit.io import read_json, write_atomic
+from ftkit.report import CSS, _esc, _fmt, _png, metric_name
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "mix":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no recipe.yaml); pass directories that "
+                                "`ftkit run` wrote, e.g. reports/quickstart/<run id>")
+    return {"dir": run_dir, "recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {},
+            "metrics": read_json(run_dir / "metrics.json", {}), "status": read_json(run_dir / "status.json", {})}
+
+
+def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
+    """Columns and one row per run: each evaluated model's headline metric, SFT loss, RL reward."""
+    columns = []
+    for run in runs:
+        for name, m in run["metrics"].get("eval", {}).items():
+            column = f"{name} {metric_name(m)}"
+            if column not in columns:
+                columns.append(column)
+    columns += ["sft final_loss", "rl final_reward"]
+    rows = []
+    for run in runs:
+        values = {f"{n} {metric_name(m)}": m.get(metric_name(m)) for n, m in run["metrics"].get("eval", {}).items()}
+        values["sft final_loss"] = run["metrics"].get("sft", {}).get("final_loss")
+        values["rl final_reward"] = run["metrics"].get("rl", {}).get("final_reward")
+        rows.append([values.get(c) for c in columns])
+    return columns, rows
+
+
+def differing_keys(runs: list[dict]) -> dict[str, list]:
+    """Recipe keys (dotted) whose values are not the same in every run."""
+    flats = [_flatten(r["recipe"]) for r in runs]
+    keys = sorted(set().union(*flats))
+    return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1}
+
+
+def _curves(runs: list[dict], labels: list[str]) -> list[str]:
+    from ftkit.rl import reward_curve
+    from ftkit.sft import loss_curve
+
+    images = []
+    for title, stage, read in (("SFT loss", "sft", lambda d: loss_curve(d)),
+                               ("RL reward", "rl", lambda d: reward_curve(d)[:2])):
+        present = [(label, run) for label, run in zip(labels, runs) if (run["dir"] / stage / "log_history.json").is_file()]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 3.4))
+        for label, run in present:
+            steps, values = read(run["dir"])
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.close(fig)
+        images.append(_png(fig))
+    return images
+
+
+def render(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write the comparison page for `run_dirs` to `out` and return its path."""
+    runs = [load_run(d) for d in run_dirs]
+    labels = [f"{r['recipe'].get('name', r['dir'].parent.name)}/{r['dir'].name}" for r in runs]
+    columns, rows = metrics_rows(runs)
+    best = {}
+    for j, column in enumerate(columns):
+        values = [row[j] for row in rows if isinstance(row[j], (int, float))]
+        if len(values) > 1:
+            best[j] = min(values) if any(w in column for w in LOWER_IS_BETTER) else max(values)
+    body = []
+    for label, run, row in zip(labels, runs, rows):
+        failed = [s for s, v in run["status"].items() if v.get("state") == "failed"]
+        cells = "".join(f"<td>{'<b>' if j in best and v == best[j] else ''}{_esc(_fmt(v))}"
+                        f"{'</b>' if j in best and v == best[j] else ''}</td>" for j, v in enumerate(row))
+        body.append(f"<tr><td>{_esc(label)}</td><td>{_esc(', '.join(failed) or 'ok')}</td>{cells}</tr>")
+    table = ("<table id='runs'><thead><tr><th>run</th><th>failed stages</th>"
+             + "".join(f"<th>{_esc(c)}</th>" for c in columns) + "</tr></thead><tbody>" + "".join(body)
+             + "</tbody></table>")
+    differing = differing_keys([{**r, "recipe": {k: v for k, v in r["recipe"].items() if k != "name"}} for r in runs])
+    diff = ("<table id='differences'><thead><tr><th>recipe key</th>" + "".join(f"<th>{_esc(label)}</th>" for label in labels)
+            + "</tr></thead><tbody>" + "".join(
+                f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_esc(json.dumps(v))}</td>" for v in values) + "</tr>"
+                for k, values in differing.items()) + "</tbody></table>") if differing else \
+        "<p>The runs' recipes are the same (apart from their names).</p>"
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · comparison of {len(runs)} "
+            f"runs</title><style>{CSS}</style></head><body><h1>ftkit: {len(runs)} runs compared</h1>"
+            "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set; the best of "
+            "each column in bold (lowest for losses and perplexity).</p>" + table
+            + "<h2>Recipe keys that differ</h2>" + diff
+            + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
+    return write_atomic(Path(out), page)
