@@ -66,10 +66,12 @@ def _cut(text: str, stop) -> str:
     return text.strip()
 
 
-def tuned_path(run_dir: Path, name: str) -> Path | None:
-    """The saved adapter or model of a tuned stage (None for the base model)."""
+def tuned_path(cfg, run_dir: Path, name: str) -> Path | None:
+    """The saved adapter or model of a tuned stage or of an `eval.extra` label (None for the base model)."""
     if name == "base":
         return None
+    if name in cfg.eval.extra:
+        return Path(cfg.eval.extra[name])
     path = models.tuned_dir(run_dir, name)
     if path is None:
         raise FileNotFoundError(f"eval.models lists {name!r} but {run_dir / name} holds no adapter or model: run the "
@@ -231,7 +233,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     rows = data.load_split(run_dir, "test")
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
-    model, tokenizer = models.load(cfg.model, tuned=tuned_path(run_dir, name))
+    model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, run_dir, name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
     shifted = run_dir / "data" / "generalization.jsonl"

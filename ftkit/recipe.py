@@ -163,8 +163,11 @@ class RLConfig(_Section):
 
 
 class EvalConfig(_Section):
-    models: list[Literal["base", "sft", "rl"]] | None = Field(
-        None, description="models to evaluate; default: base plus every tuned model the recipe trains")
+    models: list[str] | None = Field(
+        None, description="models to evaluate: base, sft, rl or a label of eval.extra; default: base, every tuned "
+                          "model the recipe trains, and eval.extra")
+    extra: dict[str, str] = Field(default_factory=dict, description="more models to compare: label -> an adapter "
+                                  "(of the same base model) or a model directory, e.g. an earlier run's sft/adapter")
     metrics: list[str] | None = Field(None, description="task, exact_match, accuracy, f1, rouge_l, chrf, bleu or an "
                                       "evaluate hub id; the first is the headline; default: task (files: "
                                       "exact_match, f1, rouge_l)")
@@ -194,6 +197,19 @@ class EvalConfig(_Section):
                 raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: task, {', '.join(LOCAL)}, or an "
                                  "evaluate hub id such as evaluate-metric/bertscore")
         return metrics
+
+    @model_validator(mode="after")
+    def _known_models(self):
+        reserved = [label for label in self.extra if label in TUNED_MODELS + ("base",)
+                    or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", label)]
+        if reserved:
+            raise ValueError(f"extra label {reserved[0]!r}: use letters, digits, '.', '_' or '-', and not base, sft "
+                             "or rl")
+        unknown = [m for m in self.models or [] if m not in ("base", *TUNED_MODELS, *self.extra)]
+        if unknown:
+            raise ValueError(f"models lists {unknown[0]!r}; use base, sft, rl or a label of eval.extra "
+                             f"({', '.join(self.extra) or 'none set'})")
+        return self
 
     @model_validator(mode="after")
     def _samples_need_sampling(self):
@@ -262,7 +278,7 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _default_eval_models(self):
         if self.eval.models is None:
-            self.eval.models = ["base"] + [s for s in TUNED_MODELS if s in self.stages]
+            self.eval.models = ["base"] + [s for s in TUNED_MODELS if s in self.stages] + list(self.eval.extra)
         return self
 
     def dump(self) -> str:
@@ -425,6 +441,13 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
         cfg.rl.rewards = renamed
         where = f"{source}:{lines[('rl', 'rewards')]}" if ("rl", "rewards") in lines else source
         problems += [f"{where}: {p}" for p in rewards.check_names(renamed, Path(source).parent)]
+    for label, directory in cfg.eval.extra.items():
+        where = f"{source}:{lines[('eval', 'extra', label)]}" if ("eval", "extra", label) in lines else source
+        path = (Path(source).parent / os.path.expanduser(directory)).resolve()
+        if not ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
+            problems.append(f"{where}: eval.extra.{label} = {directory!r}: {path} holds no adapter_config.json or "
+                            "config.json; point it at an adapter or model directory (e.g. <run>/sft/adapter)")
+        cfg.eval.extra[label] = str(path)
     if cfg.data.mix:
         cfg.data.mix = {name if name.startswith("hub:") else resolve(name, f"data.mix.{name}", ("data", "mix", name)):
                         weight for name, weight in cfg.data.mix.items()}

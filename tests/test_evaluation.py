@@ -96,3 +96,31 @@ def test_perturbations_change_only_the_prompt_and_are_the_same_for_every_model()
     reworded = robustness.perturb(rows, "reword", seed=0, task=Addition())
     assert all("What is" not in r["prompt"] for r in reworded), "the task's own rewordings"
     assert robustness.typo("a b c", random.Random(0)) == "a b c", "no word long enough: unchanged"
+
+
+def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path):
+    from ftkit import cli
+    from ftkit.io import read_json
+
+    _, earlier = tiny_run
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "extra", "stages": ["data", "eval"], "model": {"id": str(tiny_model_dir)},
+        "data": {"train_size": 48, "test_size": 16},
+        "eval": {"extra": {"earlier-sft": str(earlier / "sft" / "adapter")}, "batch_size": 8, "max_new_tokens": 4,
+                 "robustness_size": 4, "perturbations": ["case"]}}))
+    assert recipe.load(path).eval.models == ["base", "earlier-sft"]
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    results = read_json(run_dir / "metrics.json")["eval"]
+    assert set(results) == {"base", "earlier-sft"} and "vs_base" in results["earlier-sft"]
+    # the same adapter on the same test set gives the earlier run's sft predictions
+    before = [p["output"] for p in evaluation.load_predictions(earlier, "sft")]
+    assert [p["output"] for p in evaluation.load_predictions(run_dir, "earlier-sft")] == before
+    path.write_text(yaml.safe_dump({"name": "extra", "eval": {"extra": {"old": "nowhere"}, "models": ["base", "rl2"]}}))
+    with pytest.raises(recipe.RecipeError, match="models lists 'rl2'; use base, sft, rl or a label of eval.extra"):
+        recipe.load(path)
+    path.write_text(yaml.safe_dump({"name": "extra", "eval": {"extra": {"old": "nowhere"}}}))
+    with pytest.raises(recipe.RecipeError, match=r"eval\.extra\.old = 'nowhere': .* holds no adapter_config\.json or "
+                                                 r"config\.json"):
+        recipe.load(path)
