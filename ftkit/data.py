@@ -429,7 +429,9 @@ def _load_clean(cfg, tokenizer, drops: Counter, counts: Counter, own_test: bool 
         empty = [name for name in weights if not any(r.get("source", name) == name for r in rows)]
         if empty:
             raise DataError(f"data.mix source {empty[0]!r} has no examples left after cleaning; fix it or remove it")
-        rows, counts["mix"] = draw(rows, weights, data_cfg.max_examples, cfg.seed)
+        rows, drawn = draw(rows, weights, data_cfg.max_examples, cfg.seed)
+        if data_cfg.mix:
+            counts["mix"] = drawn
     if tokenizer is not None:
         rows = limit_length(rows, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
     return rows
