@@ -336,6 +336,8 @@ def check_export(cfg, run_dir: str | Path, limit: int = 8) -> dict:
 
     run_dir = Path(run_dir)
     path = run_dir / "export" / "merged"
+    if not path.is_dir():
+        return {"skipped": "no merged model (export.merged is false)"}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=models.DTYPES[models.dtype_name(cfg.model)])
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
