@@ -138,7 +138,8 @@ class ProgressWatcher:
     def __init__(self, run_dir: Path, stage: str, on_event, poll_s: float = 2.0):
         import threading
 
-        self.path, self.stage, self.on_event, self.poll_s = run_dir / "progress.json", stage, on_event, poll_s
+        # absolute: papermill changes the working directory to the notebooks' while the stage runs
+        self.path, self.stage, self.on_event, self.poll_s = (run_dir / "progress.json").resolve(), stage, on_event, poll_s
         self.path.unlink(missing_ok=True)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)

@@ -1,6 +1,7 @@
 """All four notebooks executed by papermill on a tiny model; failures recorded honestly; the report."""
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -197,17 +198,20 @@ def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
     assert first["prompt"] == "Say it again." and len(first["history"]) == 2
 
 
-def test_progress_of_a_running_stage_is_reported_by_tenths(tmp_path):
+def test_progress_of_a_running_stage_is_reported_by_tenths(tmp_path, monkeypatch):
     import time
 
     from ftkit.io import write_progress
     from ftkit.runner import ProgressWatcher
 
     events = []
-    with ProgressWatcher(tmp_path, "sft", lambda kind, stage, figures: events.append((kind, stage, figures)),
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    with ProgressWatcher(Path("run"), "sft", lambda kind, stage, figures: events.append((kind, stage, figures)),
                          poll_s=0.02):
+        monkeypatch.chdir(tmp_path / "notebooks")  # as papermill does while a notebook runs
         for step in range(1, 41):
-            write_progress(tmp_path, "sft", step, 40, "steps")
+            write_progress(tmp_path / "run", "sft", step, 40, "steps")
             write_progress(tmp_path, "rl", step, 40, "steps")  # another stage's file is not this stage's progress
             time.sleep(0.01)
         time.sleep(0.1)
