@@ -31,8 +31,9 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# JupyterLab refuses to run as root unless told; containers often are root
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b; done || echo "no benchmarks yet"
