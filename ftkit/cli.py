@@ -1,6 +1,8 @@
 """`ftkit run | validate | report | model` — the command line.
 
     ftkit run recipes/quickstart.yaml --set sft.max_steps=10
+    ftkit run recipes/quickstart.yaml --run-dir reports/mine      # again later: unchanged stages are skipped
+    ftkit resume reports/mine                                     # after a crash: continues where it stopped
     ftkit validate recipes/quickstart.yaml
     ftkit report reports/quickstart/20261126-101500
     ftkit compare reports/quickstart/20261126-101500 reports/quickstart/20261126-113000 -o compare.html
@@ -28,9 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. sft.learning_rate=1e-4 (repeatable)")
     run.add_argument("--stages", help="comma-separated subset of the recipe's stages to run now, e.g. data,sft")
-    run.add_argument("--run-dir", help="run directory to use (default: reports/<name>/<timestamp>)")
+    run.add_argument("--run-dir", help="run directory to use (default: reports/<name>/<timestamp>); stages already "
+                                       "done there with the same settings, code and inputs are skipped")
+    run.add_argument("--force", action="store_true", help="run every stage even when its result is up to date")
     run.add_argument("--sweep", metavar="KEY=V1,V2,...",
                      help="run one variant of the recipe per value of KEY, then write a page comparing them")
+    resume = sub.add_parser("resume", help="continue a run directory: skip what is done, resume training from its "
+                                           "last checkpoint, run the rest")
+    resume.add_argument("run_dir")
+    resume.add_argument("--stages", help="comma-separated subset of the recipe's stages")
+    resume.add_argument("--force", action="store_true", help="run every stage even when its result is up to date")
     validate = sub.add_parser("validate", help="check a recipe without running anything (exit 0 when valid)")
     validate.add_argument("recipe")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -57,7 +66,11 @@ def _stages(option: str | None, cfg) -> list[str]:
 
 def _print_event(kind, stage, result):
     if kind == "start":
-        print(f"▶ {stage} ...", flush=True)
+        why = ("resuming: it was interrupted" if result == "interrupted" else
+               f"changed: {', '.join(result)}" if result and len(result) < 5 else "")
+        print(f"▶ {stage} ..." + (f" ({why})" if why else ""), flush=True)
+    elif kind == "skip":
+        print(f"↷ {stage} unchanged since {result.get('end')}, skipped", flush=True)
     elif kind == "progress":
         done, total = result["done"], result["total"]
         minutes, seconds = divmod(result["elapsed_s"], 60)
@@ -95,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ftkit: {exc}", file=sys.stderr)
             return EXIT_FAILED
         return 0
+    if args.command == "resume":
+        if not (Path(args.run_dir) / "recipe.yaml").is_file():
+            print(f"ftkit: {args.run_dir} is not a run directory (no recipe.yaml in it)", file=sys.stderr)
+            return EXIT_INVALID
+        args.recipe, args.overrides = str(Path(args.run_dir) / "recipe.yaml"), []
     try:
         cfg = recipes.load(args.recipe, args.overrides)
         stages = _stages(getattr(args, "stages", None), cfg)
@@ -102,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     except recipes.RecipeError as exc:
         print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
         return EXIT_INVALID
-    from ftkit import models
+    from ftkit import models, runner
 
+    todo = stages  # checked before running: the stages not already up to date in --run-dir
+    if args.command != "validate" and not getattr(args, "sweep", None):
+        todo = runner.plan(cfg, args.run_dir, stages, args.force)
     figures = None
-    if {"sft", "rl"} & set(stages):
+    if {"sft", "rl"} & set(todo):
         try:
             figures = models.estimate(cfg)
             print(models.describe(figures), flush=True)
         except models.ModelNotFound as exc:
             print(f"memory estimate skipped: {exc}", flush=True)
-    problems = models.preflight(cfg.model_copy(update={"stages": stages}), check_memory=figures is not None,
+    problems = models.preflight(cfg.model_copy(update={"stages": todo}), check_memory=figures is not None,
                                 figures=figures)
     if problems:
         print(f"ftkit: {args.recipe} cannot run on this machine:\n" + "\n".join(f"  {p}" for p in problems),
@@ -121,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.recipe}: valid (stages: {', '.join(cfg.stages)})")
         return 0
 
-    from ftkit import runner
-
     if variants:
         return _run_sweep(args, variants, stages)
     run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
-    run_dir, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
+    try:
+        run_dir, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event, force=args.force)
+    except OSError as exc:  # the run directory's own files (status, report) could not be written
+        print(f"ftkit: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     failed = next((r for r in results if not r.ok), None)
     print(f"report: {report_path}")
     if failed:

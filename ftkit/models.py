@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from ftkit.io import atomic_dir, recover_dir
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -158,7 +160,7 @@ def dtype_name(model_cfg) -> str:
 def tuned_dir(run_dir: str | os.PathLike, stage: str) -> Path | None:
     """Where a training stage saved its result: `<stage>/adapter` (LoRA) or `<stage>/model` (full fine-tuning)."""
     for name in ("adapter", "model"):
-        if (Path(run_dir) / stage / name).is_dir():
+        if recover_dir(Path(run_dir) / stage / name).is_dir():
             return Path(run_dir) / stage / name
     return None
 
@@ -214,17 +216,16 @@ def lora_config(model_cfg):
 
 def save_trained(model, tokenizer, stage_dir: str | os.PathLike) -> Path:
     """Save an adapter (`<stage_dir>/adapter`) or a fully fine-tuned model (`<stage_dir>/model`) with its
-    tokenizer; written to a staging folder first, so an interrupted save never leaves a half-written result."""
+    tokenizer; written to a staging folder first (`io.atomic_dir`), so an interrupted save leaves the previous
+    result or the new one, never a half-written one."""
     from peft import PeftModel
 
     dest = Path(stage_dir) / ("adapter" if isinstance(model, PeftModel) else "model")
-    staging = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    for stale in ("adapter", "model"):  # a rerun may switch between LoRA and full fine-tuning
-        shutil.rmtree(Path(stage_dir) / stale, ignore_errors=True)
-    os.replace(staging, dest)
+    with atomic_dir(dest) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    # a rerun may switch between LoRA and full fine-tuning
+    shutil.rmtree(Path(stage_dir) / ("model" if dest.name == "adapter" else "adapter"), ignore_errors=True)
     return dest
 
 
@@ -371,16 +372,14 @@ def export(cfg, run_dir: str | os.PathLike) -> dict:
     figures = {"model": cfg.export.model, "base": cfg.model.id}
     if cfg.export.merged:
         model, tokenizer = load(cfg.model, tuned=tuned, quantized=False)
-        save_trained(model.to("cpu"), tokenizer, out)  # a plain model: export/model (clears export/adapter)
-        os.replace(out / "model", _clear(out / "merged"))
+        with atomic_dir(out / "merged") as staging:
+            model.to("cpu").save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         figures["merged"] = "export/merged"
         figures["merged_gb"] = round(sum(f.stat().st_size for f in (out / "merged").glob("*.safetensors")) / GB, 3)
     if cfg.export.adapter and tuned.name == "adapter":
-        staging = out / "adapter.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(tuned, staging)
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-        os.replace(staging, out / "adapter")
+        with atomic_dir(out / "adapter") as staging:
+            shutil.copytree(tuned, staging, dirs_exist_ok=True)
         figures["adapter"] = "export/adapter"
     if cfg.export.push_to_hub:
         from huggingface_hub import HfApi
@@ -391,8 +390,3 @@ def export(cfg, run_dir: str | os.PathLike) -> dict:
                           commit_message=f"ftkit export of {cfg.name} ({cfg.export.model})")
         figures["pushed_to"] = f"https://huggingface.co/{cfg.export.push_to_hub}"
     return figures
-
-
-def _clear(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path

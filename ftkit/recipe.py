@@ -119,6 +119,7 @@ class SFTConfig(_Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(128, gt=8)
     logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
 
 
 class RLConfig(_Section):
@@ -130,6 +131,7 @@ class RLConfig(_Section):
     beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
                                "dpo: pull towards the reference (default 0.1)")
     logging_steps: int = Field(2, gt=0)
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0)
     max_completion_length: int = Field(8, gt=0)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ftkit.io import read_json, update_json, write_atomic
-from ftkit.runner import NOTEBOOKS
+from ftkit.io import read_json, redact, update_json, write_atomic
+from ftkit.runner import NOTEBOOKS, stage_state
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -27,7 +27,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
 img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.8em;border-radius:4px}
-.state-done{color:#11772d}.state-failed{color:#b00020;font-weight:bold}.muted{color:#666}
+.state-done{color:#11772d}.state-failed,.state-interrupted{color:#b00020;font-weight:bold}.muted{color:#666}
 .notebook{border:1px solid #e3e3e3;padding:0 1em;margin:1em 0;border-radius:4px}
 .jp-OutputPrompt,.jp-InputPrompt{display:none}
 details.code>summary{color:#666;font-size:.8em;cursor:pointer}details.code .highlight pre{margin:.2em 0}
@@ -217,7 +217,7 @@ def _fmt(value, digits=3) -> str:
 
 def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     parts = []
-    failed = {s: v for s, v in status.items() if v.get("state") == "failed"}
+    failed = {s: v for s, v in status.items() if stage_state(v) == "failed"}
     for stage, info in failed.items():
         parts.append(f'<div class="failed"><b>Stage {_esc(stage)} failed:</b> {_esc(info.get("error"))}<br>'
                      f'Open the executed notebook <code>{_esc(info.get("notebook"))}</code> for the traceback.</div>')
@@ -227,9 +227,15 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
                  f"<b>Seed:</b> {_esc(recipe.get('seed'))}</p>")
     rows = []
     for stage, info in status.items():
-        rows.append(f'<tr><td>{_esc(stage)}</td><td class="state-{_esc(info.get("state", "").replace(" ", "-"))}">'
-                    f'{_esc(info.get("state"))}</td><td>{_esc(_fmt(info.get("duration_s"), 1))}</td>'
-                    f'<td>{_esc(info.get("error") or "")}</td></tr>')
+        state = stage_state(info)
+        note = info.get("error") or ""
+        if state == "interrupted":
+            note = f"the process running it stopped (killed?) after {info.get('start')}; `ftkit resume` continues it"
+        elif state == "done" and info.get("reused"):
+            note = f"unchanged, reused on {info['reused']} (ran {info.get('start')})"
+        rows.append(f'<tr><td>{_esc(stage)}</td><td class="state-{_esc(state.replace(" ", "-"))}">'
+                    f'{_esc(state)}</td><td>{_esc(_fmt(info.get("duration_s"), 1))}</td>'
+                    f'<td>{_esc(note)}</td></tr>')
     parts.append("<h3>Stages</h3><table><thead><tr><th>stage</th><th>state</th><th>seconds</th><th>error</th>"
                  f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     data = metrics.get("data", {})
@@ -392,4 +398,4 @@ def render(run_dir: str | Path) -> Path:
             sections.append(f'<section class="notebook" id="stage-{stage}"><h2>{_esc(stage)}</h2>{body}</section>')
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · {_esc(name)}</title>"
             f"<style>{CSS}{_code_css()}</style></head><body>{''.join(sections)}</body></html>")
-    return write_atomic(run_dir / "report.html", page)
+    return write_atomic(run_dir / "report.html", redact(page))

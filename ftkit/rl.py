@@ -103,7 +103,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                          reward_weights=weights, **vllm)
     trainer = trainer_cls(model=model, reward_funcs=[samples.wrap(f) for f in functions], args=args,
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    figures, history = fit(trainer, tokenizer, out)
+    figures, history = fit(trainer, tokenizer, out, cfg)
     samples.save(out / "samples.jsonl", {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
@@ -122,7 +122,7 @@ def _train_dpo(cfg, run_dir: Path, out: Path, rows: list[dict]) -> dict:
                          lr_scheduler_type="constant")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    figures, history = fit(trainer, tokenizer, out)
+    figures, history = fit(trainer, tokenizer, out, cfg)
     logged = [h for h in history if "rewards/margins" in h]
     first, last = (logged[0], logged[-1]) if logged else ({}, {})
     return {"method": "dpo", "start_from": start_from, **figures,

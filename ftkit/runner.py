@@ -2,7 +2,8 @@
 
 papermill reports a cell timeout or a dead kernel without an error banner in the notebook it writes, so
 every exception it raises is recorded here as the stage's failure, and a stage that ends without recording
-its metrics is a failure too.
+its metrics is a failure too. A stage whose fingerprint (`ftkit.resume`) matches its last completed run in the same
+run directory is skipped; a stage left "running" by a process that no longer exists reads as interrupted.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from ftkit import recipe as recipes
-from ftkit.io import read_json, update_json, write_atomic
+from ftkit import resume
+from ftkit.io import NO_SPACE, read_json, redact, secret_values, update_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,7 @@ def open_run(recipe_path: str | Path, run_dir: str | Path):
 def environment(seed: int) -> dict:
     import torch
 
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = resume.package_versions(PACKAGES)
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
@@ -122,12 +118,47 @@ class StageResult:
     notebook: Path
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_text(exc: BaseException, run_dir: Path) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     if ename:  # PapermillExecutionError: the exception raised inside the notebook
-        return f"{ename}: {evalue}".strip()
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+        text = f"{ename}: {evalue}".strip()
+    else:
+        lines = str(exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+        if type(exc).__name__ == "DeadKernelError":
+            text += (" (the kernel process died: killed for lack of memory, or by a signal; `ftkit resume "
+                     f"{run_dir}` continues from the last checkpoint)")
+    if getattr(exc, "errno", None) in NO_SPACE or any(f"[Errno {e}]" in text for e in NO_SPACE):
+        import shutil
+
+        text += (f" — the disk is full ({shutil.disk_usage(run_dir).free / 2**20:.0f} MB free under {run_dir}): free "
+                 f"space, then `ftkit resume {run_dir}`")
+    return redact(text)
+
+
+def stage_state(entry: dict | None) -> str:
+    """A stage's state from its status.json entry; "running" left behind by a process that is gone is
+    "interrupted"."""
+    import psutil
+
+    if not entry:
+        return "not run"
+    state = entry.get("state", "not run")
+    if state == "running" and entry.get("host") == platform.node() and entry.get("pid") \
+            and not psutil.pid_exists(entry["pid"]):
+        return "interrupted"
+    return state
+
+
+def _redact_notebook(path: Path) -> None:
+    """Remove secret values (see `ftkit.io.secret_values`) from an executed notebook, should any have been printed."""
+    secrets = secret_values()
+    if secrets and path.is_file():
+        text = path.read_text()
+        clean = redact(text, secrets)
+        if clean != text:
+            log.warning("removed a secret value from %s", path)
+            write_atomic(path, clean)
 
 
 class ProgressWatcher:
@@ -171,11 +202,14 @@ class ProgressWatcher:
             self.thread.join(timeout=5)
 
 
-def run_stage(stage: str, cfg, run_dir: Path, on_event=None) -> StageResult:
-    """Execute one stage notebook into `<run_dir>/notebooks/` and record its status; its progress goes to
-    `on_event("progress", stage, figures)` while it runs."""
+def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict | None = None) -> StageResult:
+    """Execute one stage notebook into `<run_dir>/notebooks/` and record its status and fingerprint; its progress
+    goes to `on_event("progress", stage, figures)` while it runs."""
     import papermill
 
+    fingerprint = fingerprint or resume.fingerprint(cfg, run_dir, stage)
+    record = {"fingerprint": fingerprint["fingerprint"], "fingerprint_parts": fingerprint["parts"],
+              "pid": os.getpid(), "host": platform.node()}
     out = run_dir / "notebooks" / NOTEBOOKS[stage]
     out.parent.mkdir(parents=True, exist_ok=True)
     status_path, metrics_path = run_dir / "status.json", run_dir / "metrics.json"
@@ -185,24 +219,27 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None) -> StageResult:
         write_atomic(metrics_path, json.dumps(metrics, indent=2))
     started, t0 = now(), time.perf_counter()
     update_json(status_path, stage, {"state": "running", "start": started, "end": None, "duration_s": None,
-                                     "error": None, "notebook": str(out.relative_to(run_dir))})
+                                     "error": None, "notebook": str(out.relative_to(run_dir)), **record})
     error = None
     os.environ.update(KERNEL_ENV)
+    parameters = {"recipe": str((run_dir / "recipe.yaml").resolve()), "run_dir": str(run_dir.resolve())}
+    if not all(name.isidentifier() for name in parameters):  # papermill writes each name into the notebook as code
+        raise ValueError(f"notebook parameter names must be identifiers: {sorted(parameters)}")
     try:
         with ProgressWatcher(run_dir, stage, on_event):
             papermill.execute_notebook(
-                str(notebooks_dir() / NOTEBOOKS[stage]), str(out),
-                parameters={"recipe": str((run_dir / "recipe.yaml").resolve()), "run_dir": str(run_dir.resolve())},
+                str(notebooks_dir() / NOTEBOOKS[stage]), str(out), parameters=parameters,
                 kernel_name=ensure_kernel(), cwd=str(notebooks_dir()), execution_timeout=cfg.cell_timeout,
                 progress_bar=False, log_output=False)
     except Exception as exc:  # papermill raises for errors, timeouts and dead kernels alike
-        error = _error_text(exc)
+        error = _error_text(exc, run_dir)
+    _redact_notebook(out)
     if error is None and stage not in read_json(metrics_path, {}):
         error = f"the {stage} notebook finished without recording its metrics in metrics.json"
     seconds = time.perf_counter() - t0
     update_json(status_path, stage, {"state": "failed" if error else "done", "start": started, "end": now(),
                                      "duration_s": round(seconds, 1), "error": error,
-                                     "notebook": str(out.relative_to(run_dir))})
+                                     "notebook": str(out.relative_to(run_dir)), **record})
     return StageResult(stage, error is None, seconds, error, out)
 
 
@@ -215,28 +252,55 @@ def prepare(cfg, run_dir: str | Path | None = None) -> Path:
     return run_dir
 
 
-def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None, on_event=None):
-    """Run `stages` (default: the recipe's) in order; stop at the first failure; always write the report.
+def plan(cfg, run_dir: str | Path | None, stages: list[str], force: bool = False) -> list[str]:
+    """The stages among `stages` that `run` would execute in `run_dir` (the others are up to date there)."""
+    if force or run_dir is None or not (Path(run_dir) / "status.json").is_file():
+        return list(stages)
+    todo = []
+    for stage in stages:
+        if set(todo) & set(resume.BUILDS_ON[stage]) or not resume.is_done(run_dir, stage,
+                                                                          resume.fingerprint(cfg, run_dir, stage)):
+            todo.append(stage)
+    return todo
 
-    `on_event(kind, stage, result)` is called with kind "start" or "end" (for the CLI's progress lines).
+
+def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None, on_event=None,
+        force: bool = False):
+    """Run `stages` (default: the recipe's) in order; skip each whose fingerprint matches its last completed run in
+    `run_dir` (unless `force`, or a stage it builds on ran now); stop at the first failure; always write the report.
+
+    `on_event(kind, stage, detail)` is called with kind "skip" (detail: the status entry), "start" (detail: the
+    changed fingerprint parts, or "interrupted"), "progress" and "end" (a StageResult), for the CLI's lines.
     Returns (run_dir, [StageResult], report_path).
     """
     from ftkit import report
 
     stages = stages or cfg.stages
     run_dir = prepare(cfg, run_dir)
-    results = []
+    results, ran = [], set()
     for stage in stages:
+        fingerprint = resume.fingerprint(cfg, run_dir, stage)
+        entry = read_json(run_dir / "status.json", {}).get(stage)
+        if not force and not ran & set(resume.BUILDS_ON[stage]) and resume.is_done(run_dir, stage, fingerprint):
+            update_json(run_dir / "status.json", stage, {**entry, "reused": now()})
+            if on_event:
+                on_event("skip", stage, entry)
+            continue
         if on_event:
-            on_event("start", stage, None)
-        result = run_stage(stage, cfg, run_dir, on_event)
+            interrupted = stage_state(entry) == "interrupted" and entry.get("fingerprint") == fingerprint["fingerprint"]
+            on_event("start", stage, "interrupted" if interrupted else resume.changed(entry, fingerprint))
+        result = run_stage(stage, cfg, run_dir, on_event, fingerprint)
+        ran.add(stage)
         results.append(result)
         if on_event:
             on_event("end", stage, result)
         if not result.ok:
-            for skipped in stages[stages.index(stage) + 1:]:
+            for skipped in stages[stages.index(stage) + 1:]:  # their recorded results no longer follow
                 update_json(run_dir / "status.json", skipped,
                             {"state": "not run", "start": None, "end": None, "duration_s": None,
                              "error": f"not run because {stage} failed", "notebook": None})
             break
-    return run_dir, results, report.render(run_dir)
+    report_path = run_dir / "report.html"
+    if ran or not report_path.is_file():  # nothing ran: the report already shows these very results
+        report_path = report.render(run_dir)
+    return run_dir, results, report_path

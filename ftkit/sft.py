@@ -4,13 +4,14 @@ text: continued pre-training, loss on every token)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 
-from ftkit import data, models
+from ftkit import data, models, resume
 from ftkit.io import write_atomic, write_progress
 
 
@@ -27,30 +28,37 @@ def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
     """TrainingArguments fields shared by the SFT and RL stages, built from the recipe."""
     return trl_config_cls(
         output_dir=str(output_dir), max_steps=section.max_steps, learning_rate=section.learning_rate,
-        logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
-        report_to="none", disable_tqdm=True, bf16=models.dtype_name(cfg.model) == "bfloat16",
+        logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
+        save_total_limit=2, report_to="none", disable_tqdm=True, bf16=models.dtype_name(cfg.model) == "bfloat16",
         fp16=models.dtype_name(cfg.model) == "float16", gradient_checkpointing=cfg.model.gradient_checkpointing,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), **extra)
 
 
-def fit(trainer, tokenizer, out: Path) -> tuple[dict, list[dict]]:
-    """Train, save the adapter (or model) and the log history into the stage directory `out`; return figures and
-    history."""
+def fit(trainer, tokenizer, out: Path, cfg) -> tuple[dict, list[dict]]:
+    """Train (from the last complete checkpoint of this stage with these settings, if there is one), save the
+    adapter (or model) and the log history into the stage directory `out`, delete the checkpoints; return figures
+    and history."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             write_progress(out.parent, out.name, state.global_step, state.max_steps, "steps")
 
+    fingerprint = resume.fingerprint(cfg, out.parent, out.name)["fingerprint"]
+    checkpoint = resume.resume_point(out / "checkpoints", fingerprint)
     trainer.add_callback(Progress())
+    trainer.add_callback(resume.checkpoint_callback(fingerprint))
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
     models.save_trained(trainer.model, tokenizer, out)
     history = trainer.state.log_history
     write_atomic(out / "log_history.json", json.dumps(history, indent=2))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the result is saved; they were only for resuming
     figures = {"steps": result.global_step, "train_seconds": round(seconds, 1),
+               "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
                "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads()}
     return figures, history
@@ -73,7 +81,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                          warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length, **evaluation)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=validation,
                          processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
-    figures, history = fit(trainer, tokenizer, out)
+    figures, history = fit(trainer, tokenizer, out, cfg)
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {**figures, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
