@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def _run_sweep(args, variants, stages) -> int:
     stamp, run_dirs, failed = f"{dt.datetime.now():%Y%m%d-%H%M%S}", [], []
     for assignment, _ in variants:
         cfg = recipes.load(args.recipe, [*args.overrides, assignment])
-        run_dir = runner.reports_dir() / cfg.name / f"{stamp}-{assignment.replace('/', '_')}"
+        run_dir = runner.reports_dir() / cfg.name / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.=,+-]', '_', assignment)}"
         print(f"▶▶ {assignment}: {run_dir}", flush=True)
         _, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
         print(f"report: {report_path}")

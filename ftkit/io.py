@@ -118,7 +118,7 @@ def secret_values(environ=None) -> list[str]:
     SECRET or PASSWORD in its name) that are long enough to be one; longest first."""
     environ = os.environ if environ is None else environ
     values = {v for k, v in environ.items() if SECRET_NAMES.search(k) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
+    return sorted(values, key=lambda v: (-len(v), v))
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:

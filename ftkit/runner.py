@@ -247,6 +247,8 @@ def prepare(cfg, run_dir: str | Path | None = None) -> Path:
     """Create the run directory with the resolved recipe and the environment record."""
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for notebook in (run_dir / "notebooks").glob("*.ipynb"):  # one autosaved by papermill before a kill, say
+        _redact_notebook(notebook)
     write_atomic(run_dir / "recipe.yaml", cfg.dump())
     write_atomic(run_dir / "env.json", json.dumps(environment(cfg.seed), indent=2))
     return run_dir
