@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, the shared JSON files of a run directory, and keeping secrets out of files.
+"""Small file and process helpers: atomic writes, the shared JSON files of a run directory, keeping secrets out of
+files, and subprocesses whose failures keep their reason.
 
 Every file a run directory holds is written under a temporary name and renamed into place, so a kill at any moment
 leaves the old version or the new one, never half of either; a full disk raises `DiskFull`, which names the file and
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,3 +132,23 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
     for value in secret_values() if secrets is None else secrets:
         text = text.replace(value, "***")
     return text
+
+
+class CommandFailed(RuntimeError):
+    """A subprocess exited non-zero; the message holds its exit code and the end of what it wrote to stderr."""
+
+
+def run_command(args: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run `args`; on a non-zero exit raise `CommandFailed` naming `what`, the exit code and the last lines of its
+    error output (secrets removed), instead of a bare exit status.
+
+    >>> run_command(["python3", "-c", "import sys; sys.exit('no wheel for this platform')"], "download")
+    Traceback (most recent call last):
+    ...
+    ftkit.io.CommandFailed: download failed (exit code 1): no wheel for this platform
+    """
+    done = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-5:]) or "no output"
+        raise CommandFailed(f"{what} failed (exit code {done.returncode}): {redact(tail)}")
+    return done

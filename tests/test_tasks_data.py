@@ -11,10 +11,10 @@ from ftkit.tasks import addition, get
 
 
 def test_doctests():
-    from ftkit import evaluation, robustness
+    from ftkit import evaluation, io, robustness
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards, robustness, evaluation):
+    for module in (addition, exact_match, rewards, robustness, evaluation, io):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
