@@ -164,6 +164,11 @@ def tuned_dir(run_dir: str | os.PathLike, stage: str) -> Path | None:
     return None
 
 
+def _local_gpu() -> int:
+    """This process's GPU: its local rank when `accelerate launch` started several, else the first."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = False, quantized: bool = True):
     """Load (model, tokenizer) for a recipe's `model:` section, optionally with a tuned adapter or checkpoint.
 
@@ -185,11 +190,11 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         options["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
-        options["device_map"] = {"": 0}
+        options["device_map"] = {"": _local_gpu()}
     tokenizer = load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(source, **options)
     if torch.cuda.is_available() and not four_bit:
-        model.to("cuda")
+        model.to(f"cuda:{_local_gpu()}")
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if is_adapter:

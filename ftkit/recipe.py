@@ -230,6 +230,30 @@ class ExportConfig(_Section):
     private: bool = True
 
 
+class LaunchConfig(_Section):
+    num_processes: int = Field(1, ge=1, description="training processes in all machines (one per GPU); 1: train in "
+                                                    "the notebook's kernel; more: through `accelerate launch`")
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0, description="this machine's rank (run the same command on each machine)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (several machines)")
+    main_process_port: int = Field(29500, gt=0, lt=65536)
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="accelerate's autocast; ftkit's own bf16/fp16 training follows model.dtype")
+    config_file: str | None = Field(None, description="accelerate config file (FSDP, DeepSpeed), relative to the "
+                                                      "recipe; default: plain data parallel (DDP)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines}")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError(f"num_machines {self.num_machines} needs main_process_ip: the address of machine 0")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes {self.num_processes} must be a multiple of num_machines "
+                             f"{self.num_machines} (processes in all, the same number on each machine)")
+        return self
+
+
 class Recipe(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     seed: int = 0
@@ -242,6 +266,7 @@ class Recipe(_Section):
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    launch: LaunchConfig = LaunchConfig()
 
     @field_validator("stages")
     @classmethod
@@ -249,6 +274,17 @@ class Recipe(_Section):
         if len(set(stages)) != len(stages):
             raise ValueError(f"stages {stages} repeat a stage; list each once")
         return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _batches_split_over_processes(self):
+        n = self.launch.num_processes
+        uneven = [f"{name}.batch_size {section.batch_size}" for name, section in (("sft", self.sft), ("rl", self.rl))
+                  if name in self.stages and section.batch_size % n]
+        if uneven:
+            raise ValueError(f"{' and '.join(uneven)} must be a multiple of launch.num_processes {n}: batch_size is "
+                             "the batch of one step over all processes, each process trains batch_size / "
+                             "num_processes of it")
+        return self
 
     @model_validator(mode="after")
     def _dpo_needs_pairs(self):
@@ -450,6 +486,8 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
             problems.append(f"{where}: eval.extra.{label} = {directory!r}: {path} holds no adapter_config.json or "
                             "config.json; point it at an adapter or model directory (e.g. <run>/sft/adapter)")
         cfg.eval.extra[label] = str(path)
+    if cfg.launch.config_file:
+        cfg.launch.config_file = resolve(cfg.launch.config_file, "launch.config_file", ("launch", "config_file"))
     if cfg.data.mix:
         cfg.data.mix = {name if name.startswith("hub:") else resolve(name, f"data.mix.{name}", ("data", "mix", name)):
                         weight for name, weight in cfg.data.mix.items()}

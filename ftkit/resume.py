@@ -46,8 +46,9 @@ def _settings(cfg, stage: str) -> dict:
         # the data stage tokenizes with the model's tokenizer, filters by sft.max_length, checks rows for rl.method
         "data": {"seed": cfg.seed, "data": full["data"], "model": model_files, "max_length": cfg.sft.max_length,
                  "rl_method": rl_method},
-        "sft": {"seed": cfg.seed, "model": full["model"], "sft": full["sft"]},
-        "rl": {"seed": cfg.seed, "model": full["model"], "rl": full["rl"], "max_length": cfg.sft.max_length},
+        "sft": {"seed": cfg.seed, "model": full["model"], "sft": full["sft"], "launch": full["launch"]},
+        "rl": {"seed": cfg.seed, "model": full["model"], "rl": full["rl"], "max_length": cfg.sft.max_length,
+               "launch": full["launch"]},
         "eval": {"seed": cfg.seed, "model": full["model"], "eval": full["eval"], "max_length": cfg.sft.max_length},
         "export": {"model": full["model"], "export": full["export"]},
     }[stage]

@@ -11,9 +11,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ftkit import data, models, rewards
+from ftkit import data, launch, models, rewards
 from ftkit.io import write_atomic
-from ftkit.sft import fit, to_dataset, training_args
+from ftkit.sft import fit, per_process, to_dataset, training_args
 from ftkit.tasks.common import completion_text
 
 DPO_BETA, GRPO_BETA = 0.1, 0.0
@@ -83,6 +83,8 @@ def preference_dataset(rows: list[dict]):
 
 def train(cfg, run_dir: str | Path) -> dict:
     """Run the recipe's RL method on the train split; save the adapter (or model) to `<run_dir>/rl/`."""
+    if launch.needed(cfg):
+        return launch.train(cfg, run_dir, "rl")
     run_dir = Path(run_dir)
     out = run_dir / "rl"
     rows = data.load_split(run_dir, "train")
@@ -97,14 +99,15 @@ def train(cfg, run_dir: str | Path) -> dict:
     samples = SampleLog(cfg.rl.max_steps)
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     args = training_args(cfg, cfg.rl, out / "checkpoints", config_cls,
-                         per_device_train_batch_size=cfg.rl.batch_size, num_generations=cfg.rl.num_generations,
+                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size), num_generations=cfg.rl.num_generations,
                          beta=GRPO_BETA if cfg.rl.beta is None else cfg.rl.beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
                          reward_weights=weights, **vllm)
     trainer = trainer_cls(model=model, reward_funcs=[samples.wrap(f) for f in functions], args=args,
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     figures, history = fit(trainer, tokenizer, out, cfg)
-    samples.save(out / "samples.jsonl", {f.__name__: w for f, w in zip(functions, weights)})
+    if trainer.is_world_process_zero():
+        samples.save(out / "samples.jsonl", {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
@@ -117,7 +120,8 @@ def _train_dpo(cfg, run_dir: Path, out: Path, rows: list[dict]) -> dict:
 
     dataset = preference_dataset(rows)
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    args = training_args(cfg, cfg.rl, out / "checkpoints", DPOConfig, per_device_train_batch_size=cfg.rl.batch_size,
+    args = training_args(cfg, cfg.rl, out / "checkpoints", DPOConfig,
+                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
                          beta=DPO_BETA if cfg.rl.beta is None else cfg.rl.beta, max_length=cfg.sft.max_length,
                          lr_scheduler_type="constant")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from ftkit import data, models, resume
+from ftkit import data, launch, models, resume
 from ftkit.io import write_atomic, write_progress
 
 
@@ -32,8 +32,13 @@ def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
         save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
         save_total_limit=2, report_to="none", disable_tqdm=True, bf16=models.dtype_name(cfg.model) == "bfloat16",
         fp16=models.dtype_name(cfg.model) == "float16", gradient_checkpointing=cfg.model.gradient_checkpointing,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(), **extra)
+
+
+def per_process(cfg, batch_size: int) -> int:
+    """A step's batch shared out over the recipe's processes (validated to divide evenly)."""
+    return batch_size // cfg.launch.num_processes
 
 
 def fit(trainer, tokenizer, out: Path, cfg) -> tuple[dict, list[dict]]:
@@ -44,7 +49,8 @@ def fit(trainer, tokenizer, out: Path, cfg) -> tuple[dict, list[dict]]:
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            write_progress(out.parent, out.name, state.global_step, state.max_steps, "steps")
+            if state.is_world_process_zero:
+                write_progress(out.parent, out.name, state.global_step, state.max_steps, "steps")
 
     fingerprint = resume.fingerprint(cfg, out.parent, out.name)["fingerprint"]
     checkpoint = resume.resume_point(out / "checkpoints", fingerprint)
@@ -53,31 +59,64 @@ def fit(trainer, tokenizer, out: Path, cfg) -> tuple[dict, list[dict]]:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
-    models.save_trained(trainer.model, tokenizer, out)
     history = trainer.state.log_history
-    write_atomic(out / "log_history.json", json.dumps(history, indent=2))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the result is saved; they were only for resuming
-    figures = {"steps": result.global_step, "train_seconds": round(seconds, 1),
+    digests = weight_digests(trainer.model)
+    if trainer.is_world_process_zero():
+        models.save_trained(trainer.model, tokenizer, out)
+        write_atomic(out / "log_history.json", json.dumps(history, indent=2))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the result is saved; they were only for resuming
+    figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),"steps": result.global_step, "train_seconds": round(seconds, 1),
                "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
+               **real_tokens(history, seconds),
                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
                "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads()}
     return figures, history
 
 
+def real_tokens(history: list[dict], seconds: float) -> dict:
+    """Tokens trained on that were not padding (TRL's `num_tokens`, summed over processes; counted from this
+    process's start when training resumed) and their rate."""
+    counted = [h["num_tokens"] for h in history if "num_tokens" in h]
+    if not counted:
+        return {}
+    return {"real_tokens": int(counted[-1]), "real_tokens_per_second": round(counted[-1] / max(seconds, 1e-9), 1)}
+
+
+def weight_digests(model) -> list[str]:
+    """A digest of the trained weights on every process (one entry with a single process): data-parallel ranks
+    that end in sync have equal digests."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    if not (dist.is_available() and dist.is_initialized()):
+        return [digest.hexdigest()[:16]]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest()[:16])
+    return gathered
+
+
 def train(cfg, run_dir: str | Path) -> dict:
-    """Train on the data stage's train split; save the adapter to `<run_dir>/sft/adapter`."""
+    """Train on the data stage's train split; save the adapter to `<run_dir>/sft/adapter` (in several processes
+    through `accelerate launch` when the recipe's `launch.num_processes` asks for it)."""
     from trl import SFTConfig, SFTTrainer
 
+    if launch.needed(cfg):
+        return launch.train(cfg, run_dir, "sft")
     run_dir = Path(run_dir)
     out = run_dir / "sft"
     dataset = to_dataset(data.load_split(run_dir, "train"))
     validation = (to_dataset(data.load_split(run_dir, "validation"))
                   if (run_dir / "data" / "validation.jsonl").is_file() else None)
     evaluation = ({"eval_strategy": "steps", "eval_steps": max(cfg.sft.logging_steps, cfg.sft.max_steps // 5),
-                   "per_device_eval_batch_size": cfg.sft.batch_size} if validation is not None else {})
+                   "per_device_eval_batch_size": per_process(cfg, cfg.sft.batch_size)} if validation is not None else {})
     model, tokenizer = models.load(cfg.model)
     args = training_args(cfg, cfg.sft, out / "checkpoints", SFTConfig,
-                         per_device_train_batch_size=cfg.sft.batch_size, lr_scheduler_type=cfg.sft.lr_scheduler,
+                         per_device_train_batch_size=per_process(cfg, cfg.sft.batch_size), lr_scheduler_type=cfg.sft.lr_scheduler,
                          warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length, **evaluation)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=validation,
                          processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
