@@ -252,6 +252,13 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
             rows = [[name, m["weight"], m["available"], m["wanted"], m["taken"]] for name, m in data["mix"].items()]
             parts.append("<p>Mixed sources (data.mix):</p>"
                          + _table(["source", "weight", "available", "wanted", "taken"], rows))
+    trained = {stage: metrics[stage] for stage in ("sft", "rl") if metrics.get(stage, {}).get("steps")}
+    if trained:
+        rows = [[stage, m["steps"], m.get("processes", 1), m.get("trainable_parameters"), m.get("train_seconds"),
+                 m.get("real_tokens", ""), m.get("real_tokens_per_second", ""), m.get("resumed_from_step") or ""]
+                for stage, m in trained.items()]
+        parts.append("<h3>Training</h3>" + _table(["stage", "steps", "processes", "trained parameters", "seconds",
+                                                   "real tokens", "real tokens/s", "resumed from step"], rows))
     evaluated = metrics.get("eval", {})
     if evaluated:
         metric = metric_name(next(iter(evaluated.values())))
