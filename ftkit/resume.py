@@ -183,10 +183,10 @@ def resume_point(checkpoints: str | Path, stage_fingerprint: str) -> Path | None
         if marker is None:
             log.warning("checkpoint %s is incomplete (no %s: the run stopped while saving it); deleted, not loaded",
                         folder, MARKER)
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)  # every process of a launch checks; one deletes
         elif marker.get("fingerprint") != stage_fingerprint:
             log.warning("checkpoint %s was made with other settings; deleted, not loaded", folder)
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)  # every process of a launch checks; one deletes
         else:
             best = folder
     return best

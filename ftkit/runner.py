@@ -260,10 +260,14 @@ def plan(cfg, run_dir: str | Path | None, stages: list[str], force: bool = False
         return list(stages)
     todo = []
     for stage in stages:
-        if set(todo) & set(resume.BUILDS_ON[stage]) or not resume.is_done(run_dir, stage,
-                                                                          resume.fingerprint(cfg, run_dir, stage)):
+        if not _up_to_date(run_dir, stage, resume.fingerprint(cfg, run_dir, stage), set(todo)):
             todo.append(stage)
     return todo
+
+
+def _up_to_date(run_dir: Path, stage: str, fingerprint: dict, ran: set[str]) -> bool:
+    """Done with this fingerprint, and no stage it builds on runs (or ran) now."""
+    return not ran & set(resume.BUILDS_ON[stage]) and resume.is_done(run_dir, stage, fingerprint)
 
 
 def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None, on_event=None,
@@ -283,7 +287,7 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
     for stage in stages:
         fingerprint = resume.fingerprint(cfg, run_dir, stage)
         entry = read_json(run_dir / "status.json", {}).get(stage)
-        if not force and not ran & set(resume.BUILDS_ON[stage]) and resume.is_done(run_dir, stage, fingerprint):
+        if not force and _up_to_date(run_dir, stage, fingerprint, ran):
             update_json(run_dir / "status.json", stage, {**entry, "reused": now()})
             if on_event:
                 on_event("skip", stage, entry)
