@@ -41,7 +41,8 @@ class ModelConfig(_Section):
                     description="hub id or local directory")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU that supports it, else float32")
+        "auto", description="auto: bfloat16 on a GPU or CPU that computes in it natively (CPU: AVX-512-BF16 or AMX), "
+        "else float32")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="default: transformers' choice (sdpa where supported)")
     trust_remote_code: bool = Field(False, description="run modelling code shipped with the model; off unless set")
@@ -51,7 +52,9 @@ class ModelConfig(_Section):
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = Field("all-linear", description="default: every linear layer but the output")
-    gradient_checkpointing: bool = Field(True, description="recompute activations: less memory, ~30% slower")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute activations: less memory, 11-30% slower; auto: only when the memory estimate "
+        "says training would not fit without it")
 
 
 class DataConfig(_Section):
@@ -118,6 +121,9 @@ class SFTConfig(_Section):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(128, gt=8)
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="a step's examples in one row without padding, each attending only to itself; auto: "
+        "where the model's attention keeps them apart and data.too_long is drop")
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
 
@@ -284,6 +290,13 @@ class Recipe(_Section):
             raise ValueError(f"{' and '.join(uneven)} must be a multiple of launch.num_processes {n}: batch_size is "
                              "the batch of one step over all processes, each process trains batch_size / "
                              "num_processes of it")
+        return self
+
+    @model_validator(mode="after")
+    def _padding_free_needs_whole_examples(self):
+        if self.sft.padding_free is True and self.data.too_long == "truncate":
+            raise ValueError("sft.padding_free true trains examples as they are, so it cannot truncate them: set "
+                             "data.too_long: drop, or sft.padding_free: auto (padded batches when truncating)")
         return self
 
     @model_validator(mode="after")

@@ -177,6 +177,15 @@ def metric_name(model_metrics: dict) -> str:
     return model_metrics.get("metric", "accuracy")
 
 
+def _settings(settings: dict | None) -> str:
+    """Speed settings in a few words: "bfloat16 weights, bfloat16 compute, padded, checkpointing off"."""
+    if not settings:
+        return ""
+    return (f"{settings.get('weights', '?')} weights, {settings['dtype']} compute, "
+            f"{'padding-free' if settings['padding_free'] else 'padded'}, "
+            f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}")
+
+
 def versus_base(model_metrics: dict, base: dict | None) -> str:
     """The change from the base model: accuracy in points, perplexity in percent (lower is better)."""
     name = metric_name(model_metrics)
@@ -255,10 +264,11 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     trained = {stage: metrics[stage] for stage in ("sft", "rl") if metrics.get(stage, {}).get("steps")}
     if trained:
         rows = [[stage, m["steps"], m.get("processes", 1), m.get("trainable_parameters"), m.get("train_seconds"),
-                 m.get("real_tokens", ""), m.get("real_tokens_per_second", ""), m.get("resumed_from_step") or ""]
-                for stage, m in trained.items()]
+                 m.get("real_tokens", ""), m.get("real_tokens_per_second", ""), m.get("resumed_from_step") or "",
+                 _settings(m.get("settings"))] for stage, m in trained.items()]
         parts.append("<h3>Training</h3>" + _table(["stage", "steps", "processes", "trained parameters", "seconds",
-                                                   "real tokens", "real tokens/s", "resumed from step"], rows))
+                                                   "real tokens", "real tokens/s", "resumed from step", "settings"],
+                                                  rows))
     evaluated = metrics.get("eval", {})
     if evaluated:
         metric = metric_name(next(iter(evaluated.values())))

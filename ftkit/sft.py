@@ -24,14 +24,16 @@ def to_dataset(rows: list[dict]) -> Dataset:
                                "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
 
 
-def training_args(cfg, section, output_dir: Path, trl_config_cls, **extra):
-    """TrainingArguments fields shared by the SFT and RL stages, built from the recipe."""
+def training_args(cfg, section, output_dir: Path, trl_config_cls, tokens: int | None = None, **extra):
+    """TrainingArguments fields shared by the SFT and RL stages, built from the recipe, with the fast defaults:
+    bf16 where the hardware computes in it (`models.dtype_name`), gradient checkpointing only where memory needs
+    it (`tokens`: the most a step holds), transformers' fused AdamW."""
     return trl_config_cls(
         output_dir=str(output_dir), max_steps=section.max_steps, learning_rate=section.learning_rate,
         logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
         save_total_limit=2, report_to="none", disable_tqdm=True, bf16=models.dtype_name(cfg.model) == "bfloat16",
-        fp16=models.dtype_name(cfg.model) == "float16", gradient_checkpointing=cfg.model.gradient_checkpointing,
+        fp16=models.dtype_name(cfg.model) == "float16", gradient_checkpointing=models.gradient_checkpointing(cfg, tokens),
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(), **extra)
 
@@ -69,8 +71,20 @@ def fit(trainer, tokenizer, out: Path, cfg) -> tuple[dict, list[dict]]:
                "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
                **real_tokens(history, seconds),
                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-               "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads()}
+               "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads(),
+               "settings": settings(trainer)}
     return figures, history
+
+
+def settings(trainer) -> dict:
+    """The speed-related training settings in force (recipe defaults resolved): the frozen weights' dtype, the
+    autocast dtype, gradient checkpointing, padding-free batches, the optimizer, Liger kernels."""
+    args = trainer.args
+    frozen = next((p.dtype for p in trainer.model.parameters() if not p.requires_grad), None)
+    return {"weights": str(frozen or next(trainer.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
+            "gradient_checkpointing": args.gradient_checkpointing, "padding_free": getattr(args, "padding_free", False),
+            "optimizer": str(getattr(args.optim, "value", args.optim)), "liger_kernels": args.use_liger_kernel}
 
 
 def real_tokens(history: list[dict], seconds: float) -> dict:
@@ -109,15 +123,21 @@ def train(cfg, run_dir: str | Path) -> dict:
         return launch.train(cfg, run_dir, "sft")
     run_dir = Path(run_dir)
     out = run_dir / "sft"
-    dataset = to_dataset(data.load_split(run_dir, "train"))
+    rows = data.load_split(run_dir, "train")
+    dataset = to_dataset(rows)
     validation = (to_dataset(data.load_split(run_dir, "validation"))
                   if (run_dir / "data" / "validation.jsonl").is_file() else None)
     evaluation = ({"eval_strategy": "steps", "eval_steps": max(cfg.sft.logging_steps, cfg.sft.max_steps // 5),
                    "per_device_eval_batch_size": per_process(cfg, cfg.sft.batch_size)} if validation is not None else {})
     model, tokenizer = models.load(cfg.model)
-    args = training_args(cfg, cfg.sft, out / "checkpoints", SFTConfig,
+    # padding-free: the data stage already dropped examples over max_length, so none is cut here
+    padding_free = models.padding_free(cfg, model)
+    tokens = models.step_tokens(cfg, [r["tokens"] for r in rows if "tokens" in r], padding_free)
+    args = training_args(cfg, cfg.sft, out / "checkpoints", SFTConfig, tokens=tokens,
                          per_device_train_batch_size=per_process(cfg, cfg.sft.batch_size), lr_scheduler_type=cfg.sft.lr_scheduler,
-                         warmup_steps=cfg.sft.warmup_ratio, max_length=cfg.sft.max_length, **evaluation)
+                         warmup_steps=cfg.sft.warmup_ratio, padding_free=padding_free,
+                         max_length=None if padding_free else cfg.sft.max_length,
+                         **evaluation)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=validation,
                          processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
     figures, history = fit(trainer, tokenizer, out, cfg)
