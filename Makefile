@@ -35,8 +35,12 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-bench: setup
-	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b; done || echo "no benchmarks yet"
+# the CPU benchmarks, one at a time (overhead.py runs the quickstart twice: about 30 minutes on 2 cores)
+bench: model
+	$(PY) bench/data_stage.py
+	$(PY) bench/eval_batching.py
+	$(PY) bench/sft_throughput.py --data addition --examples 1000 --steps 10 --trl-steps 3 --learning-rate 1e-3
+	$(PY) bench/overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
