@@ -204,9 +204,9 @@ def padding_free(cfg, model) -> bool:
 
 def step_tokens(cfg, lengths: list[int], padding_free: bool) -> int:
     """The most tokens one training step can hold on one process: its batch of the longest examples, padded to
-    the longest unless padding-free."""
+    the longest unless padding-free (examples kept over max_length are cut to it)."""
     per_process = cfg.sft.batch_size // cfg.launch.num_processes
-    longest = sorted(lengths, reverse=True)[:per_process]
+    longest = sorted((min(n, cfg.sft.max_length) for n in lengths), reverse=True)[:per_process]
     if not longest:
         return per_process * cfg.sft.max_length
     return sum(longest) if padding_free else per_process * longest[0]
