@@ -194,12 +194,19 @@ def padding_free(cfg, model) -> bool:
     example of the row alone (and where the data stage dropped what is over max_length: truncation needs padded
     batches). sdpa computes the whole row under a block-diagonal mask, quadratic in the step's tokens: measured
     0.6x the tokens/s of padded batches for a 1.5B model on an H100 (chat examples of 47-442 tokens, batch 32),
-    and slower on a CPU too, so it stays off there unless the recipe asks."""
+    and slower on a CPU too, so it stays off there unless the recipe asks. Asked for where the model cannot keep
+    the examples apart (`packs_examples`), it is refused before training: they would attend to each other."""
+    if cfg.sft.padding_free is True and not packs_examples(model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        raise ValueError(f"sft.padding_free true: {type(base).__name__} with "
+                         f"{base.config._attn_implementation} attention would let the examples of a row attend to "
+                         "each other; set sft.padding_free: auto, or model.attn_implementation: sdpa or "
+                         "flash_attention_2 where the model supports it")
     if cfg.sft.padding_free != "auto":
         return cfg.sft.padding_free
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     flash = (getattr(base.config, "_attn_implementation", None) or "").startswith("flash_attention")
-    return flash and cfg.data.too_long == "drop" and packs_examples(model)
+    return flash and cfg.data.too_long == "drop"
 
 
 def step_tokens(cfg, lengths: list[int], padding_free: bool) -> int:

@@ -70,6 +70,10 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     assert models.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=True) == 2 * (50 + 40 + 30) + 20 + 20
     neo = AutoModelForCausalLM.from_config(build_model(build_tokenizer(), arch="gpt_neo").config)
     assert not models.packs_examples(neo), "GPT-Neo's eager attention has a fixed-size causal buffer"
+    asked = tiny_cfg(tiny_model_dir)
+    asked.sft.padding_free = True
+    with pytest.raises(ValueError, match="sft.padding_free true: GPTNeoForCausalLM"):
+        models.padding_free(asked, neo)
 
     assert models.gradient_checkpointing(cfg) is False, "a tiny model fits: no recomputation"
     real = psutil.virtual_memory()
