@@ -12,7 +12,8 @@ learning rate and max_length, one after the other in this process:
              then are float32 weights under bf16 autocast, gradient checkpointing and padded batches
   trl-fp32   the same with bf16=False, a reference that shows how much of the gap is bf16 on this machine
 Tokens are TRL's own `num_tokens` count (the examples' tokens, never padding), over the whole `train()` call.
-Prints a table, the ratios ftkit / trl and ftkit / trl-fp32, and (on a GPU) MFU = 6 * N * tokens/s / peak bf16
+Prints the CPU (its bf16 flags) or GPU, a table with the dtype of each side's weights and compute, the ratios
+ftkit / trl and ftkit / trl-fp32, and (on a GPU) MFU = 6 * N * tokens/s / peak bf16
 FLOP/s, N = the model's parameters. `--model shape:qwen2.5-0.5b` (or -1.5b) builds randomly-initialised weights of
 that architecture offline, with the tokenizer of `--tokenizer` (default: ftkit's default model).
 """
@@ -33,7 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_stage import example  # noqa: E402  (variable-length multi-turn chat examples)
 
-from ftkit import data, models, recipe, sft  # noqa: E402
+from ftkit import data, machine, models, recipe, sft  # noqa: E402
 
 # Public architecture numbers of Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B and -1.5B).
 SHAPES = {
@@ -173,7 +174,8 @@ def main() -> int:
                "example_tokens": {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
                                   "max": max(lengths)},
                "batch_size": args.batch_size, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-               else f"CPU, {torch.get_num_threads()} threads", "torch": torch.__version__, "runs": {}}
+               else f"CPU {machine.describe_cpu()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
+               "runs": {}}
         path = models.resolve(model_id)
         if torch.cuda.is_available() and args.warmup_steps:  # CUDA context, cuBLAS and kernel caches: paid once
             warm = recipe_for(model_id, data_section, args, [f"sft.max_steps={args.warmup_steps}"])

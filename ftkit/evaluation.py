@@ -347,7 +347,7 @@ def check_export(cfg, run_dir: str | Path, limit: int = 8) -> dict:
     else:
         prompts = [data.messages(r) for r in rows[:limit]]
     outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    figures = {"prompts": len(prompts)}
+    figures = {"prompts": len(prompts), "dtype": str(model.dtype).removeprefix("torch.")}
     predictions = run_dir / "eval" / f"predictions_{cfg.export.model}.jsonl"
     if predictions.is_file() and cfg.eval.temperature == 0:
         expected = [p["output"] for p in load_predictions(run_dir, cfg.export.model)[:len(prompts)]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from ftkit import machine
 from ftkit.io import atomic_dir, recover_dir, run_command
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,13 @@ def resolve(model_id: str, revision: str | None = None) -> str:
         tried.append(f"Hugging Face cache: {type(exc).__name__}")
     if model_id == DEFAULT_MODEL and _is_checkpoint(offline_copy_dir()):
         return str(offline_copy_dir())
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
+    if machine.settle_offline():
         try:
             return snapshot_download(model_id, revision=revision, allow_patterns=patterns, etag_timeout=5)
         except Exception as exc:
             tried.append(f"Hugging Face hub: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     else:
-        tried.append("Hugging Face hub: skipped because HF_HUB_OFFLINE is set")
+        tried.append("Hugging Face hub: not reachable from here (or HF_HUB_OFFLINE is set)")
     if model_id == DEFAULT_MODEL:
         try:
             return str(make_offline_copy())
@@ -150,16 +150,6 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (AVX-512-BF16 or AMX). Without it PyTorch converts every operand:
-    a LoRA step of the 135M model in bf16 took 104 s on a 2-core AVX2 CPU against 7 s in float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 def dtype_name(model_cfg) -> str:
     """The recipe's dtype with `auto` resolved: bfloat16 on a GPU that supports it, or with no GPU on a CPU that
     computes in it natively; else float32."""
@@ -167,7 +157,7 @@ def dtype_name(model_cfg) -> str:
         return model_cfg.dtype
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_computes_bf16() else "float32"
+    return "bfloat16" if machine.cpu_computes_bf16() else "float32"
 
 
 def packs_examples(model) -> bool:
@@ -247,7 +237,8 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
     """Load (model, tokenizer) for a recipe's `model:` section, optionally with a tuned adapter or checkpoint.
 
     A LoRA adapter is merged for inference unless the base is 4-bit (QLoRA), where merging would round it;
-    `quantized=False` loads a QLoRA recipe's base in its compute dtype instead (for export).
+    `quantized=False` loads a QLoRA recipe's base in its compute dtype instead (for export). In bfloat16 or float16
+    the merge is made in float32 (`merge_in_float32`), so the merged weights are rounded once.
     """
     path = resolve(model_cfg.id, model_cfg.revision)
     tuned = Path(tuned) if tuned else None
@@ -271,6 +262,8 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         model.to(f"cuda:{_local_gpu()}")
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if is_adapter and not trainable and not four_bit and dtype != torch.float32:
+        return merge_in_float32(model, path, tuned, options), tokenizer
     if is_adapter:
         from peft import PeftModel, prepare_model_for_kbit_training
 
@@ -280,6 +273,26 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         if not trainable and not four_bit:
             model = model.merge_and_unload()
     return model, tokenizer
+
+
+def merge_in_float32(model, base_path: str, adapter: str | os.PathLike, options: dict):
+    """`model` (the base, loaded in bfloat16 or float16) with the adapter's weights merged in float32 and rounded once.
+
+    Merging into the half-precision weights themselves rounds twice (the base when it is loaded, then the sum; PEFT
+    also rounds B·A first). Here the base is loaded a second time in float32 on the CPU, merged there exactly, and
+    each parameter of `model` becomes that float32 merge cast to its own dtype (transformers' dtype choices, e.g.
+    layers it keeps in float32, are kept). The eval stage and `export/merged` both get these weights, so the export
+    reproduces what eval measured. Costs the float32 copy in CPU memory while it runs (4 bytes per parameter).
+    """
+    from peft import PeftModel
+
+    reference = AutoModelForCausalLM.from_pretrained(base_path, **{**options, "dtype": torch.float32})
+    merged = PeftModel.from_pretrained(reference, str(adapter)).merge_and_unload().state_dict()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(merged[name])  # cast to the parameter's dtype: the one rounding
+    del reference, merged
+    return model
 
 
 def lora_config(model_cfg):
@@ -314,6 +327,7 @@ GB = 1024 ** 3
 
 def _config(model_cfg):
     """The model's config alone (no weights): from a local directory, the cache, the offline copy or the hub."""
+    machine.settle_offline()
     candidates = [model_cfg.id]
     if model_cfg.id == DEFAULT_MODEL and _is_checkpoint(offline_copy_dir()):
         candidates.insert(0, str(offline_copy_dir()))
@@ -450,14 +464,17 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
 def export(cfg, run_dir: str | os.PathLike) -> dict:
     """Write the tuned model `export.model` to `<run_dir>/export/`: `merged/` (base and adapter merged, safetensors,
     tokenizer and chat template: loads with plain transformers) and `adapter/` (the adapter alone), then push the
-    merged model to `export.push_to_hub` with the token in HF_TOKEN, which is passed to the hub client only."""
+    merged model to `export.push_to_hub` with the token in HF_TOKEN, which is passed to the hub client only.
+
+    `merged/` is saved in the run's dtype (`model.dtype` resolved) with the weights the eval stage measured: in
+    bfloat16 or float16, the float32 merge rounded once (`merge_in_float32`)."""
     run_dir = Path(run_dir)
     tuned = tuned_dir(run_dir, cfg.export.model)
     if tuned is None:
         raise FileNotFoundError(f"export.model = {cfg.export.model!r}, but {run_dir / cfg.export.model} holds no adapter "
                                 f"or model: run the {cfg.export.model} stage first")
     out = run_dir / "export"
-    figures = {"model": cfg.export.model, "base": cfg.model.id}
+    figures = {"model": cfg.export.model, "base": cfg.model.id, "dtype": dtype_name(cfg.model)}
     if cfg.export.merged:
         model, tokenizer = load(cfg.model, tuned=tuned, quantized=False)
         with atomic_dir(out / "merged") as staging:

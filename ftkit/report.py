@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from ftkit.io import read_json, redact, update_json, write_atomic
+from ftkit.machine import describe_cpu
 from ftkit.runner import NOTEBOOKS, stage_state
 
 CSS = """
@@ -224,7 +225,14 @@ def _fmt(value, digits=3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
+def machine_line(env: dict) -> str:
+    """Where the run ran, in one line: the GPU, or the CPU with the flags that decide bfloat16 speed."""
+    cpu = env.get("cpu")
+    where = describe_cpu(cpu) if cpu else env.get("processor", "")
+    return f"GPU {env['gpu']}; CPU {where}" if env.get("gpu") else f"CPU {where}"
+
+
+def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict, env: dict) -> str:
     parts = []
     failed = {s: v for s, v in status.items() if stage_state(v) == "failed"}
     for stage, info in failed.items():
@@ -233,7 +241,8 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict) -> str:
     parts.append(f"<p><b>Model:</b> {_esc(recipe.get('model', {}).get('id'))} &nbsp; "
                  f"<b>Data:</b> {_esc(metrics.get('data', {}).get('source') or recipe.get('data', {}).get('task'))}"
                  " &nbsp; "
-                 f"<b>Seed:</b> {_esc(recipe.get('seed'))}</p>")
+                 f"<b>Seed:</b> {_esc(recipe.get('seed'))}</p>"
+                 f"<p><b>Machine:</b> {_esc(machine_line(env))}</p>")
     rows = []
     for stage, info in status.items():
         state = stage_state(info)
@@ -401,7 +410,7 @@ def render(run_dir: str | Path) -> Path:
     env = read_json(run_dir / "env.json", {})
     name = recipe.get("name", run_dir.parent.name)
     sections = [f"<h1>ftkit report: {_esc(name)}</h1><p class='muted'>run {_esc(run_dir.name)}</p>",
-                "<h2>Summary</h2>", _summary(run_dir, recipe, status, metrics),
+                "<h2>Summary</h2>", _summary(run_dir, recipe, status, metrics, env),
                 "<h2>Recipe</h2>", f"<pre>{_esc(recipe_text)}</pre>",
                 "<h2>Environment</h2>", f"<pre>{_esc(json.dumps(env, indent=2))}</pre>",
                 "<h2>Stage notebooks</h2>"]

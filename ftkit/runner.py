@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftkit import machine, resume
 from ftkit import recipe as recipes
-from ftkit import resume
 from ftkit.io import NO_SPACE, read_json, redact, secret_values, update_json, write_atomic
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ def environment(seed: int) -> dict:
         commit = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"seed": seed, "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu, "git_commit": commit, "packages": versions}
+            "cpu": machine.cpu(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "git_commit": commit, "packages": versions}
 
 
 @dataclass

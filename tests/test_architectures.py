@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftkit import cli, data, evaluation, models, recipe, sft
 from ftkit.io import read_json
-from tests.conftest import build_model, build_tokenizer
+from tests.conftest import TOLERANCE, build_model, build_tokenizer
 
 DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TARGETS = {"gpt_neo": {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"},
@@ -61,13 +61,18 @@ def test_architecture_trains_generates_and_merges(tmp_path, arch):
 
     from peft import PeftModel
 
-    base, _ = models.load(cfg.model)
+    # merged against base + adapter unmerged in float32; in bfloat16, the same float32 reference within its rounding
+    float32 = cfg.model.model_copy(update={"dtype": "float32"})
+    base, _ = models.load(float32)
     assert type(base).__name__ == CLASSES[arch]
     unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()
-    merged, tokenizer = models.load(cfg.model, tuned=adapter)
     ids = tokenizer(["What is 12 plus 34?"], return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(merged(**ids).logits, unmerged(**ids).logits, rtol=1e-4, atol=1e-4)
+        reference = unmerged(**ids).logits
+        for dtype in ("float32", "bfloat16"):
+            merged, tokenizer = models.load(cfg.model.model_copy(update={"dtype": dtype}), tuned=adapter)
+            assert merged.dtype == models.DTYPES[dtype]
+            torch.testing.assert_close(merged(**ids).logits.float(), reference, **TOLERANCE[dtype])
     outputs = evaluation.generate(merged, tokenizer, [data.messages(r) for r in splits["test"][:4]], 4, 5)
     assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
 
@@ -132,12 +137,17 @@ def test_push_to_hub_needs_a_token_from_the_environment(tmp_path, tiny_model_dir
                for p in models.preflight(cfg, check_memory=False))
 
 
-def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tiny_recipe, tmp_path):
-    path = tiny_recipe(stages=["data", "sft", "eval", "export"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tiny_recipe, tmp_path, dtype):
+    """export/merged holds the weights eval measured (in bfloat16: the float32 merge rounded once), so plain
+    transformers reproduces the eval stage's outputs exactly, in either dtype."""
+    path = tiny_recipe(stages=["data", "sft", "eval", "export"], model={"dtype": dtype})
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     exported = read_json(run_dir / "metrics.json")["export"]
     assert exported["model"] == "sft" and exported["check"]["same_as_eval"] == exported["check"]["prompts"] == 8
+    assert exported["dtype"] == dtype and exported["check"]["dtype"] == dtype
+    assert json.loads((run_dir / "export" / "merged" / "config.json").read_text())["dtype"] == dtype
     assert (run_dir / "export" / "adapter" / "adapter_model.safetensors").is_file()
     assert "8 of 8 outputs match the eval stage" in (run_dir / "report.html").read_text()
     # a colleague's side: plain transformers, no ftkit, no PEFT

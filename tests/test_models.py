@@ -1,14 +1,17 @@
 """Model resolution and loading, including the GGUF -> safetensors path of the offline default model."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from ftkit import models
 from ftkit.recipe import ModelConfig
-from tests.conftest import CHAT_TEMPLATE, SPECIALS, build_model, build_tokenizer
+from tests.conftest import CHAT_TEMPLATE, SPECIALS, TOLERANCE, build_model, build_tokenizer
 
 
 def write_gguf(model, tokenizer, path):
@@ -60,7 +63,7 @@ def test_gguf_checkpoint_converts_to_an_identical_plain_model(tmp_path):
     dest = models.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
     assert (dest / "model.safetensors").is_file() and (dest / "config.json").is_file()
 
-    model, loaded_tok = models.load(ModelConfig(id=str(dest)))
+    model, loaded_tok = models.load(ModelConfig(id=str(dest), dtype="float32"))  # the conversion is float32-exact
     text = loaded_tok.apply_chat_template([{"role": "user", "content": "What is 12 plus 30?"}], tokenize=False,
                                           add_generation_prompt=True)
     assert loaded_tok(text)["input_ids"] == tokenizer(text)["input_ids"]
@@ -98,10 +101,13 @@ def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch,
     assert models.resolve(models.DEFAULT_MODEL) == str(models.offline_copy_dir())
 
 
-def test_lora_adapter_round_trip(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
+    """Saved, reloaded and merged, an adapter gives the logits it gave in training (float32), or in bfloat16 exactly
+    the float32 merge rounded once: the weights eval and export use."""
     from peft import get_peft_model
 
-    cfg = ModelConfig(id=str(tiny_model_dir), lora_r=4, lora_alpha=8)
+    cfg = ModelConfig(id=str(tiny_model_dir), lora_r=4, lora_alpha=8, dtype="float32")
     model, tokenizer = models.load(cfg)
     peft_model = get_peft_model(model, models.lora_config(cfg))
     targets = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
@@ -113,6 +119,64 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir):
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = peft_model(ids).logits
     models.save_trained(peft_model, tokenizer, tmp_path)
-    merged, _ = models.load(cfg, tuned=tmp_path / "adapter")
-    torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    merged, _ = models.load(cfg.model_copy(update={"dtype": dtype}), tuned=tmp_path / "adapter")
+    assert merged.dtype == models.DTYPES[dtype]
+    torch.testing.assert_close(merged(ids).logits.float(), expected, **TOLERANCE[dtype])
     assert not (tmp_path / "adapter.partial").exists()
+    if dtype != "float32":
+        exact = models.load(cfg, tuned=tmp_path / "adapter")[0].state_dict()
+        assert all(torch.equal(p, exact[n].to(p.dtype)) for n, p in merged.named_parameters()), \
+            "every weight is the float32 merge cast once"
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=models.DTYPES[dtype])
+        naive = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload()
+        assert any(not torch.equal(p, exact[n].to(p.dtype)) for n, p in naive.named_parameters()), \
+            "merging into half-precision weights rounds twice: the test would not see the difference otherwise"
+
+
+def test_bfloat16_follows_the_cpu(monkeypatch):
+    """dtype auto reads the CPU flags: bfloat16 only where the CPU computes in it (both branches, on any machine)."""
+    from ftkit import machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = ModelConfig()
+    for cpuinfo, expected in ((EPYC_AVX2, "float32"), (XEON_AMX, "bfloat16"), (EPYC_AVX512_BF16, "bfloat16"),
+                              ("", "float32")):
+        monkeypatch.setattr(machine, "read_cpuinfo", lambda text=cpuinfo: text)
+        assert models.dtype_name(auto) == expected, cpuinfo[:60]
+        assert models.dtype_name(ModelConfig(dtype="float32")) == "float32", "an explicit dtype is kept"
+    monkeypatch.setattr(machine, "read_cpuinfo", lambda: XEON_AMX)
+    info = machine.cpu()
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+" and info["bf16"]
+    assert info["flags"] == ["avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"]
+    assert "computes in bfloat16" in machine.describe_cpu(info)
+    monkeypatch.setattr(machine, "read_cpuinfo", lambda: EPYC_AVX2)
+    assert machine.cpu()["flags"] == ["avx2"] and "bfloat16 is emulated" in machine.describe_cpu()
+
+
+def test_hub_out_of_reach_is_said_once_and_nothing_retries(tmp_path, monkeypatch, capfd):
+    """Where the hub cannot be reached, validation does not spend half a minute retrying: one line, then offline."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "hub.yaml"
+    path.write_text("name: hub\nmodel:\n  id: meta-llama/Llama-2-7b-hf\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing listens on port 9
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ftkit", "validate", str(path)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count("cannot be reached from here: working offline") == 1, output
+    assert "Retrying" not in output and seconds < 20, (seconds, output)
+    assert "memory estimate skipped: model.id = 'meta-llama/Llama-2-7b-hf'" in output
+
+
+# /proc/cpuinfo of the kinds of machine this project runs on (the lines ftkit reads)
+EPYC_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse sse2 avx f16c avx2 fma bmi2\n"
+EPYC_AVX512_BF16 = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512bw avx_vnni "
+                    "avx512_bf16 avx512_vnni\n")
+XEON_AMX = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx avx2 avx512f "
+            "avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftkit import cli, io, models, recipe as recipes
+from ftkit import cli, io, machine, models, recipe as recipes
 from ftkit.io import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +237,10 @@ def test_same_recipe_and_seed_give_the_same_metrics(tiny_run, tmp_path):
     assert (first / "eval" / "predictions_rl.jsonl").read_text() == \
         (tmp_path / "second" / "eval" / "predictions_rl.jsonl").read_text()
     env, page = read_json(first / "env.json"), (first / "report.html").read_text()
-    assert env["seed"] == 0 and env["packages"]["torch"] and env["processor"] and env["cpu_count"]
-    for recorded in ('"seed": 0', f'"torch": "{env["packages"]["torch"]}"', '"cpu_count"', '"platform"'):
+    assert env["seed"] == 0 and env["packages"]["torch"] and env["cpu_count"]
+    assert env["cpu"]["model"] and env["cpu"]["bf16"] == machine.cpu_computes_bf16()
+    assert set(env["cpu"]["flags"]) <= set(machine.SHOWN_FLAGS)
+    for recorded in ('"seed": 0', f'"torch": "{env["packages"]["torch"]}"', '"cpu_count"', '"platform"',
+                     '"avx512_bf16"' if "avx512_bf16" in env["cpu"]["flags"] else '"bf16": false'):
         assert html.escape(recorded) in page
+    assert "Machine:</b> CPU " + html.escape(machine.describe_cpu(env["cpu"])) in page

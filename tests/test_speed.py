@@ -88,11 +88,14 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     assert models.gradient_checkpointing(cfg, tokens=1) is False, "one token's activations fit even there"
     monkeypatch.undo()
 
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(models, "cpu_computes_bf16", lambda: True)
-        assert models.dtype_name(cfg.model) == "bfloat16"
-        monkeypatch.setattr(models, "cpu_computes_bf16", lambda: False)
-        assert models.dtype_name(cfg.model) == "float32"
+    from ftkit import machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(machine, "read_cpuinfo", lambda: "flags\t: avx2 avx512f amx_bf16\n")
+    assert models.dtype_name(cfg.model) == "bfloat16"
+    monkeypatch.setattr(machine, "read_cpuinfo", lambda: "flags\t: avx2\n")
+    assert models.dtype_name(cfg.model) == "float32"
+    monkeypatch.undo()
     explicit = tiny_cfg(tiny_model_dir, dtype="float32", gradient_checkpointing=True)
     assert models.dtype_name(explicit.model) == "float32" and models.gradient_checkpointing(explicit) is True
 
