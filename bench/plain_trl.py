@@ -6,7 +6,9 @@ directly, as a user would write it without ftkit. bench/overhead.py times it aga
 Reads the settings from the recipe (the quickstart's) so both sides do the same work: the same examples (the
 task's generator makes them), steps, batch sizes, learning rates, checkpoints every save_steps, and the same
 evaluation of base, SFT and RL: greedy answers to the test, generalization and perturbed prompts, and the loss of
-each reference answer. Prints the time of each phase and the accuracies as JSON.
+each reference answer, in the recipe's dtype (`auto`: bfloat16 where the CPU or GPU computes in it, as ftkit resolves
+it; a plain script would set `bf16=True` and load the model in bfloat16 there). Prints the time of each phase and the
+accuracies as JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from ftkit.models import resolve  # where the offline copy of the default model is
+from ftkit.models import DTYPES, dtype_name, resolve  # where the default model's offline copy is; dtype auto
+from ftkit.recipe import ModelConfig
 from ftkit.robustness import perturb  # the perturbed prompts (data only)
 from ftkit.tasks import Addition  # the same questions
 
@@ -102,12 +105,13 @@ def main() -> int:
     path = resolve(m["id"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     lora = LoraConfig(r=m["lora_r"], lora_alpha=m["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM")
-    common = {"use_cpu": not torch.cuda.is_available(), "bf16": False, "gradient_checkpointing": False,
+    dtype = DTYPES[dtype_name(ModelConfig(**m))]
+    common = {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == torch.bfloat16, "gradient_checkpointing": False,
               "report_to": "none", "disable_tqdm": True, "seed": seed, "data_seed": seed, "save_total_limit": 2}
     times["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     trainer = SFTTrainer(model=model, train_dataset=sft_data, processing_class=tokenizer, peft_config=lora,
                          args=SFTConfig(output_dir=str(out / "sft"), max_steps=s["max_steps"],
                                         per_device_train_batch_size=s["batch_size"], learning_rate=s["learning_rate"],
@@ -118,7 +122,7 @@ def main() -> int:
     times["sft"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(out / "sft" / "adapter"), is_trainable=True)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], train_dataset=rl_data, processing_class=tokenizer,
                           args=GRPOConfig(output_dir=str(out / "rl"), max_steps=r["max_steps"],
@@ -133,7 +137,7 @@ def main() -> int:
 
     start = time.perf_counter()
     for name in e["models"]:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if name != "base":
             model = PeftModel.from_pretrained(model, str(out / name / "adapter")).merge_and_unload()
         scores = {}
