@@ -4,7 +4,7 @@
 
 Both generate greedily for the quickstart's held-out addition questions with the default model (or --model) on
 whatever device ftkit uses (CPU here). The naive loop is the way a first evaluation script is often written:
-template, tokenize and `generate` one prompt at a time. ftkit's `evaluation.generate` left-pads, sorts prompts by
+template, tokenize and `generate` one prompt at a time. ftkit's `generation.generate` left-pads, sorts prompts by
 length and generates a batch at a time. Prints both times, their ratio, and how many outputs agree.
 """
 
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from ftkit import data, evaluation, models, recipe
+from ftkit import generation, models, recipe
+from ftkit.rows import messages
 from ftkit.tasks import Addition
 
 
@@ -35,20 +36,20 @@ def naive(model, tokenizer, conversations, max_new_tokens: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--model", default=recipe.DEFAULT_MODEL)
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=6)
     args = parser.parse_args()
     cfg = recipe.build({"name": "bench", "model": {"id": args.model, "dtype": "float32"}})
     model, tokenizer = models.load(cfg.model)
-    conversations = [data.messages(r) for r in Addition().splits(0, args.prompts, seed=0)["test"]]
-    evaluation.generate(model, tokenizer, conversations[:4], 4, 2)  # warm-up, not timed
+    conversations = [messages(r) for r in Addition().splits(0, args.prompts, seed=0)["test"]]
+    generation.generate(model, tokenizer, conversations[:4], 4, 2)  # warm-up, not timed
     start = time.perf_counter()
     slow = naive(model, tokenizer, conversations, args.max_new_tokens)
     naive_s = time.perf_counter() - start
     start = time.perf_counter()
-    fast = evaluation.generate(model, tokenizer, conversations, args.batch_size, args.max_new_tokens)
+    fast = generation.generate(model, tokenizer, conversations, args.batch_size, args.max_new_tokens)
     batched_s = time.perf_counter() - start
     print(json.dumps({"prompts": len(conversations), "device": str(model.device), "threads": torch.get_num_threads(),
                       "batch_size": args.batch_size, "naive_s": round(naive_s, 2), "batched_s": round(batched_s, 2),

@@ -21,14 +21,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_throughput import build_shape  # noqa: E402
 
-from ftkit import data, evaluation, models, rl, sft  # noqa: E402
+from ftkit import data, models, recipe, rl, sft  # noqa: E402
+from ftkit import eval as eval_stage  # noqa: E402
 from ftkit.recipe import build  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--tokenizer", default=models.DEFAULT_MODEL, help="for --model shape:...")
+    parser.add_argument("--model", default=recipe.DEFAULT_MODEL)
+    parser.add_argument("--tokenizer", default=recipe.DEFAULT_MODEL, help="for --model shape:...")
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--rl-steps", type=int, default=4)
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> int:
                          "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
         for name in ("base", "sft", "rl"):
             try:
-                result = evaluation.evaluate_model(cfg, run_dir, name)
+                result = eval_stage.evaluate_model(cfg, run_dir, name)
             except Exception as exc:
                 out[f"eval_{name}"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 continue

@@ -34,7 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_stage import example  # noqa: E402  (variable-length multi-turn chat examples)
 
-from ftkit import data, machine, models, recipe, sft  # noqa: E402
+from ftkit import data, machine, models, recipe, rundir, sft, training  # noqa: E402
 
 # Public architecture numbers of Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B and -1.5B).
 SHAPES = {
@@ -89,14 +89,14 @@ def trl_run(model_path: str, rows: list[dict], args, steps: int, out: Path, **ch
                        learning_rate=args.learning_rate, max_length=args.max_length, logging_steps=1,
                        save_strategy="no", report_to="none", disable_tqdm=True,
                        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, **changes)
-    trainer = SFTTrainer(model=model_path, args=config, train_dataset=sft.to_dataset(rows),
+    trainer = SFTTrainer(model=model_path, args=config, train_dataset=training.to_dataset(rows),
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h][-1]
-    settings = sft.settings(trainer)
+    settings = training.settings(trainer)
     del trainer
     return {"steps": steps, "train_seconds": round(seconds, 1), "real_tokens": int(tokens),
             "real_tokens_per_second": round(tokens / seconds, 1), "settings": settings}
@@ -125,8 +125,8 @@ def ftkit_run(cfg, run_dir: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--tokenizer", default=models.DEFAULT_MODEL, help="for --model shape:...")
+    parser.add_argument("--model", default=recipe.DEFAULT_MODEL)
+    parser.add_argument("--tokenizer", default=recipe.DEFAULT_MODEL, help="for --model shape:...")
     parser.add_argument("--data", choices=["addition", "chat"], default="addition",
                         help="addition: the quickstart's task; chat: 1-3 turn conversations of varied length")
     parser.add_argument("--steps", type=int, default=10)
@@ -161,7 +161,7 @@ def main() -> int:
         tokenizer = models.load_tokenizer(models.resolve(model_id))
         splits, figures = data.build_splits(cfg, tokenizer)
         data.save_splits(splits, run_dir, figures, tokenizer)
-        rows = data.load_split(run_dir, "train")
+        rows = rundir.load_split(run_dir, "train")
         lengths = [r["tokens"] for r in rows]
         from transformers import AutoConfig
 

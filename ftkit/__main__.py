@@ -1,3 +1,5 @@
-from ftkit.cli import main
 import sys
+
+from ftkit.cli import main
+
 sys.exit(main())

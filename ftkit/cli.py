@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ftkit import recipe as recipes
+from ftkit import rundir
 
 EXIT_FAILED, EXIT_INVALID = 1, 2
 
@@ -26,7 +27,7 @@ EXIT_FAILED, EXIT_INVALID = 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftkit", description="Declarative, notebook-driven LLM fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a recipe's stages and write report.html")
+    run = sub.add_parser("run", help=f"run a recipe's stages and write {rundir.REPORT}")
     run.add_argument("recipe")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. sft.learning_rate=1e-4 (repeatable)")
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="write one HTML page comparing runs")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("-o", "--output", help="the page to write (default: reports/compare-<timestamp>.html)")
-    report = sub.add_parser("report", help="re-render report.html from a run directory")
+    report = sub.add_parser("report", help=f"re-render {rundir.REPORT} from a run directory")
     report.add_argument("run_dir")
     model = sub.add_parser("model", help="make a model available locally and print where it is")
     model.add_argument("id", nargs="?", default=None, help="hub id or directory (default: the default model)")
@@ -89,63 +90,78 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("papermill", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
-    if args.command == "compare":
-        return _compare(args.run_dirs, args.output)
-    if args.command == "report":
-        from ftkit import report
+    commands = {"run": _run, "resume": _resume, "validate": _validate, "report": _report, "compare": _compare,
+                "model": _model}
+    return commands[args.command](args)
 
-        run_dir = Path(args.run_dir)
-        if not (run_dir / "recipe.yaml").is_file():
-            print(f"ftkit: {run_dir} is not a run directory (no recipe.yaml in it)", file=sys.stderr)
-            return EXIT_INVALID
-        print(report.render(run_dir))
-        return 0
-    if args.command == "model":
-        from ftkit import models
 
+def _is_run_dir(run_dir: str) -> bool:
+    if rundir.path(run_dir, rundir.RECIPE).is_file():
+        return True
+    print(f"ftkit: {run_dir} is not a run directory (no {rundir.RECIPE} in it)", file=sys.stderr)
+    return False
+
+
+def _load(recipe_path: str, overrides: list[str], stages_option: str | None = None):
+    """(recipe, stages to run), or a RecipeError listing every problem."""
+    cfg = recipes.load(recipe_path, overrides)
+    return cfg, _stages(stages_option, cfg)
+
+
+def _checked(cfg, recipe_path: str, stages: list[str]) -> bool:
+    """The memory estimate (printed) and the machine checks for the stages that will run; False (problems printed)
+    when the recipe cannot run here."""
+    from ftkit import preflight
+
+    figures = None
+    if {"sft", "rl"} & set(stages):
         try:
-            print(models.resolve(args.id or models.DEFAULT_MODEL))
-        except models.ModelNotFound as exc:
-            print(f"ftkit: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        return 0
-    if args.command == "resume":
-        if not (Path(args.run_dir) / "recipe.yaml").is_file():
-            print(f"ftkit: {args.run_dir} is not a run directory (no recipe.yaml in it)", file=sys.stderr)
-            return EXIT_INVALID
-        args.recipe, args.overrides = str(Path(args.run_dir) / "recipe.yaml"), []
+            figures = preflight.estimate(cfg)
+            print(preflight.describe(figures), flush=True)
+        except preflight.ModelNotFound as exc:
+            print(f"memory estimate skipped: {exc}", flush=True)
+    problems = preflight.preflight(cfg.model_copy(update={"stages": stages}), check_memory=figures is not None,
+                                   figures=figures)
+    if problems:
+        print(f"ftkit: {recipe_path} cannot run on this machine:\n" + "\n".join(f"  {p}" for p in problems),
+              file=sys.stderr)
+    return not problems
+
+
+def _validate(args) -> int:
     try:
-        cfg = recipes.load(args.recipe, args.overrides)
-        stages = _stages(getattr(args, "stages", None), cfg)
-        variants = _sweep(args) if getattr(args, "sweep", None) else None
+        cfg, _ = _load(args.recipe, args.overrides)
     except recipes.RecipeError as exc:
         print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
         return EXIT_INVALID
-    from ftkit import models, runner
-
-    todo = stages  # checked before running: the stages not already up to date in --run-dir
-    if args.command != "validate" and not getattr(args, "sweep", None):
-        todo = runner.plan(cfg, args.run_dir, stages, args.force)
-    figures = None
-    if {"sft", "rl"} & set(todo):
-        try:
-            figures = models.estimate(cfg)
-            print(models.describe(figures), flush=True)
-        except models.ModelNotFound as exc:
-            print(f"memory estimate skipped: {exc}", flush=True)
-    problems = models.preflight(cfg.model_copy(update={"stages": todo}), check_memory=figures is not None,
-                                figures=figures)
-    if problems:
-        print(f"ftkit: {args.recipe} cannot run on this machine:\n" + "\n".join(f"  {p}" for p in problems),
-              file=sys.stderr)
+    if not _checked(cfg, args.recipe, cfg.stages):
         return EXIT_INVALID
-    if args.command == "validate":
-        print(f"{args.recipe}: valid (stages: {', '.join(cfg.stages)})")
-        return 0
+    print(f"{args.recipe}: valid (stages: {', '.join(cfg.stages)})")
+    return 0
 
+
+def _resume(args) -> int:
+    if not _is_run_dir(args.run_dir):
+        return EXIT_INVALID
+    args.recipe, args.overrides, args.sweep = str(rundir.path(args.run_dir, rundir.RECIPE)), [], None
+    return _run(args)
+
+
+def _run(args) -> int:
+    from ftkit import runner
+
+    try:
+        cfg, stages = _load(args.recipe, args.overrides, args.stages)
+        variants = _sweep(args) if args.sweep else None
+    except recipes.RecipeError as exc:
+        print(f"ftkit: invalid recipe {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    todo = stages if variants else runner.plan(cfg, args.run_dir, stages, args.force)  # not up to date in --run-dir
+    if not _checked(cfg, args.recipe, todo):
+        return EXIT_INVALID
     if variants:
         return _run_sweep(args, variants, stages)
-    run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir(cfg)
+    run_dir = Path(args.run_dir) if args.run_dir else rundir.new_run_dir(cfg.name)
     print(f"run directory: {run_dir}", flush=True)
     try:
         run_dir, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event, force=args.force)
@@ -160,17 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _compare(run_dirs: list[str], output: str | None) -> int:
+def _report(args) -> int:
+    from ftkit import report
+
+    if not _is_run_dir(args.run_dir):
+        return EXIT_INVALID
+    print(report.render(args.run_dir))
+    return 0
+
+
+def _model(args) -> int:
+    from ftkit import models
+
+    try:
+        print(models.resolve(args.id or recipes.DEFAULT_MODEL))
+    except models.ModelNotFound as exc:
+        print(f"ftkit: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _compare(args) -> int:
     import datetime as dt
 
-    from ftkit import compare, runner
+    from ftkit import compare
 
-    if len(run_dirs) < 2:
+    if len(args.run_dirs) < 2:
         print("ftkit: compare needs at least two run directories", file=sys.stderr)
         return EXIT_INVALID
-    out = Path(output) if output else runner.reports_dir() / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}.html"
+    out = (Path(args.output) if args.output
+           else rundir.reports_dir() / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}.html")
     try:
-        print(f"comparison: {compare.render(run_dirs, out)}")
+        print(f"comparison: {compare.render(args.run_dirs, out)}")
     except FileNotFoundError as exc:
         print(f"ftkit: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -199,13 +236,13 @@ def _run_sweep(args, variants, stages) -> int:
     stamp, run_dirs, failed = f"{dt.datetime.now():%Y%m%d-%H%M%S}", [], []
     for assignment, _ in variants:
         cfg = recipes.load(args.recipe, [*args.overrides, assignment])
-        run_dir = runner.reports_dir() / cfg.name / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.=,+-]', '_', assignment)}"
+        run_dir = rundir.reports_dir() / cfg.name / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.=,+-]', '_', assignment)}"
         print(f"▶▶ {assignment}: {run_dir}", flush=True)
         _, results, report_path = runner.run(cfg, run_dir, stages, on_event=_print_event)
         print(f"report: {report_path}")
         run_dirs.append(run_dir)
         failed += [f"{assignment}: {r.stage}" for r in results if not r.ok]
-    page = compare.render(run_dirs, runner.reports_dir() / cfg.name / f"sweep-{stamp}.html")
+    page = compare.render(run_dirs, rundir.reports_dir() / cfg.name / f"sweep-{stamp}.html")
     print(f"comparison: {page}")
     if failed:
         print(f"ftkit: failed stages: {', '.join(failed)}", file=sys.stderr)

@@ -13,8 +13,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import yaml
 
-from ftkit.io import read_json, write_atomic
-from ftkit.report import CSS, _esc, _fmt, _png, metric_name
+from ftkit import rundir
+from ftkit.display import metric_name
+from ftkit.io import write_atomic
+from ftkit.report import CSS, esc, fmt, png
 
 LOWER_IS_BETTER = ("loss", "perplexity")
 
@@ -31,11 +33,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def load_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no recipe.yaml); pass directories that "
+    recipe = rundir.path(run_dir, rundir.RECIPE)
+    if not recipe.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {rundir.RECIPE}); pass directories that "
                                 "`ftkit run` wrote, e.g. reports/quickstart/<run id>")
-    return {"dir": run_dir, "recipe": yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {},
-            "metrics": read_json(run_dir / "metrics.json", {}), "status": read_json(run_dir / "status.json", {})}
+    return {"dir": run_dir, "recipe": yaml.safe_load(recipe.read_text()) or {}, "metrics": rundir.metrics(run_dir),
+            "status": rundir.status(run_dir)}
 
 
 def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
@@ -64,13 +67,10 @@ def differing_keys(runs: list[dict]) -> dict[str, list]:
 
 
 def _curves(runs: list[dict], labels: list[str]) -> list[str]:
-    from ftkit.rl import reward_curve
-    from ftkit.sft import loss_curve
-
     images = []
-    for title, stage, read in (("SFT loss", "sft", lambda d: loss_curve(d)),
-                               ("RL reward", "rl", lambda d: reward_curve(d)[:2])):
-        present = [(label, run) for label, run in zip(labels, runs) if (run["dir"] / stage / "log_history.json").is_file()]
+    for title, stage, read in (("SFT loss", "sft", lambda d: rundir.loss_curve(d)),
+                               ("RL reward", "rl", lambda d: rundir.reward_curve(d)[:2])):
+        present = [(label, run) for label, run in zip(labels, runs) if rundir.log_history(run["dir"], stage)]
         if not present:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -82,7 +82,7 @@ def _curves(runs: list[dict], labels: list[str]) -> list[str]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         plt.close(fig)
-        images.append(_png(fig))
+        images.append(png(fig))
     return images
 
 
@@ -99,16 +99,16 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
     body = []
     for label, run, row in zip(labels, runs, rows):
         failed = [s for s, v in run["status"].items() if v.get("state") == "failed"]
-        cells = "".join(f"<td>{'<b>' if j in best and v == best[j] else ''}{_esc(_fmt(v))}"
+        cells = "".join(f"<td>{'<b>' if j in best and v == best[j] else ''}{esc(fmt(v))}"
                         f"{'</b>' if j in best and v == best[j] else ''}</td>" for j, v in enumerate(row))
-        body.append(f"<tr><td>{_esc(label)}</td><td>{_esc(', '.join(failed) or 'ok')}</td>{cells}</tr>")
+        body.append(f"<tr><td>{esc(label)}</td><td>{esc(', '.join(failed) or 'ok')}</td>{cells}</tr>")
     table = ("<table id='runs'><thead><tr><th>run</th><th>failed stages</th>"
-             + "".join(f"<th>{_esc(c)}</th>" for c in columns) + "</tr></thead><tbody>" + "".join(body)
+             + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>" + "".join(body)
              + "</tbody></table>")
     differing = differing_keys([{**r, "recipe": {k: v for k, v in r["recipe"].items() if k != "name"}} for r in runs])
-    diff = ("<table id='differences'><thead><tr><th>recipe key</th>" + "".join(f"<th>{_esc(label)}</th>" for label in labels)
+    diff = ("<table id='differences'><thead><tr><th>recipe key</th>" + "".join(f"<th>{esc(label)}</th>" for label in labels)
             + "</tr></thead><tbody>" + "".join(
-                f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_esc(json.dumps(v))}</td>" for v in values) + "</tr>"
+                f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{esc(json.dumps(v))}</td>" for v in values) + "</tr>"
                 for k, values in differing.items()) + "</tbody></table>") if differing else \
         "<p>The runs' recipes are the same (apart from their names).</p>"
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · comparison of {len(runs)} "

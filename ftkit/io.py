@@ -101,18 +101,26 @@ def read_json(path: str | Path, default=None):
     return json.loads(path.read_text())
 
 
+def read_jsonl(path: str | Path, default=None) -> list:
+    """The objects of a JSON Lines file, one per non-empty line (`default` when there is no file; an error without
+    one)."""
+    path = Path(path)
+    if default is not None and not path.is_file():
+        return default
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: str | Path, records) -> Path:
+    """Write records as JSON Lines, atomically."""
+    return write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def update_json(path: str | Path, key: str, value) -> dict:
     """Set one top-level key of a JSON object file (e.g. one stage's entry in metrics.json)."""
     data = read_json(path, {})
     data[key] = value
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False))
     return data
-
-
-def write_progress(run_dir: str | Path, stage: str, done: int, total: int, unit: str) -> None:
-    """Where the running stage is (e.g. 12 of 40 steps), for `ftkit run` to show while the notebook executes."""
-    write_atomic(Path(run_dir) / "progress.json", json.dumps({"stage": stage, "done": done, "total": total,
-                                                              "unit": unit}))
 
 
 def secret_values(environ=None) -> list[str]:

@@ -3,12 +3,12 @@
 With one process (the default) SFT and RL train inside the notebook's kernel. With more, the stage runs
 
     accelerate launch --num_processes N [--num_machines M --machine_rank R --main_process_ip IP ...]
-                      [--config_file FSDP-or-DeepSpeed.yaml | --multi_gpu] -m ftkit.launch STAGE RUN_DIR
+                      [--config_file FSDP-or-DeepSpeed.yaml | --multi_gpu] -m ftkit.STAGE RUN_DIR
 
-as a subprocess: each process loads the recipe from the run directory and trains its share of every batch (DDP,
-or whatever the accelerate config file says); the first process saves the result and writes its figures to
-`<stage>/train_result.json`. The subprocess's output streams into the notebook and into `<stage>/launch.log`, and a
-non-zero exit raises with the end of that log.
+as a subprocess (STAGE is sft or rl: the stage module run as a script calls `inside`): each process loads the recipe
+from the run directory and trains its share of every batch (DDP, or whatever the accelerate config file says); the
+first process saves the result and writes its figures to `<stage>/train_result.json`. The subprocess's output
+streams into the notebook and into `<stage>/launch.log`, and a non-zero exit raises with the end of that log.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ftkit import recipe, rundir
 from ftkit.io import CommandFailed, read_json, redact, write_atomic
 
 INSIDE = "FTKIT_LAUNCHED"  # set in the launched processes, so that they train instead of launching again
@@ -37,7 +38,7 @@ def command(cfg, stage: str, run_dir: str | Path) -> list[str]:
     if launch.num_machines > 1:
         args += ["--main_process_ip", launch.main_process_ip, "--main_process_port", str(launch.main_process_port)]
     args += ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu"]
-    return [*args, "-m", "ftkit.launch", stage, str(Path(run_dir).resolve())]
+    return [*args, "-m", f"ftkit.{stage}", str(Path(run_dir).resolve())]
 
 
 def threads_per_process(cfg) -> int:
@@ -49,10 +50,9 @@ def threads_per_process(cfg) -> int:
 
 def train(cfg, run_dir: str | Path, stage: str) -> dict:
     """Run `stage`'s training in `cfg.launch.num_processes` processes; return the first process's figures."""
-    run_dir = Path(run_dir)
-    log_path = run_dir / stage / "launch.log"
+    log_path = rundir.stage_file(run_dir, stage, rundir.LAUNCH_LOG)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    result = run_dir / stage / "train_result.json"
+    result = rundir.stage_file(run_dir, stage, rundir.TRAIN_RESULT)
     result.unlink(missing_ok=True)
     env = {**os.environ, INSIDE: "1", "OMP_NUM_THREADS": str(threads_per_process(cfg))}
     cmd = command(cfg, stage, run_dir)
@@ -75,18 +75,12 @@ def train(cfg, run_dir: str | Path, stage: str) -> dict:
     return read_json(result)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Inside each launched process: train the stage; the first process records the figures."""
-    from ftkit import recipe as recipes
-    from ftkit import rl, sft
-
-    stage, run_dir = argv or sys.argv[1:]
+def inside(stage: str, train, argv: list[str] | None = None) -> None:
+    """What each launched process runs (`python -m ftkit.<stage> RUN_DIR`): the stage's `train` on the run's recipe;
+    the first process records the figures for the notebook that launched them."""
+    (run_dir,) = argv or sys.argv[1:]
     os.environ[INSIDE] = "1"
-    cfg = recipes.load(Path(run_dir) / "recipe.yaml")
-    figures = {"sft": sft.train, "rl": rl.train}[stage](cfg, run_dir)
+    cfg = recipe.load(rundir.path(run_dir, rundir.RECIPE))
+    figures = train(cfg, run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        write_atomic(Path(run_dir) / stage / "train_result.json", json.dumps(figures, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+        write_atomic(rundir.stage_file(run_dir, stage, rundir.TRAIN_RESULT), json.dumps(figures, indent=2))

@@ -1,5 +1,5 @@
-"""What this machine offers, found out once: the CPU (its model and whether it computes in bfloat16), and whether the
-Hugging Face hub can be reached.
+"""What this machine offers: the CPU (its model and whether it computes in bfloat16), the installed packages, and
+whether the Hugging Face hub can be reached (found out once).
 
 Nothing here imports torch: `ftkit validate` and the report use it too.
 """
@@ -60,6 +60,27 @@ def describe_cpu(info: dict | None = None) -> str:
     flags = " ".join(info["flags"]) or "none of " + " ".join(SHOWN_FLAGS)
     how = "computes in bfloat16" if info["bf16"] else "no bfloat16 arithmetic: bfloat16 is emulated"
     return f"{info['model']}, {info['cores']} cores, flags {flags} ({how})"
+
+
+# ---------------------------------------------------------------- installed packages
+
+# the packages a run's results depend on (a change re-runs the stages: see ftkit.fingerprints) ...
+RESULT_PACKAGES = ("ftkit", "torch", "transformers", "trl", "peft", "datasets", "accelerate")
+# ... and the others env.json records
+PACKAGES = (*RESULT_PACKAGES, "evaluate", "papermill", "nbconvert", "pydantic")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None where it is not installed)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 # ---------------------------------------------------------------- the hub

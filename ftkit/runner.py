@@ -2,8 +2,8 @@
 
 papermill reports a cell timeout or a dead kernel without an error banner in the notebook it writes, so
 every exception it raises is recorded here as the stage's failure, and a stage that ends without recording
-its metrics is a failure too. A stage whose fingerprint (`ftkit.resume`) matches its last completed run in the same
-run directory is skipped; a stage left "running" by a process that no longer exists reads as interrupted.
+its metrics is a failure too. A stage whose fingerprint (`ftkit.fingerprints`) matches its last completed run in the
+same run directory is skipped; a stage left "running" by a process that no longer exists reads as interrupted.
 """
 
 from __future__ import annotations
@@ -19,23 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftkit import machine, resume
-from ftkit import recipe as recipes
-from ftkit.io import NO_SPACE, read_json, redact, secret_values, update_json, write_atomic
+from ftkit import fingerprints, machine, rundir
+from ftkit.io import NO_SPACE, read_json, redact, secret_values, write_atomic
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"data": "01_data.ipynb", "sft": "02_sft.ipynb", "rl": "03_rl.ipynb", "eval": "04_eval.ipynb",
-             "export": "05_export.ipynb"}
 KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
               # library deprecation notices and tqdm's widget notice say nothing about the run
               "PYTHONWARNINGS": "ignore::FutureWarning,ignore:IProgress not found"}
-PACKAGES = ("ftkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "evaluate", "papermill",
-            "nbconvert", "pydantic")
-
-
 KERNEL = "ftkit"
 
 
@@ -61,45 +53,16 @@ def ensure_kernel() -> str:
     return KERNEL
 
 
-def notebooks_dir() -> Path:
-    return Path(os.environ.get("FTKIT_NOTEBOOKS", ROOT / "notebooks"))
-
-
-def reports_dir() -> Path:
-    return Path(os.environ.get("FTKIT_REPORTS", "reports"))
-
-
 def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def new_run_dir(cfg) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = reports_dir() / cfg.name / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = reports_dir() / cfg.name / f"{stamp}-{suffix}"
-    return path
-
-
-def open_run(recipe_path: str | Path, run_dir: str | Path):
-    """Load a recipe for a notebook and make sure the run directory holds its resolved copy."""
-    cfg = recipes.load(recipe_path)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "recipe.yaml"
-    if Path(recipe_path).resolve() != target.resolve():
-        write_atomic(target, cfg.dump())
-    return cfg
 
 
 def environment(seed: int) -> dict:
     import torch
 
-    versions = resume.package_versions(PACKAGES)
+    versions = machine.package_versions()
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run(["git", "-C", str(rundir.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         commit = None
@@ -136,20 +99,6 @@ def _error_text(exc: BaseException, run_dir: Path) -> str:
     return redact(text)
 
 
-def stage_state(entry: dict | None) -> str:
-    """A stage's state from its status.json entry; "running" left behind by a process that is gone is
-    "interrupted"."""
-    import psutil
-
-    if not entry:
-        return "not run"
-    state = entry.get("state", "not run")
-    if state == "running" and entry.get("host") == platform.node() and entry.get("pid") \
-            and not psutil.pid_exists(entry["pid"]):
-        return "interrupted"
-    return state
-
-
 def _redact_notebook(path: Path) -> None:
     """Remove secret values (see `ftkit.io.secret_values`) from an executed notebook, should any have been printed."""
     secrets = secret_values()
@@ -170,7 +119,8 @@ class ProgressWatcher:
         import threading
 
         # absolute: papermill changes the working directory to the notebooks' while the stage runs
-        self.path, self.stage, self.on_event, self.poll_s = (run_dir / "progress.json").resolve(), stage, on_event, poll_s
+        self.path = rundir.path(run_dir, rundir.PROGRESS).resolve()
+        self.stage, self.on_event, self.poll_s = stage, on_event, poll_s
         self.path.unlink(missing_ok=True)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
@@ -207,67 +157,63 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
     goes to `on_event("progress", stage, figures)` while it runs."""
     import papermill
 
-    fingerprint = fingerprint or resume.fingerprint(cfg, run_dir, stage)
+    fingerprint = fingerprint or fingerprints.fingerprint(cfg, run_dir, stage)
     record = {"fingerprint": fingerprint["fingerprint"], "fingerprint_parts": fingerprint["parts"],
               "pid": os.getpid(), "host": platform.node()}
-    out = run_dir / "notebooks" / NOTEBOOKS[stage]
+    out = rundir.executed_notebook(run_dir, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    status_path, metrics_path = run_dir / "status.json", run_dir / "metrics.json"
-    metrics = read_json(metrics_path, {})
-    if stage in metrics:  # a rerun must record afresh; stale metrics must not pass for success
-        metrics.pop(stage)
-        write_atomic(metrics_path, json.dumps(metrics, indent=2))
+    rundir.forget_metrics(run_dir, stage)
     started, t0 = now(), time.perf_counter()
-    update_json(status_path, stage, {"state": "running", "start": started, "end": None, "duration_s": None,
-                                     "error": None, "notebook": str(out.relative_to(run_dir)), **record})
+    rundir.set_status(run_dir, stage, {"state": "running", "start": started, "end": None, "duration_s": None,
+                                       "error": None, "notebook": str(out.relative_to(run_dir)), **record})
     error = None
     os.environ.update(KERNEL_ENV)
-    parameters = {"recipe": str((run_dir / "recipe.yaml").resolve()), "run_dir": str(run_dir.resolve())}
+    parameters = {"recipe": str(rundir.path(run_dir, rundir.RECIPE).resolve()), "run_dir": str(run_dir.resolve())}
     if not all(name.isidentifier() for name in parameters):  # papermill writes each name into the notebook as code
         raise ValueError(f"notebook parameter names must be identifiers: {sorted(parameters)}")
     try:
         with ProgressWatcher(run_dir, stage, on_event):
             papermill.execute_notebook(
-                str(notebooks_dir() / NOTEBOOKS[stage]), str(out), parameters=parameters,
-                kernel_name=ensure_kernel(), cwd=str(notebooks_dir()), execution_timeout=cfg.cell_timeout,
+                str(rundir.notebooks_dir() / rundir.NOTEBOOKS[stage]), str(out), parameters=parameters,
+                kernel_name=ensure_kernel(), cwd=str(rundir.notebooks_dir()), execution_timeout=cfg.cell_timeout,
                 progress_bar=False, log_output=False)
     except Exception as exc:  # papermill raises for errors, timeouts and dead kernels alike
         error = _error_text(exc, run_dir)
     _redact_notebook(out)
-    if error is None and stage not in read_json(metrics_path, {}):
-        error = f"the {stage} notebook finished without recording its metrics in metrics.json"
+    if error is None and stage not in rundir.metrics(run_dir):
+        error = f"the {stage} notebook finished without recording its metrics in {rundir.METRICS}"
     seconds = time.perf_counter() - t0
-    update_json(status_path, stage, {"state": "failed" if error else "done", "start": started, "end": now(),
-                                     "duration_s": round(seconds, 1), "error": error,
-                                     "notebook": str(out.relative_to(run_dir)), **record})
+    rundir.set_status(run_dir, stage, {"state": "failed" if error else "done", "start": started, "end": now(),
+                                       "duration_s": round(seconds, 1), "error": error,
+                                       "notebook": str(out.relative_to(run_dir)), **record})
     return StageResult(stage, error is None, seconds, error, out)
 
 
 def prepare(cfg, run_dir: str | Path | None = None) -> Path:
     """Create the run directory with the resolved recipe and the environment record."""
-    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    run_dir = Path(run_dir) if run_dir else rundir.new_run_dir(cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for notebook in (run_dir / "notebooks").glob("*.ipynb"):  # one autosaved by papermill before a kill, say
-        _redact_notebook(notebook)
-    write_atomic(run_dir / "recipe.yaml", cfg.dump())
-    write_atomic(run_dir / "env.json", json.dumps(environment(cfg.seed), indent=2))
+    for stage in rundir.NOTEBOOKS:  # a notebook autosaved by papermill before a kill, say
+        _redact_notebook(rundir.executed_notebook(run_dir, stage))
+    write_atomic(rundir.path(run_dir, rundir.RECIPE), cfg.dump())
+    write_atomic(rundir.path(run_dir, rundir.ENV), json.dumps(environment(cfg.seed), indent=2))
     return run_dir
 
 
 def plan(cfg, run_dir: str | Path | None, stages: list[str], force: bool = False) -> list[str]:
     """The stages among `stages` that `run` would execute in `run_dir` (the others are up to date there)."""
-    if force or run_dir is None or not (Path(run_dir) / "status.json").is_file():
+    if force or run_dir is None or not rundir.path(run_dir, rundir.STATUS).is_file():
         return list(stages)
     todo = []
     for stage in stages:
-        if not _up_to_date(run_dir, stage, resume.fingerprint(cfg, run_dir, stage), set(todo)):
+        if not _up_to_date(run_dir, stage, fingerprints.fingerprint(cfg, run_dir, stage), set(todo)):
             todo.append(stage)
     return todo
 
 
 def _up_to_date(run_dir: Path, stage: str, fingerprint: dict, ran: set[str]) -> bool:
     """Done with this fingerprint, and no stage it builds on runs (or ran) now."""
-    return not ran & set(resume.BUILDS_ON[stage]) and resume.is_done(run_dir, stage, fingerprint)
+    return not ran & set(rundir.BUILDS_ON[stage]) and fingerprints.is_done(run_dir, stage, fingerprint)
 
 
 def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None, on_event=None,
@@ -285,16 +231,17 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
     run_dir = prepare(cfg, run_dir)
     results, ran = [], set()
     for stage in stages:
-        fingerprint = resume.fingerprint(cfg, run_dir, stage)
-        entry = read_json(run_dir / "status.json", {}).get(stage)
+        fingerprint = fingerprints.fingerprint(cfg, run_dir, stage)
+        entry = rundir.status(run_dir).get(stage)
         if not force and _up_to_date(run_dir, stage, fingerprint, ran):
-            update_json(run_dir / "status.json", stage, {**entry, "reused": now()})
+            rundir.set_status(run_dir, stage, {**entry, "reused": now()})
             if on_event:
                 on_event("skip", stage, entry)
             continue
         if on_event:
-            interrupted = stage_state(entry) == "interrupted" and entry.get("fingerprint") == fingerprint["fingerprint"]
-            on_event("start", stage, "interrupted" if interrupted else resume.changed(entry, fingerprint))
+            interrupted = (rundir.stage_state(entry) == "interrupted"
+                           and entry.get("fingerprint") == fingerprint["fingerprint"])
+            on_event("start", stage, "interrupted" if interrupted else fingerprints.changed(entry, fingerprint))
         result = run_stage(stage, cfg, run_dir, on_event, fingerprint)
         ran.add(stage)
         results.append(result)
@@ -302,11 +249,10 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
             on_event("end", stage, result)
         if not result.ok:
             for skipped in stages[stages.index(stage) + 1:]:  # their recorded results no longer follow
-                update_json(run_dir / "status.json", skipped,
-                            {"state": "not run", "start": None, "end": None, "duration_s": None,
-                             "error": f"not run because {stage} failed", "notebook": None})
+                rundir.set_status(run_dir, skipped, {"state": "not run", "start": None, "end": None, "duration_s": None,
+                                                     "error": f"not run because {stage} failed", "notebook": None})
             break
-    report_path = run_dir / "report.html"
+    report_path = rundir.path(run_dir, rundir.REPORT)
     if ran or not report_path.is_file():  # nothing ran: the report already shows these very results
         report_path = report.render(run_dir)
     return run_dir, results, report_path

@@ -58,6 +58,28 @@ def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
     return transformers.AutoModelForCausalLM.from_config(configs[arch]())
 
 
+def make_model_dir(tmp_path, arch, base_tokenizer=False) -> Path:
+    """A tiny model of `arch` saved with the test tokenizer (base_tokenizer: without chat template or pad token)."""
+    tokenizer = build_tokenizer()
+    path = tmp_path / arch
+    build_model(tokenizer, arch=arch).save_pretrained(path)
+    if base_tokenizer:  # like GPT-Neo, Llama 2 and Mistral base: no chat template, no pad token
+        tokenizer.chat_template = None
+        tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_cfg(model_dir, **model):
+    """A validated recipe for three fast SFT steps on a tiny model (data, sft, eval), `model:` keys overridden."""
+    from ftkit import recipe
+
+    return recipe.build({"name": "arch", "stages": ["data", "sft", "eval"],
+                         "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, **model},
+                         "data": {"train_size": 32, "test_size": 8},
+                         "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}})
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")

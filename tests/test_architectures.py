@@ -9,33 +9,16 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftkit import cli, data, evaluation, models, recipe, sft
+from ftkit import cli, data, generation, models, preflight, recipe, rundir, sft
 from ftkit.io import read_json
-from tests.conftest import TOLERANCE, build_model, build_tokenizer
+from ftkit.rows import messages
+from tests.conftest import TOLERANCE, build_tokenizer, make_model_dir, tiny_cfg
 
 DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TARGETS = {"gpt_neo": {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"},
            "llama": DECODER, "mistral": DECODER, "qwen2": DECODER}
 CLASSES = {"gpt_neo": "GPTNeoForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
            "qwen2": "Qwen2ForCausalLM"}
-
-
-def make_model_dir(tmp_path, arch, base_tokenizer=False):
-    tokenizer = build_tokenizer()
-    path = tmp_path / arch
-    build_model(tokenizer, arch=arch).save_pretrained(path)
-    if base_tokenizer:  # like GPT-Neo, Llama 2 and Mistral base: no chat template, no pad token
-        tokenizer.chat_template = None
-        tokenizer.pad_token = None
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def tiny_cfg(model_dir, **model):
-    return recipe.build({"name": "arch", "stages": ["data", "sft", "eval"],
-                         "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, **model},
-                         "data": {"train_size": 32, "test_size": 8},
-                         "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}})
 
 
 @pytest.mark.parametrize("arch", list(TARGETS))
@@ -73,7 +56,7 @@ def test_architecture_trains_generates_and_merges(tmp_path, arch):
             merged, tokenizer = models.load(cfg.model.model_copy(update={"dtype": dtype}), tuned=adapter)
             assert merged.dtype == models.DTYPES[dtype]
             torch.testing.assert_close(merged(**ids).logits.float(), reference, **TOLERANCE[dtype])
-    outputs = evaluation.generate(merged, tokenizer, [data.messages(r) for r in splits["test"][:4]], 4, 5)
+    outputs = generation.generate(merged, tokenizer, [messages(r) for r in splits["test"][:4]], 4, 5)
     assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
 
 
@@ -85,34 +68,34 @@ def test_full_fine_tuning_saves_a_whole_model(tmp_path):
     data.save_splits(splits, run_dir, figures, tokenizer)
     result = sft.train(cfg, run_dir)
     assert result["trainable_parameters"] == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-    saved = models.tuned_dir(run_dir, "sft")
+    saved = rundir.tuned_dir(run_dir, "sft")
     assert saved == run_dir / "sft" / "model" and not (run_dir / "sft" / "adapter").exists()
     before = load_file(model_dir / "model.safetensors")
     after = load_file(saved / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     model, _ = models.load(cfg.model, tuned=saved)
-    assert evaluation.generate(model, tokenizer, [data.messages(splits["test"][0])], 1, 3)[0] is not None
+    assert generation.generate(model, tokenizer, [messages(splits["test"][0])], 1, 3)[0] is not None
 
 
 def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir):
     from transformers import LlamaConfig
 
     cfg = tiny_cfg(tiny_model_dir)
-    figures = models.estimate(cfg)
+    figures = preflight.estimate(cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert figures["parameters"] == sum(p.numel() for p in model.parameters())
     from peft import get_peft_model
 
     lora = get_peft_model(model, models.lora_config(cfg.model))
     assert figures["trainable_parameters"] == sum(p.numel() for p in lora.parameters() if p.requires_grad)
-    assert figures["fits"] == "yes" and models.preflight(cfg) == []
+    assert figures["fits"] == "yes" and preflight.preflight(cfg) == []
     # Llama 2 7B's shape (config only, nothing allocated): full fine-tuning in float32 needs ~100 GB for its state
     seven_b = tmp_path / "llama-2-7b-config"
     LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 vocab_size=32000).save_pretrained(seven_b)
     big = tiny_cfg(seven_b, adapter="none", dtype="float32")
-    assert models.estimate(big)["parameters"] == 6_738_415_616
-    [problem] = models.preflight(big)
+    assert preflight.estimate(big)["parameters"] == 6_738_415_616
+    [problem] = preflight.preflight(big)
     assert "needs about 100.4 GB for weights, gradients and optimizer state alone" in problem
     assert "use adapter: lora or qlora, a smaller model" in problem
 
@@ -134,7 +117,7 @@ def test_push_to_hub_needs_a_token_from_the_environment(tmp_path, tiny_model_dir
     cfg = recipe.build({"name": "p", "stages": ["data", "sft", "export"], "model": {"id": str(tiny_model_dir)},
                         "export": {"push_to_hub": "me/tiny"}})
     assert any("needs a Hugging Face token in the environment variable HF_TOKEN" in p
-               for p in models.preflight(cfg, check_memory=False))
+               for p in preflight.preflight(cfg, check_memory=False))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -153,10 +136,10 @@ def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tin
     # a colleague's side: plain transformers, no ftkit, no PEFT
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "export" / "merged")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "export" / "merged")
-    predictions = evaluation.load_predictions(run_dir, "sft")
-    rows = data.load_split(run_dir, "test")
+    predictions = rundir.load_predictions(run_dir, "sft")
+    rows = rundir.load_split(run_dir, "test")
     for row, prediction in list(zip(rows, predictions))[:4]:
-        text = tokenizer.apply_chat_template(data.messages(row), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         out = merged.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == \

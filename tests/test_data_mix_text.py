@@ -7,6 +7,7 @@ import yaml
 
 from ftkit import cli, data, recipe
 from ftkit.io import read_json
+from ftkit.rows import DataError, trained_tokens
 from tests.conftest import build_tokenizer
 
 
@@ -65,7 +66,7 @@ def test_mix_without_max_examples_keeps_the_proportions_without_repeating(two_so
 def test_duplicates_across_sources_are_dropped_once(two_sources):
     write_jsonl(two_sources / "copy.jsonl", qa(60, "small"))
     cfg = recipe.load(write_recipe(two_sources, mix={"small.jsonl": 1, "copy.jsonl": 1, "big.jsonl": 1}))
-    with pytest.raises(data.DataError, match=r"copy\.jsonl' has no examples left after cleaning; fix it or remove it"):
+    with pytest.raises(DataError, match=r"copy\.jsonl' has no examples left after cleaning; fix it or remove it"):
         data.build_splits(cfg)
 
 
@@ -81,7 +82,8 @@ def test_max_examples_caps_a_single_source(two_sources):
     ({"mix": {"big.jsonl": 1}, "path": "big.jsonl"}, r"set one source, not path .* and mix"),
     ({"task": "addition", "max_examples": 10}, r"max_examples \(10\) applies to files and hub datasets; for a task set "
                                                r"train_size"),
-    ({"path": "big.jsonl", "format": "text"}, r"data\.format text \(continued pre-training\) trains with SFT only"),
+    ({"path": "big.jsonl", "format": "text"},
+     r"data\.format text: plain text \(continued pre-training\) trains with SFT only"),
 ])
 def test_bad_mix_and_text_recipes(two_sources, section, message):
     stages = ("data", "sft", "rl") if section.get("format") == "text" else ("data", "sft", "eval")
@@ -92,7 +94,7 @@ def test_bad_mix_and_text_recipes(two_sources, section, message):
 def test_mixing_plain_text_with_prompt_answer_data_is_refused(two_sources):
     write_jsonl(two_sources / "notes.jsonl", [{"text": f"note {i} about the weather"} for i in range(50)])
     cfg = recipe.load(write_recipe(two_sources, mix={"big.jsonl": 1, "notes.jsonl": 1}))
-    with pytest.raises(data.DataError, match="mix plain text with prompt/answer examples"):
+    with pytest.raises(DataError, match="mix plain text with prompt/answer examples"):
         data.build_splits(cfg)
 
 
@@ -107,10 +109,10 @@ def test_plain_text_rows_are_trained_whole_and_end_with_eos(tmp_path):
     assert figures["format"] == "text" and figures["drops"] == {"empty_field": 1}
     row = splits["train"][0]
     assert set(row) == {"text", "tokens"}
-    masked, trained = data.trained_tokens(row, tokenizer)
+    masked, trained = trained_tokens(row, tokenizer)
     assert masked == [] and trained[-1] == tokenizer.eos_token and len(trained) == row["tokens"]
     assert figures["answers_end_with_end_of_turn"] is True
-    with pytest.raises(data.DataError, match="plain text .* trains with SFT only"):
+    with pytest.raises(DataError, match="plain text .* trains with SFT only"):
         data.build_splits(recipe.load(write_recipe(tmp_path, ("data", "sft", "rl"), path="notes.jsonl")), tokenizer)
 
 

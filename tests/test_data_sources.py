@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ftkit import cli, data, recipe
+from ftkit import cli, data, display, recipe, sources
 from ftkit.io import read_json
+from ftkit.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
 
 
 def write_jsonl(path, rows):
@@ -43,7 +44,7 @@ def test_every_format_normalizes_to_prompt_answer_rows(tmp_path):
         .to_parquet(tmp_path / "share.parquet")
     got = {}
     for name in ("pc.jsonl", "qa.csv", "alpaca.json", "chat.jsonl", "share.parquet"):
-        rows, drops = data.load_files(str(tmp_path / name), "auto", {})
+        rows, drops = sources.load_files(str(tmp_path / name), "auto", {})
         got[name] = [r for _, r in rows]
         assert not drops
     assert got["pc.jsonl"] == [{"prompt": "Say hi", "answer": "hi"}]
@@ -52,17 +53,17 @@ def test_every_format_normalizes_to_prompt_answer_rows(tmp_path):
     assert got["chat.jsonl"] == [{"prompt": "Name?", "answer": "ftkit", "system": "Be brief.",
                                   "history": [{"role": "user", "content": "Hi"},
                                               {"role": "assistant", "content": "Hello"}]}]
-    assert data.messages(got["chat.jsonl"][0])[0] == {"role": "system", "content": "Be brief."}
-    assert len(data.messages(got["chat.jsonl"][0])) == 4
+    assert messages(got["chat.jsonl"][0])[0] == {"role": "system", "content": "Be brief."}
+    assert len(messages(got["chat.jsonl"][0])) == 4
     assert got["share.parquet"] == [{"prompt": "2+2?", "answer": "4"}]
 
 
 def test_column_mapping_and_explicit_format(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"q": "Why?", "a": "Because."}])
-    rows, _ = data.load_files(str(tmp_path / "x.jsonl"), "auto", {"question": "q", "answer": "a"})
+    rows, _ = sources.load_files(str(tmp_path / "x.jsonl"), "auto", {"question": "q", "answer": "a"})
     assert [r for _, r in rows] == [{"prompt": "Why?", "answer": "Because."}]
     write_jsonl(tmp_path / "y.jsonl", [{"prompt": "p", "completion": "c", "question": "q", "answer": "a"}])
-    rows, _ = data.load_files(str(tmp_path / "y.jsonl"), "question_answer", {})
+    rows, _ = sources.load_files(str(tmp_path / "y.jsonl"), "question_answer", {})
     assert [r for _, r in rows] == [{"prompt": "q", "answer": "a"}]
 
 
@@ -71,7 +72,7 @@ def test_cleaning_counts_every_reason_and_splits_are_seeded(tmp_path):
     write_jsonl(tmp_path / "part1.jsonl", rows[:12])
     write_jsonl(tmp_path / "part2.jsonl", rows[12:] + [{"messages": [{"role": "user", "content": "a"}]}])
     # a file's format is read off its first row: a chat row among question/answer rows is a missing column
-    with pytest.raises(data.DataError, match="part2.jsonl:14: missing column 'question'"):
+    with pytest.raises(DataError, match="part2.jsonl:14: missing column 'question'"):
         data.build_splits(make_recipe(tmp_path, path="part*.jsonl"))
     (tmp_path / "part2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
     cfg = make_recipe(tmp_path, path="part*.jsonl", test_size=4)
@@ -92,7 +93,7 @@ def test_turn_order_problems_are_dropped_and_counted(tmp_path):
     ends_with_user = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                                    {"role": "user", "content": "c"}]}
     write_jsonl(tmp_path / "c.jsonl", [good, two_users, ends_with_user])
-    rows, drops = data.load_files(str(tmp_path / "c.jsonl"), "auto", {})
+    rows, drops = sources.load_files(str(tmp_path / "c.jsonl"), "auto", {})
     assert len(rows) == 1 and drops == {"turn_order": 2}
 
 
@@ -136,8 +137,8 @@ def test_data_stage_runs_on_files_through_the_cli(tmp_path, tiny_model_dir):
 def bad(tmp_path, name, content, fmt="auto", columns=None, match=None):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(data.DataError, match=match) as info:
-        data.load_files(str(path), fmt, columns or {})
+    with pytest.raises(DataError, match=match) as info:
+        sources.load_files(str(path), fmt, columns or {})
     assert str(path) in str(info.value)
     return str(info.value)
 
@@ -207,8 +208,8 @@ def test_unknown_file_type(tmp_path):
 
 
 def test_no_file_matches_at_run_time(tmp_path):
-    with pytest.raises(data.DataError, match="no file matches; check data.path"):
-        data.load_files(str(tmp_path / "nothing*.jsonl"), "auto", {})
+    with pytest.raises(DataError, match="no file matches; check data.path"):
+        sources.load_files(str(tmp_path / "nothing*.jsonl"), "auto", {})
 
 
 def test_missing_file_is_caught_by_validate(tmp_path, capsys):
@@ -221,28 +222,28 @@ def test_missing_file_is_caught_by_validate(tmp_path, capsys):
 
 def test_empty_split_after_cleaning(tmp_path):
     write_jsonl(tmp_path / "e.jsonl", [{"prompt": "a", "completion": " "}] * 3 + [{"prompt": "b", "completion": "c"}])
-    with pytest.raises(data.DataError, match="1 examples after cleaning, not enough for a test split of 2 .*"
+    with pytest.raises(DataError, match="1 examples after cleaning, not enough for a test split of 2 .*"
                                              "lower data.test_size"):
         data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
-    with pytest.raises(data.DataError, match="0 examples after cleaning"):
+    with pytest.raises(DataError, match="0 examples after cleaning"):
         data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
 
 
 def test_empty_test_file(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(4))
     write_jsonl(tmp_path / "test.jsonl", [{"question": "", "answer": "x"}])
-    with pytest.raises(data.DataError, match="split 'test' is empty after cleaning"):
+    with pytest.raises(DataError, match="split 'test' is empty after cleaning"):
         data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
 
 
 def test_contamination_above_threshold_fails(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(6))
     write_jsonl(tmp_path / "test.jsonl", qa_rows(2) + qa_rows(2, start=50))
-    with pytest.raises(data.DataError, match=r"2 of 4 test prompts also occur in train \(2 exactly\); fraction 0.5 "
+    with pytest.raises(DataError, match=r"2 of 4 test prompts also occur in train \(2 exactly\); fraction 0.5 "
                                              r"is above data.max_contamination = 0.0"):
         data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
     splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
@@ -278,15 +279,14 @@ def test_bad_data_sections_fail_validation(tmp_path, section, message):
 
 
 def test_token_view_marks_trained_tokens_and_escapes(tiny_model_dir):
-    from ftkit import report
     from ftkit.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     row = {"system": "Be brief.", "prompt": "<b>What is 1 plus 2?</b>", "answer": "3"}
-    prompt, answer = data.trained_tokens(row, tokenizer)
+    prompt, answer = trained_tokens(row, tokenizer)
     assert tokenizer.convert_tokens_to_string(answer).startswith("3")
-    assert tokenizer.eos_token in answer and data.ends_with_end_of_turn(row, tokenizer)
-    html = report.token_view([row], tokenizer)._repr_html_()
+    assert tokenizer.eos_token in answer and ends_with_end_of_turn(row, tokenizer)
+    html = display.token_view([row], tokenizer)._repr_html_()
     assert "<b>" not in html and "</b>" not in html and "&lt;" in html  # tokens may split the tag: each escaped
     assert html.count("background:#d4f4dd") == len(answer) + 1  # the legend and every trained token
 
@@ -298,8 +298,8 @@ def test_all_masked_labels_are_an_error(tiny_model_dir):
     # a template that drops assistant turns leaves nothing to learn
     tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}\n"
                                "{% endif %}{% endfor %}")
-    with pytest.raises(data.DataError, match="every label would be masked; use a model whose template"):
-        data.trained_tokens({"prompt": "hi", "answer": "hello"}, tokenizer)
+    with pytest.raises(DataError, match="every label would be masked; use a model whose template"):
+        trained_tokens({"prompt": "hi", "answer": "hello"}, tokenizer)
 
 
 # ---------------------------------------------------------------- preference pairs, truncation, hub, templates
@@ -308,7 +308,7 @@ def test_all_masked_labels_are_an_error(tiny_model_dir):
 def test_preference_pairs_keep_the_rejected_answer(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
                                        {"prompt": "3+3?", "chosen": "6", "rejected": " "}])
-    rows, drops = data.load_files(str(tmp_path / "p.jsonl"), "auto", {})
+    rows, drops = sources.load_files(str(tmp_path / "p.jsonl"), "auto", {})
     assert [r for _, r in rows][0] == {"prompt": "2+2?", "answer": "4", "rejected": "5"}
     assert len(data.clean(rows, drops)) == 1 and drops == {"empty_field": 1}
 
@@ -331,8 +331,8 @@ def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):
 def test_unreachable_hub_dataset_says_how_to_use_a_local_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True, raising=False)
-    with pytest.raises(data.DataError) as info:
-        data.read_hub("ftkit-tests/no-such-dataset", None, "train", None)
+    with pytest.raises(DataError) as info:
+        sources.read_hub("ftkit-tests/no-such-dataset", None, "train", None)
     text = str(info.value)
     assert "hub dataset 'ftkit-tests/no-such-dataset' (subset None, split 'train') could not be loaded" in text
     assert "set data.path to it (and data.hub to null)" in text
@@ -363,11 +363,11 @@ def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tin
     tokenizer = load_tokenizer(str(plain))
     assert tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
     row = {"system": "Be brief.", "prompt": "Hi", "answer": "Hello"}
-    text = tokenizer.apply_chat_template(data.messages(row) + [{"role": "assistant", "content": "Hello"}],
+    text = tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": "Hello"}],
                                          tokenize=False)
     eos = tokenizer.eos_token
     assert text == f"### System:\nBe brief.{eos}\n### User:\nHi{eos}\n### Assistant:\nHello{eos}\n"
-    assert data.ends_with_end_of_turn(row, tokenizer)
+    assert ends_with_end_of_turn(row, tokenizer)
 
 
 def test_validation_split_is_held_out_of_train(tmp_path):

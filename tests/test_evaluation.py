@@ -7,7 +7,8 @@ import random
 import pytest
 import yaml
 
-from ftkit import evaluation, metrics, recipe, robustness
+from ftkit import display, metrics, recipe, robustness, rundir
+from ftkit import eval as eval_stage
 from ftkit.tasks import Addition
 
 
@@ -36,12 +37,12 @@ def test_scores_put_the_headline_metric_first_and_average_samples(tmp_path):
     path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["task", "exact_match", "f1"]}}))
     cfg = recipe.load(path)
     # the task's scorer reads the first number; exact match wants the answer alone; F1: 1 of 3 words, recall 1
-    per_example, overall = evaluation.score(cfg, ["68", "I think 67", "66"], ["68", "67", "67"])
+    per_example, overall = eval_stage.score(cfg, ["68", "I think 67", "66"], ["68", "67", "67"])
     assert per_example == {"task": [1.0, 1.0, 0.0], "exact_match": [1.0, 0.0, 0.0],
                            "f1": [1.0, pytest.approx(0.5), 0.0]}
     assert overall["task"] == pytest.approx(2 / 3)
     # two samples per prompt: each example's score is the mean over its samples
-    per_example, _ = evaluation.score(cfg, [["68", "69"], ["67", "67"]], ["68", "67"])
+    per_example, _ = eval_stage.score(cfg, [["68", "69"], ["67", "67"]], ["68", "67"])
     assert per_example["task"] == [0.5, 1.0]
 
 
@@ -57,10 +58,10 @@ def test_unknown_metrics_and_sampling_without_temperature_are_refused(tmp_path):
 
 
 def test_bootstrap_ci_and_pass_at_k():
-    assert evaluation.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
-    low, high = evaluation.bootstrap_ci([0.0, 1.0] * 100, seed=0)
+    assert eval_stage.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    low, high = eval_stage.bootstrap_ci([0.0, 1.0] * 100, seed=0)
     assert 0.42 < low < 0.5 < high < 0.58
-    assert evaluation.pass_at_k(1, 4, 1) == 0.25 and evaluation.pass_at_k(2, 4, 2) == pytest.approx(5 / 6)
+    assert eval_stage.pass_at_k(1, 4, 1) == 0.25 and eval_stage.pass_at_k(2, 4, 2) == pytest.approx(5 / 6)
 
 
 def _predictions(run_dir, name, scores):
@@ -76,11 +77,11 @@ def test_paired_test_and_flips_against_the_base(tmp_path):
     _predictions(tmp_path, "base", [0.0] * 10 + [1.0] * 10)
     _predictions(tmp_path, "sft", [1.0] * 9 + [0.0] + [1.0] * 9 + [0.0])  # 9 gained, 1 lost
     cfg = recipe.build({"name": "m"})
-    results = evaluation.compare(cfg, tmp_path, {"base": {}, "sft": {}})
+    results = eval_stage.paired_test(cfg, tmp_path, {"base": {}, "sft": {}})
     paired = results["sft"]["vs_base"]
     assert paired["fail_to_pass"] == 9 and paired["pass_to_fail"] == 1 and paired["test"] == "mcnemar_exact"
     assert paired["p_value"] == pytest.approx(22 / 1024)  # two-sided exact binomial: P(X <= 1 or X >= 9), n 10
-    flips = evaluation.flips(tmp_path, "sft", limit=50)
+    flips = display.flips(tmp_path, "sft", limit=50)
     assert len(flips) == 10 and list(flips["flip"]).count("pass→fail") == 1
     assert flips.iloc[0].to_dict() == {"flip": "fail→pass", "prompt": "q0", "reference": "r", "base": "wrong",
                                        "sft": "right"}
@@ -115,8 +116,8 @@ def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path)
     results = read_json(run_dir / "metrics.json")["eval"]
     assert set(results) == {"base", "earlier-sft"} and "vs_base" in results["earlier-sft"]
     # the same adapter on the same test set gives the earlier run's sft predictions
-    before = [p["output"] for p in evaluation.load_predictions(earlier, "sft")]
-    assert [p["output"] for p in evaluation.load_predictions(run_dir, "earlier-sft")] == before
+    before = [p["output"] for p in rundir.load_predictions(earlier, "sft")]
+    assert [p["output"] for p in rundir.load_predictions(run_dir, "earlier-sft")] == before
     path.write_text(yaml.safe_dump({"name": "extra", "eval": {"extra": {"old": "nowhere"}, "models": ["base", "rl2"]}}))
     with pytest.raises(recipe.RecipeError, match="models lists 'rl2'; use base, sft, rl or a label of eval.extra"):
         recipe.load(path)

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from ftkit import models
+from ftkit import default_model, models, recipe
 from ftkit.recipe import ModelConfig
 from tests.conftest import CHAT_TEMPLATE, SPECIALS, TOLERANCE, build_model, build_tokenizer
 
@@ -60,7 +60,7 @@ def test_gguf_checkpoint_converts_to_an_identical_plain_model(tmp_path):
     tokenizer = build_tokenizer()
     original = build_model(tokenizer, seed=1).eval()
     write_gguf(original, tokenizer, tmp_path / "tiny.gguf")
-    dest = models.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
+    dest = default_model.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
     assert (dest / "model.safetensors").is_file() and (dest / "config.json").is_file()
 
     model, loaded_tok = models.load(ModelConfig(id=str(dest), dtype="float32"))  # the conversion is float32-exact
@@ -97,8 +97,8 @@ def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch,
 
     monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    shutil.copytree(tiny_model_dir, models.offline_copy_dir())
-    assert models.resolve(models.DEFAULT_MODEL) == str(models.offline_copy_dir())
+    shutil.copytree(tiny_model_dir, default_model.offline_copy_dir())
+    assert models.resolve(recipe.DEFAULT_MODEL) == str(default_model.offline_copy_dir())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -118,17 +118,18 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
                 param.normal_(std=0.5)
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = peft_model(ids).logits
-    models.save_trained(peft_model, tokenizer, tmp_path)
-    merged, _ = models.load(cfg.model_copy(update={"dtype": dtype}), tuned=tmp_path / "adapter")
+    adapter = models.save_trained(peft_model, tokenizer, tmp_path, "sft")
+    assert adapter == tmp_path / "sft" / "adapter"
+    merged, _ = models.load(cfg.model_copy(update={"dtype": dtype}), tuned=adapter)
     assert merged.dtype == models.DTYPES[dtype]
     torch.testing.assert_close(merged(ids).logits.float(), expected, **TOLERANCE[dtype])
-    assert not (tmp_path / "adapter.partial").exists()
+    assert not (tmp_path / "sft" / ".adapter.partial").exists()
     if dtype != "float32":
-        exact = models.load(cfg, tuned=tmp_path / "adapter")[0].state_dict()
+        exact = models.load(cfg, tuned=adapter)[0].state_dict()
         assert all(torch.equal(p, exact[n].to(p.dtype)) for n, p in merged.named_parameters()), \
             "every weight is the float32 merge cast once"
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=models.DTYPES[dtype])
-        naive = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload()
+        naive = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         assert any(not torch.equal(p, exact[n].to(p.dtype)) for n, p in naive.named_parameters()), \
             "merging into half-precision weights rounds twice: the test would not see the difference otherwise"
 

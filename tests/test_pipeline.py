@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from ftkit import cli, evaluation, report
+from ftkit import cli, display, report, rundir
 from ftkit.io import read_json
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
@@ -82,12 +82,12 @@ def test_grpo_with_a_user_reward_file_moves_the_weights(tiny_run, tmp_path):
     before = load_file(copy / "sft" / "adapter" / "adapter_model.safetensors")
     after = load_file(copy / "rl" / "adapter" / "adapter_model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before if "lora" in k)
-    samples = rl.samples(copy)
+    samples = display.rl_samples(copy)
     assert set(samples["step"]) == {0, 1} and {"my_rewards.py:length", "task", "total"} <= set(samples.columns)
     first = samples.iloc[0]
     assert first["my_rewards.py:length"] == len(first["completion"])
     assert first["total"] == pytest.approx(first["my_rewards.py:length"] + 0.5 * first["task"])
-    assert {"reward", "rewards/my_rewards.py:length/mean", "rewards/task/mean"} <= set(rl.curves(copy))
+    assert {"reward", "rewards/my_rewards.py:length/mean", "rewards/task/mean"} <= set(rundir.rl_curves(copy))
 
 
 def test_report_holds_the_metrics_table_and_plots(tiny_run):
@@ -115,7 +115,7 @@ def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):
     assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the eval notebook's side-by-side table (a DataFrame rendered as HTML) escapes it too
-    table = evaluation.comparison(copy, ["base", "sft"], limit=3)._repr_html_()
+    table = display.side_by_side(copy, ["base", "sft"], limit=3)._repr_html_()
     assert "<script>alert(1)" not in table and "&lt;script&gt;alert(1)&lt;/script&gt;" in table
 
 
@@ -201,7 +201,7 @@ def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
 def test_progress_of_a_running_stage_is_reported_by_tenths(tmp_path, monkeypatch):
     import time
 
-    from ftkit.io import write_progress
+    from ftkit.rundir import write_progress
     from ftkit.runner import ProgressWatcher
 
     events = []

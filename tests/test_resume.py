@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ftkit import cli, resume, runner
+from ftkit import cli, rundir, runner, training
 from ftkit.io import read_json
 
 TRAINING = {"sft": {"max_steps": 12, "save_steps": 3}, "rl": {"max_steps": 6, "save_steps": 2}}
@@ -92,7 +92,7 @@ def test_sigkill_at_a_random_sft_step_resumes_to_the_same_results(reference, tmp
     _kill(proc)
     proc.wait()
     status = read_json(run_dir / "status.json")
-    assert runner.stage_state(status["sft"]) == "interrupted", f"killed at step {step}: {status['sft']}"
+    assert rundir.stage_state(status["sft"]) == "interrupted", f"killed at step {step}: {status['sft']}"
     assert cli.main(["report", str(run_dir)]) == 0
     assert "interrupted" in (run_dir / "report.html").read_text()
 
@@ -117,10 +117,10 @@ def test_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(reference, t
     folder = run_dir / "sft" / "checkpoints" / "checkpoint-6"
     proc = _launch(recipe, run_dir, "--stages", "data,sft")
     _wait_for(proc, lambda: (folder / "adapter_model.safetensors").is_file()
-              and not (folder / resume.MARKER).is_file(), "checkpoint-6 being written")
+              and not (folder / rundir.CHECKPOINT_MARKER).is_file(), "checkpoint-6 being written")
     _kill(proc, kernel_only=True)
     assert proc.wait(timeout=120) == cli.EXIT_FAILED
-    assert folder.is_dir() and not (folder / resume.MARKER).exists(), "the kill did not land mid-save"
+    assert folder.is_dir() and not (folder / rundir.CHECKPOINT_MARKER).exists(), "the kill did not land mid-save"
     status = read_json(run_dir / "status.json")
     assert status["sft"]["state"] == "failed" and "DeadKernelError" in status["sft"]["error"]
     assert "kernel process died" in status["sft"]["error"] and "sft" not in read_json(run_dir / "metrics.json")
@@ -138,7 +138,7 @@ def test_sigkill_during_rl_resumes_from_its_checkpoint(reference, tmp_path):
     shutil.copytree(ref, run_dir)  # data and SFT done; RL killed after its checkpoint at step 2
     shutil.rmtree(run_dir / "rl")
     proc = _launch(recipe, run_dir, "--stages", "data,sft,rl")
-    marker = run_dir / "rl" / "checkpoints" / "checkpoint-2" / resume.MARKER
+    marker = run_dir / "rl" / "checkpoints" / "checkpoint-2" / rundir.CHECKPOINT_MARKER
     _wait_for(proc, lambda: read_json(run_dir / "status.json", {}).get("rl", {}).get("state") == "running"
               and marker.is_file(), "RL checkpoint 2")
     _kill(proc)
@@ -152,13 +152,13 @@ def test_sigkill_during_rl_resumes_from_its_checkpoint(reference, tmp_path):
 def test_checkpoints_made_with_other_settings_are_not_loaded(tmp_path):
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
-    (folder / resume.MARKER).write_text(json.dumps({"step": 4, "fingerprint": "old"}))
+    (folder / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"step": 4, "fingerprint": "old"}))
     good = tmp_path / "checkpoint-2"
     good.mkdir()
-    (good / resume.MARKER).write_text(json.dumps({"step": 2, "fingerprint": "new"}))
-    assert resume.resume_point(tmp_path, "new") == good
+    (good / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"step": 2, "fingerprint": "new"}))
+    assert training.resume_point(tmp_path, "new") == good
     assert not folder.exists()
-    assert resume.resume_point(tmp_path, "newer") is None
+    assert training.resume_point(tmp_path, "newer") is None
 
 
 def test_unchanged_stages_are_skipped_and_an_eval_change_reruns_only_eval(reference, tmp_path, capsys):
@@ -203,7 +203,7 @@ def test_what_reruns_follows_what_changed(reference, tmp_path, monkeypatch):
     assert runner.plan(recipes.load(recipe), run_dir, stages, force=True) == stages
     # a notebook's source (not its outputs) is part of its stage's fingerprint
     notebooks = tmp_path / "notebooks"
-    shutil.copytree(runner.notebooks_dir(), notebooks)
+    shutil.copytree(rundir.notebooks_dir(), notebooks)
     eval_nb = json.loads((notebooks / "04_eval.ipynb").read_text())
     eval_nb["cells"][0]["source"] = ["# Evaluation, edited\n"] + eval_nb["cells"][0]["source"][1:]
     (notebooks / "04_eval.ipynb").write_text(json.dumps(eval_nb))

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from ftkit import data, models, recipe, report, rewards, rl, sft
+from ftkit import data, display, models, recipe, rewards, rl, rundir, sft, sources
+from ftkit.rows import DataError
 from ftkit.tasks import Addition
 from tests.conftest import ROOT
 
@@ -68,15 +69,18 @@ def test_built_in_rewards_are_built_with_their_options(tmp_path):
 
 
 def test_dpo_needs_preference_pairs(tmp_path):
-    with pytest.raises(recipe.RecipeError, match="rl.method dpo trains on preference pairs, and task 'addition' has "
-                                                 "none"):
+    """One rule (recipe.data_problem), checked from the recipe where it can be, from the rows where it cannot."""
+    with pytest.raises(recipe.RecipeError, match="task 'addition': rl.method dpo trains on preference pairs, and "
+                                                 "this data has no rejected answers"):
         recipe.load(write_recipe(tmp_path, rl={"method": "dpo"}))
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n"
                                                for i in range(30)))
     cfg = recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "dpo"}))
-    with pytest.raises(data.DataError, match="these rows have no rejected answer; use data with prompt/chosen/"
-                                             "rejected columns"):
+    with pytest.raises(DataError, match="qa.jsonl: rl.method dpo trains on preference pairs, and this data has "
+                                             "no rejected answers; use data with prompt/chosen/rejected columns"):
         data.build_splits(cfg)
+    with pytest.raises(DataError, match="the train split: rl.method dpo trains on preference pairs"):
+        rl.preference_dataset([{"prompt": "q", "answer": "a"}])
 
 
 def test_the_shipped_preference_pairs_are_the_generators():
@@ -111,9 +115,9 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
     after = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"} <= \
-        set(rl.curves(run_dir))
-    assert len(report.plot_rl(run_dir).axes) == 5
-    assert rl.samples(run_dir).empty
+        set(rundir.rl_curves(run_dir))
+    assert len(display.plot_rl(run_dir).axes) == 5
+    assert display.rl_samples(run_dir).empty
 
 
 def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir):
@@ -125,11 +129,11 @@ def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir
     assert result["method"] == "rloo" and result["start_from"] == "base" and result["steps"] == 2
     trained = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k), "lora_B starts at zero"
-    assert {"length_penalty", "exact_match", "total"} <= set(rl.samples(run_dir).columns)
+    assert {"length_penalty", "exact_match", "total"} <= set(display.rl_samples(run_dir).columns)
 
 
 def test_preference_answers_may_be_conversations():
-    row = data.normalize({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"},
+    row = sources.normalize({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"},
                                                       {"role": "assistant", "content": "Hello."}],
                           "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go."}]},
                          "preference", "ultrafeedback row 0")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftkit import cli, io, machine, models, recipe as recipes
+from ftkit import cli, io, machine, rundir
+from ftkit import recipe as recipes
 from ftkit.io import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,7 @@ def test_a_failed_folder_save_keeps_the_previous_folder(tmp_path):
     assert (dest / "weights").read_text() == "v1" and sorted(p.name for p in dest.parent.iterdir()) == ["adapter"]
     # a kill between the two renames leaves the old folder aside; the next reader puts it back
     os.replace(dest, dest.with_name(".adapter.old"))
-    assert models.tuned_dir(tmp_path, "sft") == dest and (dest / "weights").read_text() == "v1"
+    assert rundir.tuned_dir(tmp_path, "sft") == dest and (dest / "weights").read_text() == "v1"
 
 
 def test_sigkill_during_writes_leaves_the_old_or_the_new_file(tmp_path):

@@ -6,10 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftkit import data, models, recipe, sft
+from ftkit import data, models, preflight, recipe, sft
 from ftkit.recipe import RecipeError
-from tests.conftest import build_model, build_tokenizer
-from tests.test_architectures import make_model_dir, tiny_cfg
+from tests.conftest import build_model, build_tokenizer, make_model_dir, tiny_cfg
 
 
 def sft_run(cfg, run_dir):
@@ -66,8 +65,8 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     truncating.data.too_long = "truncate"
     assert not models.padding_free(truncating, model), "truncation needs padded batches"
     monkeypatch.undo()
-    assert models.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=False) == 8 * 50
-    assert models.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=True) == 2 * (50 + 40 + 30) + 20 + 20
+    assert preflight.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=False) == 8 * 50
+    assert preflight.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=True) == 2 * (50 + 40 + 30) + 20 + 20
     neo = AutoModelForCausalLM.from_config(build_model(build_tokenizer(), arch="gpt_neo").config)
     assert not models.packs_examples(neo), "GPT-Neo's eager attention has a fixed-size causal buffer"
     asked = tiny_cfg(tiny_model_dir)
@@ -75,7 +74,7 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     with pytest.raises(ValueError, match="sft.padding_free true: GPTNeoForCausalLM"):
         models.padding_free(asked, neo)
 
-    assert models.gradient_checkpointing(cfg) is False, "a tiny model fits: no recomputation"
+    assert preflight.gradient_checkpointing(cfg) is False, "a tiny model fits: no recomputation"
     real = psutil.virtual_memory()
 
     class Scarce:
@@ -83,9 +82,9 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
         total = real.total
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Scarce)
-    assert models.gradient_checkpointing(cfg) is True
-    assert models.estimate(cfg)["gradient_checkpointing"] is True
-    assert models.gradient_checkpointing(cfg, tokens=1) is False, "one token's activations fit even there"
+    assert preflight.gradient_checkpointing(cfg) is True
+    assert preflight.estimate(cfg)["gradient_checkpointing"] is True
+    assert preflight.gradient_checkpointing(cfg, tokens=1) is False, "one token's activations fit even there"
     monkeypatch.undo()
 
     from ftkit import machine
@@ -97,7 +96,7 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     assert models.dtype_name(cfg.model) == "float32"
     monkeypatch.undo()
     explicit = tiny_cfg(tiny_model_dir, dtype="float32", gradient_checkpointing=True)
-    assert models.dtype_name(explicit.model) == "float32" and models.gradient_checkpointing(explicit) is True
+    assert models.dtype_name(explicit.model) == "float32" and preflight.gradient_checkpointing(explicit) is True
 
 
 def test_padding_free_cannot_truncate(tiny_recipe):

@@ -5,16 +5,18 @@ import json
 
 import pytest
 
-from ftkit import data, rewards
+from ftkit import data, rewards, rundir
 from ftkit.recipe import Recipe
+from ftkit.rows import DataError
 from ftkit.tasks import addition, get
 
 
 def test_doctests():
-    from ftkit import evaluation, io, robustness
+    from ftkit import eval as eval_stage
+    from ftkit import io, machine, recipe, robustness
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards, robustness, evaluation, io):
+    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
@@ -65,7 +67,7 @@ def test_data_checks_name_split_row_and_field():
     good = get("addition").splits(10, 5, 0)
     data.check(good)
     broken = {"train": [dict(good["train"][0]), {"prompt": "  ", "answer": "3"}], "test": []}
-    with pytest.raises(data.DataError) as info:
+    with pytest.raises(DataError) as info:
         data.check(broken)
     text = str(info.value)
     assert "split 'test' is empty" in text
@@ -79,8 +81,8 @@ def test_splits_round_trip_through_the_run_directory(tmp_path):
     splits, figures = data.build_splits(cfg)
     assert figures["source"] == "task addition" and figures["contamination"]["fraction"] == 0.0
     data.save_splits(splits, tmp_path, figures)
-    assert data.load_split(tmp_path, "test") == splits["test"]
+    assert rundir.load_split(tmp_path, "test") == splits["test"]
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["splits"]["train"]["examples"] == 20 and stats["splits"]["test"]["examples"] == 7
     with pytest.raises(FileNotFoundError, match="run the data stage first"):
-        data.load_split(tmp_path / "elsewhere", "train")
+        rundir.load_split(tmp_path / "elsewhere", "train")

@@ -1,12 +1,10 @@
-"""Exact match after normalization: case, surrounding and repeated spaces, and a trailing '.' or '!' ignored."""
+"""Exact match after normalization: case, surrounding and repeated spaces, and a trailing '.' or '!' ignored (the
+normalization of ftkit's exact-match task, `ftkit.tasks.exact_match`)."""
 
 import evaluate
 
 from ftkit.metrics import info, result
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.strip().rstrip(".!").lower().split())
+from ftkit.tasks.exact_match import ExactMatch as Task
 
 
 class ExactMatch(evaluate.Metric):
@@ -14,4 +12,4 @@ class ExactMatch(evaluate.Metric):
         return info(__doc__)
 
     def _compute(self, predictions, references):
-        return result("exact_match", [float(normalize(p) == normalize(r)) for p, r in zip(predictions, references)])
+        return result("exact_match", [Task.score(p, r) for p, r in zip(predictions, references)])

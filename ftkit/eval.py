@@ -7,13 +7,12 @@
 3. Robustness: the headline metric on test prompts perturbed one way at a time, and its change.
 
 Plain-text data (continued pre-training) is measured by perplexity instead, with greedy continuations of the
-first few test texts as examples.
+first few test texts as examples. Predictions and per-example scores go to `<run_dir>/eval/`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -21,49 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftkit import data, metrics, models, robustness, tasks
-from ftkit.io import write_atomic, write_progress
+from ftkit import metrics, models, robustness, rundir, tasks
+from ftkit.generation import continuation_prompt, generate
+from ftkit.io import write_jsonl
+from ftkit.rows import messages, trained_text
 
 BINARY = ("task", "exact_match", "accuracy")
-
-
-@torch.inference_mode()
-def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tokens: int, temperature: float = 0.0,
-             samples: int = 1, stop: list[str] | tuple = (), progress=None) -> list:
-    """Chat completions (plain-text continuations for string prompts), batched with left padding and prompts sorted
-    by length to waste less padding. Greedy unless `temperature` > 0; with `samples` > 1 each output is a list of
-    that many completions. A completion ends at the first of the `stop` strings (which is cut off). `progress(n)`
-    is called after each batch with the number of prompts it finished."""
-    tokenizer.padding_side = "left"
-    options = {"do_sample": temperature > 0, "num_return_sequences": samples}
-    if temperature > 0:
-        options.update(temperature=temperature, top_k=0, top_p=1.0)
-    if stop:
-        options.update(stop_strings=list(stop), tokenizer=tokenizer)
-    texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-             for c in conversations]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    outputs: list = [None] * len(texts)
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(model.device)
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   **options)
-        decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for k, i in enumerate(idx):
-            texts_i = [_cut(t, stop) for t in decoded[k * samples:(k + 1) * samples]]
-            outputs[i] = texts_i[0] if samples == 1 else texts_i
-        if progress is not None:
-            progress(len(idx))
-    return outputs
-
-
-def _cut(text: str, stop) -> str:
-    for marker in stop:
-        text = text.split(marker, 1)[0]
-    return text.strip()
 
 
 def tuned_path(cfg, run_dir: Path, name: str) -> Path | None:
@@ -72,9 +34,10 @@ def tuned_path(cfg, run_dir: Path, name: str) -> Path | None:
         return None
     if name in cfg.eval.extra:
         return Path(cfg.eval.extra[name])
-    path = models.tuned_dir(run_dir, name)
+    path = rundir.tuned_dir(run_dir, name)
     if path is None:
-        raise FileNotFoundError(f"eval.models lists {name!r} but {run_dir / name} holds no adapter or model: run the "
+        raise FileNotFoundError(f"eval.models lists {name!r} but {rundir.stage_dir(run_dir, name)} holds no adapter or "
+                                "model: run the "
                                 f"{name} stage first or remove {name!r} from eval.models")
     return path
 
@@ -101,24 +64,16 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int, max_length
 
 def answer_losses(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> np.ndarray:
     """Loss of each reference answer given its prompt, through the chat template, as SFT trains it."""
-    prompts = [tokenizer.apply_chat_template(data.messages(r), tokenize=False, add_generation_prompt=True)
-               for r in rows]
+    prompts = [tokenizer.apply_chat_template(messages(r), tokenize=False, add_generation_prompt=True) for r in rows]
     skip = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return token_losses(model, tokenizer, [data.trained_text(r, tokenizer) for r in rows], batch_size, max_length,
-                        skip)
-
-
-def continuation_prompt(text: str) -> str:
-    """The first half of a text's words (at most 64), which a model continues in the plain-text examples."""
-    words = text.split()
-    return " ".join(words[:max(1, min(len(words) // 2, 64))])
+    return token_losses(model, tokenizer, [trained_text(r, tokenizer) for r in rows], batch_size, max_length, skip)
 
 
 def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: str) -> dict:
     """Perplexity on the test texts (95% bootstrap CI over texts), and greedy continuations of the first
     `eval.n_examples_shown` texts from their first half."""
     start = time.perf_counter()
-    losses = token_losses(model, tokenizer, [data.trained_text(r, tokenizer) for r in rows], cfg.eval.batch_size,
+    losses = token_losses(model, tokenizer, [trained_text(r, tokenizer) for r in rows], cfg.eval.batch_size,
                           cfg.sft.max_length)
     prompts = [continuation_prompt(r["text"]) for r in rows[:cfg.eval.n_examples_shown]]
     outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
@@ -128,7 +83,7 @@ def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: 
                 "reference": r["text"][len(prompts[i]):].strip()[:300] if i < len(prompts) else "",
                 "output": outputs[i] if i < len(outputs) else "", "perplexity": round(float(p), 3)}
                for i, (r, p) in enumerate(zip(rows, per_text))]
-    write_atomic(run_dir / "eval" / f"predictions_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(rundir.eval_file(run_dir, "predictions", name), records)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.integers(0, len(losses), size=(1000, len(losses)))
     boot = np.exp(losses[idx, 0].sum(1) / losses[idx, 1].sum(1))
@@ -203,7 +158,7 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
 
 
 def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> list:
-    return generate(model, tokenizer, [data.messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
+    return generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
                     cfg.eval.temperature, cfg.eval.samples, cfg.eval.stop, progress)
 
 
@@ -213,31 +168,29 @@ def _counter(run_dir: Path, name: str, total: int):
 
     def tick(n: int) -> None:
         done[0] += n
-        write_progress(run_dir, "eval", done[0], total, f"prompts ({name})")
+        rundir.write_progress(run_dir, "eval", done[0], total, f"prompts ({name})")
 
     return tick
 
 
-def _records(rows: list[dict], outputs: list, per_example: dict, **extra) -> str:
-    records = [{**extra, "prompt": r["prompt"], "reference": r["answer"],
-                "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
-                "score": next(iter(per_example.values()), [None] * len(rows))[i],
-                "scores": {name: values[i] for name, values in per_example.items()}}
-               for i, (r, o) in enumerate(zip(rows, outputs))]
-    return "".join(json.dumps(r) + "\n" for r in records)
+def _records(rows: list[dict], outputs: list, per_example: dict, **extra) -> list[dict]:
+    return [{**extra, "prompt": r["prompt"], "reference": r["answer"],
+             "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
+             "score": next(iter(per_example.values()), [None] * len(rows))[i],
+             "scores": {name: values[i] for name, values in per_example.items()}}
+            for i, (r, o) in enumerate(zip(rows, outputs))]
 
 
 def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
-    """Evaluate model `name` (base/sft/rl) for the three claims; write its predictions to `<run_dir>/eval/`."""
-    run_dir = Path(run_dir)
-    rows = data.load_split(run_dir, "test")
+    """Evaluate model `name` (base/sft/rl or an eval.extra label) for the three claims; write its predictions to
+    `<run_dir>/eval/`."""
+    rows = rundir.load_split(run_dir, "test")
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
-    model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, run_dir, name))
+    model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
-    shifted = run_dir / "data" / "generalization.jsonl"
-    gen_rows = data.load_split(run_dir, "generalization") if shifted.is_file() and shifted.stat().st_size else []
+    gen_rows = rundir.load_split(run_dir, "generalization") if rundir.has_split(run_dir, "generalization") else []
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
     tick = _counter(run_dir, name, len(rows) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     start = time.perf_counter()
@@ -245,7 +198,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     seconds = time.perf_counter() - start
     references = [r["answer"] for r in rows]
     per_example, overall = score(cfg, outputs, references)
-    write_atomic(run_dir / "eval" / f"predictions_{name}.jsonl", _records(rows, outputs, per_example))
+    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example))
     result = {**_summary(cfg, per_example, overall, outputs, references), "generate_seconds": round(seconds, 1)}
     if cfg.eval.answer_loss:
         losses = answer_losses(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
@@ -253,40 +206,53 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         result["answer_perplexity"] = math.exp(result["answer_loss"])
     primary = metric_names(cfg)[0]
     if gen_rows:
-        gen_outputs = _run(cfg, model, tokenizer, gen_rows, tick)
-        gen_scores, gen_overall = score(cfg, gen_outputs, [r["answer"] for r in gen_rows])
-        write_atomic(run_dir / "eval" / f"generalization_{name}.jsonl", _records(gen_rows, gen_outputs, gen_scores))
-        result["generalization"] = {"value": gen_overall[primary], "n": len(gen_rows),
-                                    "ci95": list(bootstrap_ci(gen_scores[primary], seed=cfg.seed))
-                                    if gen_scores.get(primary) else None}
+        result["generalization"] = _generalization(cfg, model, tokenizer, gen_rows, run_dir, name, tick)
     if subset and primary in per_example:
         clean = float(np.mean(per_example[primary][:len(subset)]))
-        result["robustness"], lines = {"clean": {"value": clean, "n": len(subset)}}, []
-        for kind in cfg.eval.perturbations:
-            perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
-            p_outputs = _run(cfg, model, tokenizer, perturbed, tick)
-            p_scores, p_overall = score(cfg, p_outputs, [r["answer"] for r in perturbed])
-            lines.append(_records(perturbed, p_outputs, p_scores, perturbation=kind))
-            value = float(np.mean(p_scores[primary]))
-            result["robustness"][kind] = {"value": value, "change": value - clean, "n": len(subset)}
-        write_atomic(run_dir / "eval" / f"robustness_{name}.jsonl", "".join(lines))
+        result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick)
     return result
 
 
-def compare(cfg, run_dir: str | Path, results: dict) -> dict:
+def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str, tick) -> dict:
+    """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
+    primary = metric_names(cfg)[0]
+    outputs = _run(cfg, model, tokenizer, rows, tick)
+    scores, overall = score(cfg, outputs, [r["answer"] for r in rows])
+    write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores))
+    return {"value": overall[primary], "n": len(rows),
+            "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
+
+
+def _robustness(cfg, model, tokenizer, subset: list[dict], clean: float, run_dir, name: str, tick) -> dict:
+    """The headline metric on `subset` under each perturbation, and its change from the unperturbed `clean` value
+    (the perturbed predictions to eval/robustness_<model>.jsonl)."""
+    primary = metric_names(cfg)[0]
+    figures, records = {"clean": {"value": clean, "n": len(subset)}}, []
+    for kind in cfg.eval.perturbations:
+        perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
+        outputs = _run(cfg, model, tokenizer, perturbed, tick)
+        scores, _ = score(cfg, outputs, [r["answer"] for r in perturbed])
+        records += _records(perturbed, outputs, scores, perturbation=kind)
+        value = float(np.mean(scores[primary]))
+        figures[kind] = {"value": value, "change": value - clean, "n": len(subset)}
+    write_jsonl(rundir.eval_file(run_dir, "robustness", name), records)
+    return figures
+
+
+def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
     """Each tuned model against the base on the same test examples: a paired test on the headline metric (exact
     McNemar for pass/fail scores, Wilcoxon signed-rank otherwise) and the examples that flipped, written to
     `eval/flips_<model>.jsonl`. Adds `vs_base` to each tuned model's results and returns them."""
     from scipy import stats
 
-    if "base" not in results or "text" in data.load_split(run_dir, "test")[0]:
+    if "base" not in results or "text" in rundir.load_split(run_dir, "test")[0]:
         return results
-    base = load_predictions(run_dir, "base")
+    base = rundir.load_predictions(run_dir, "base")
     binary = metric_names(cfg)[0] in BINARY
     for name in results:
         if name == "base":
             continue
-        tuned = load_predictions(run_dir, name)
+        tuned = rundir.load_predictions(run_dir, name)
         before, after = np.array([p["score"] for p in base]), np.array([p["score"] for p in tuned])
         gained, lost = (before < 0.5) & (after >= 0.5), (before >= 0.5) & (after < 0.5)
         if binary:
@@ -297,63 +263,10 @@ def compare(cfg, run_dir: str | Path, results: dict) -> dict:
         flips = [{"flip": "fail→pass" if gained[i] else "pass→fail", "prompt": b["prompt"],
                   "reference": b["reference"], "base": b["output"], name: t["output"]}
                  for i, (b, t) in enumerate(zip(base, tuned)) if gained[i] or lost[i]]
-        write_atomic(Path(run_dir) / "eval" / f"flips_{name}.jsonl", "".join(json.dumps(f) + "\n" for f in flips))
+        write_jsonl(rundir.eval_file(run_dir, "flips", name), flips)
         results[name]["vs_base"] = {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
                                     "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}
     return results
-
-
-def flips(run_dir: str | Path, name: str, limit: int = 20):
-    """The test examples where `name` and the base model disagree on pass/fail (a DataFrame)."""
-    import pandas as pd
-
-    path = Path(run_dir) / "eval" / f"flips_{name}.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return pd.DataFrame(rows[:limit])
-
-
-def claims(results: dict):
-    """The seed's three claims side by side, one row per model: the headline metric on the test set, on the
-    shifted set, and under each perturbation (a DataFrame)."""
-    import pandas as pd
-
-    table = {}
-    for name, m in results.items():
-        row = {"task (test)": m.get(m.get("metric", "accuracy"))}
-        if "generalization" in m:
-            row["generalization"] = m["generalization"]["value"]
-        for kind, figures in m.get("robustness", {}).items():
-            if kind != "clean":
-                row[f"robustness: {kind} (change)"] = figures["change"]
-        table[name] = row
-    return pd.DataFrame(table).T
-
-
-def check_export(cfg, run_dir: str | Path, limit: int = 8) -> dict:
-    """Load `<run_dir>/export/merged` with plain transformers (no ftkit, no PEFT) and generate for the first test
-    prompts; the outputs must be the eval stage's predictions for the exported model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    run_dir = Path(run_dir)
-    path = run_dir / "export" / "merged"
-    if not path.is_dir():
-        return {"skipped": "no merged model (export.merged is false)"}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=models.DTYPES[models.dtype_name(cfg.model)])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    rows = data.load_split(run_dir, "test")
-    if "text" in rows[0]:
-        prompts = [continuation_prompt(r["text"]) for r in rows[:min(limit, cfg.eval.n_examples_shown)]]
-    else:
-        prompts = [data.messages(r) for r in rows[:limit]]
-    outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    figures = {"prompts": len(prompts), "dtype": str(model.dtype).removeprefix("torch.")}
-    predictions = run_dir / "eval" / f"predictions_{cfg.export.model}.jsonl"
-    if predictions.is_file() and cfg.eval.temperature == 0:
-        expected = [p["output"] for p in load_predictions(run_dir, cfg.export.model)[:len(prompts)]]
-        figures["same_as_eval"] = sum(a == b for a, b in zip(outputs, expected))
-    figures["outputs"] = outputs[:3]
-    return figures
 
 
 def bootstrap_ci(scores: list[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -361,23 +274,3 @@ def bootstrap_ci(scores: list[float], samples: int = 1000, seed: int = 0) -> tup
     values = np.asarray(scores, dtype=float)
     means = np.random.default_rng(seed).choice(values, size=(samples, len(values))).mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def load_predictions(run_dir: str | Path, name: str) -> list[dict]:
-    path = Path(run_dir) / "eval" / f"predictions_{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def comparison(run_dir: str | Path, names: list[str], limit: int = 10):
-    """Side-by-side outputs of every model on the first `limit` test prompts (a DataFrame)."""
-    import pandas as pd
-
-    from ftkit.report import shown
-
-    preds = {n: load_predictions(run_dir, n)[:limit] for n in names}
-    first = preds[names[0]]
-    frame = pd.DataFrame({"prompt": [p["prompt"] for p in first], "reference": [p["reference"] for p in first]})
-    for name in names:
-        frame[name] = [shown(p) for p in preds[name]]
-    return frame
-

@@ -1,36 +1,22 @@
-"""Skip what is done, resume what was cut short.
-
-Stage fingerprints: a stage's fingerprint covers the recipe settings it reads, its notebook's source, the ftkit and
+"""Skip what is done: a stage's fingerprint covers the recipe settings it reads, its notebook's source, the ftkit and
 library versions, the content of its input files, and the fingerprints of the stages it builds on. `ftkit run
 --run-dir DIR` and `ftkit resume DIR` skip a stage whose fingerprint matches the one recorded when it last completed;
-so changing only `eval:` re-runs only eval, and changing `sft:` re-runs SFT and everything after it.
-
-Checkpoints: SFT and RL save a checkpoint every `save_steps` steps (TRL/transformers' own format: adapter or model,
-optimizer, scheduler, RNG states, trainer state with the data position). Once a checkpoint is fully written, a
-marker file naming the step and the stage's fingerprint is added; a training stage started again resumes from the
-newest checkpoint with a marker that matches its fingerprint. A checkpoint without one (killed mid-save) or made
-with other settings is deleted, never loaded.
+so changing only `eval:` re-runs only eval, and changing `sft:` re-runs SFT and everything after it. The runner
+records the fingerprint of the stage it runs in status.json; training marks its checkpoints with it
+(`ftkit.training`), so that only a run with the same settings resumes from them.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
-import logging
-import re
-import shutil
-from importlib import metadata
 from pathlib import Path
 
-from ftkit.io import read_json, write_atomic
+from ftkit import default_model, machine, rundir
+from ftkit.recipe import DEFAULT_MODEL
 
-log = logging.getLogger(__name__)
-
-MARKER = "ftkit-complete.json"
 HASHED_MAX_BYTES = 64 * 2**20  # files up to this size are hashed; larger ones (model weights) by size and mtime
-VERSIONS = ("ftkit", "torch", "transformers", "trl", "peft", "datasets", "accelerate")
-BUILDS_ON = {"data": (), "sft": ("data",), "rl": ("data", "sft"), "eval": ("data", "sft", "rl"),
-             "export": ("sft", "rl", "eval")}
 
 
 def _digest(value) -> str:
@@ -74,8 +60,6 @@ def file_signature(path: Path) -> str:
 def _model_signature(model_cfg) -> str:
     """A local model's files, the hub cache's snapshot (its folder names the commit), or the id and revision:
     never a download."""
-    from ftkit import models
-
     local = Path(model_cfg.id).expanduser()
     if not local.is_dir():
         try:
@@ -84,19 +68,18 @@ def _model_signature(model_cfg) -> str:
             local = Path(snapshot_download(model_cfg.id, revision=model_cfg.revision, local_files_only=True,
                                            allow_patterns=["*.json", "*.safetensors"]))
         except Exception:
-            offline = models.offline_copy_dir()
-            if model_cfg.id != models.DEFAULT_MODEL or not offline.is_dir():
+            offline = default_model.offline_copy_dir()
+            if model_cfg.id != DEFAULT_MODEL or not offline.is_dir():
                 return f"{model_cfg.id}@{model_cfg.revision}"
             local = offline
     return _digest({str(local): file_signature(local)})
 
 
 def _input_files(cfg, stage: str) -> list[Path]:
-    from ftkit import data
-
     if stage == "data":
         patterns = [cfg.data.path, cfg.data.test_path, cfg.data.generalization_path, *(cfg.data.mix or {})]
-        return [f for p in patterns if p and not p.startswith("hub:") for f in data.expand(p)]
+        return [Path(f) for p in patterns if p and not p.startswith("hub:")
+                for f in sorted(glob.glob(p, recursive=True)) if Path(f).is_file()]
     if stage == "rl":
         return [Path(name.rpartition(":")[0]) for name in cfg.rl.rewards if ":" in name]
     if stage == "eval":
@@ -104,35 +87,23 @@ def _input_files(cfg, stage: str) -> list[Path]:
     return []
 
 
-def package_versions(names) -> dict[str, str | None]:
-    """Installed version of each package (None where it is not installed)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def notebook_source(stage: str) -> str:
     """The digest of a stage notebook's cell sources (outputs and metadata left out: running it changes nothing)."""
-    from ftkit import runner
-
-    notebook = json.loads((runner.notebooks_dir() / runner.NOTEBOOKS[stage]).read_text())
+    notebook = json.loads((rundir.notebooks_dir() / rundir.NOTEBOOKS[stage]).read_text())
     return _digest([(c["cell_type"], "".join(c["source"])) for c in notebook["cells"]])
 
 
 def fingerprint(cfg, run_dir: str | Path, stage: str) -> dict:
     """The stage's fingerprint and its parts (for saying what changed): config, notebook, versions, inputs and the
     recorded fingerprints of the stages it builds on."""
-    status = read_json(Path(run_dir) / "status.json", {})
+    status = rundir.status(run_dir)
     parts = {
         "config": _digest(_settings(cfg, stage)),
         "notebook": notebook_source(stage),
-        "versions": _digest(package_versions(VERSIONS)),
+        "versions": _digest(machine.package_versions(machine.RESULT_PACKAGES)),
         "inputs": _digest([_model_signature(cfg.model), *(file_signature(p) for p in _input_files(cfg, stage))]),
-        "upstream": _digest({s: status.get(s, {}).get("fingerprint") for s in BUILDS_ON[stage] if s in cfg.stages}),
+        "upstream": _digest({s: status.get(s, {}).get("fingerprint") for s in rundir.BUILDS_ON[stage]
+                             if s in cfg.stages}),
     }
     return {"fingerprint": _digest(parts), "parts": parts}
 
@@ -145,48 +116,7 @@ def changed(previous: dict | None, current: dict) -> list[str]:
 
 def is_done(run_dir: str | Path, stage: str, current: dict) -> bool:
     """True when the stage completed with this very fingerprint and its results are still in the run directory."""
-    run_dir = Path(run_dir)
-    entry = read_json(run_dir / "status.json", {}).get(stage) or {}
-    outputs = run_dir / stage
+    entry = rundir.status(run_dir).get(stage) or {}
+    outputs = rundir.stage_dir(run_dir, stage)
     return (entry.get("state") == "done" and entry.get("fingerprint") == current["fingerprint"]
-            and stage in read_json(run_dir / "metrics.json", {}) and outputs.is_dir() and any(outputs.iterdir()))
-
-
-# ---------------------------------------------------------------- checkpoints inside a training stage
-
-_STEP = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_callback(stage_fingerprint: str):
-    """A Trainer callback that marks a checkpoint complete once transformers has written all of it."""
-    from transformers import TrainerCallback
-
-    class MarkComplete(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                write_atomic(folder / MARKER, json.dumps({"step": state.global_step,
-                                                          "fingerprint": stage_fingerprint}))
-
-    return MarkComplete()
-
-
-def resume_point(checkpoints: str | Path, stage_fingerprint: str) -> Path | None:
-    """The newest complete checkpoint made with this fingerprint; incomplete ones and ones made with other settings
-    are deleted (logged), so that they can be neither loaded nor rotated in place of a good one."""
-    checkpoints = Path(checkpoints)
-    found = sorted((int(m.group(1)), p) for p in checkpoints.glob("checkpoint-*")
-                   if p.is_dir() and (m := _STEP.match(p.name)))
-    best = None
-    for step, folder in found:
-        marker = read_json(folder / MARKER) if (folder / MARKER).is_file() else None
-        if marker is None:
-            log.warning("checkpoint %s is incomplete (no %s: the run stopped while saving it); deleted, not loaded",
-                        folder, MARKER)
-            shutil.rmtree(folder, ignore_errors=True)  # every process of a launch checks; one deletes
-        elif marker.get("fingerprint") != stage_fingerprint:
-            log.warning("checkpoint %s was made with other settings; deleted, not loaded", folder)
-            shutil.rmtree(folder, ignore_errors=True)  # every process of a launch checks; one deletes
-        else:
-            best = folder
-    return best
+            and stage in rundir.metrics(run_dir) and outputs.is_dir() and any(outputs.iterdir()))

@@ -1,0 +1,205 @@
+"""What the notebooks and the report show: training curves, token histograms and views, and the tables of
+metrics, claims, flips, RL samples and side-by-side predictions. Everything here reads the run directory or the
+results a stage returns, never a stage module; no torch.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from ftkit import rundir
+from ftkit.rows import trained_tokens
+
+
+def plot_curve(steps, values, title: str, ylabel: str, spread=None):
+    """A line plot of a training curve (with a ±spread band when given); returns the figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, values, marker="o", markersize=3)
+    if spread is not None:
+        low = [v - s for v, s in zip(values, spread)]
+        high = [v + s for v, s in zip(values, spread)]
+        ax.fill_between(steps, low, high, alpha=0.2)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)  # shown once, by the notebook's display of the returned figure
+    return fig
+
+
+def plot_losses(run_dir: str | Path):
+    """SFT training loss per logged step, with the validation loss when there is a validation split."""
+    fig = plot_curve(*rundir.loss_curve(run_dir), title="SFT loss", ylabel="loss")
+    steps, values = rundir.loss_curve(run_dir, key="eval_loss")
+    if steps:
+        ax = fig.axes[0]
+        ax.plot(steps, values, marker="s", markersize=3, label="validation")
+        ax.lines[0].set_label("train")
+        ax.legend()
+    return fig
+
+
+def plot_rl(run_dir: str | Path):
+    """The RL stage's curves side by side: GRPO/RLOO total reward (± std), each reward function, KL, completion
+    length and loss; DPO chosen/rejected rewards, margin, accuracy and loss. Returns the figure."""
+    series = rundir.rl_curves(run_dir)
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3), squeeze=False)
+    for ax, (name, (steps, values)) in zip(axes[0], series.items()):
+        ax.plot(steps, values, marker="o", markersize=3)
+        if name == "reward":
+            _, means, stds = rundir.reward_curve(run_dir)
+            ax.fill_between(steps, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                            alpha=0.2)
+            name = "reward (mean ± std)"
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_hist(values, limit: int | None = None, title: str = ""):
+    """A histogram of integer values from 0 (with a dashed line at `limit` when given); returns the figure."""
+    import numpy as np
+
+    upper = max([*values, limit or 0, 1])
+    width = max(1, upper // 40)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(values, bins=np.arange(0, upper + 2 * width, width), color="#4c72b0")
+    if limit is not None:
+        ax.axvline(limit, color="#c44e52", linestyle="--", label=f"limit {limit}")
+        ax.legend()
+    ax.set(title=title, xlabel="tokens", ylabel="examples")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+class TokenView:
+    """HTML of examples as tokens: masked prompt tokens in grey, trained answer tokens highlighted (escaped)."""
+
+    def __init__(self, examples: list[tuple[list[str], list[str]]], tokenizer):
+        self.examples, self.tokenizer = examples, tokenizer
+
+    def _span(self, token: str, trained: bool) -> str:
+        text = self.tokenizer.convert_tokens_to_string([token])
+        style = "background:#d4f4dd;font-weight:bold" if trained else "color:#888"
+        return f'<span style="{style}" title="{html.escape(token)}">{html.escape(text)}</span>'
+
+    def _repr_html_(self) -> str:
+        blocks = ["<p><span style='color:#888'>grey: masked (no loss)</span> · "
+                  "<span style='background:#d4f4dd;font-weight:bold'>green: trained</span></p>"]
+        for prompt, answer in self.examples:
+            spans = [self._span(t, False) for t in prompt] + [self._span(t, True) for t in answer]
+            blocks.append(f"<pre style='white-space:pre-wrap'>{''.join(spans)}</pre>")
+        return "".join(blocks)
+
+
+def token_view(rows: list[dict], tokenizer, limit: int = 3) -> TokenView:
+    """The first `limit` rows as tokens, trained ones highlighted."""
+    return TokenView([trained_tokens(r, tokenizer) for r in rows[:limit]], tokenizer)
+
+
+def metric_name(model_metrics: dict) -> str:
+    return model_metrics.get("metric", "accuracy")
+
+
+def versus_base(model_metrics: dict, base: dict | None) -> str:
+    """The change from the base model: accuracy in points, perplexity in percent (lower is better)."""
+    name = metric_name(model_metrics)
+    if not base or base is model_metrics or name not in base:
+        return ""
+    if name == "perplexity":
+        return f"{100 * (model_metrics[name] / base[name] - 1):+.1f}%"
+    return f"{100 * (model_metrics[name] - base[name]):+.1f} points"
+
+
+def shown(prediction: dict) -> str:
+    """A prediction as the comparison tables show it: ✓/✗ and the output, or the text's perplexity and the
+    model's continuation."""
+    if "perplexity" in prediction:
+        return f"ppl {prediction['perplexity']:.1f} · {prediction['output']}"
+    return ("✓ " if prediction["score"] else "✗ ") + prediction["output"]
+
+
+def metrics_table(eval_metrics: dict):
+    """DataFrame: one row per evaluated model with its metric (accuracy, or perplexity for plain text), 95% CI
+    and n."""
+    import pandas as pd
+
+    rows = [{"model": name, metric_name(m): m[metric_name(m)], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
+             "n": m["n"], "vs base": versus_base(m, eval_metrics.get("base")), **paired_columns(m)}
+            for name, m in eval_metrics.items()]
+    return pd.DataFrame(rows).set_index("model")
+
+
+def paired_columns(model_metrics: dict) -> dict:
+    """The paired test against the base model as table columns: p-value and flips each way (empty for the base)."""
+    paired = model_metrics.get("vs_base")
+    if not paired:
+        return {"p (paired)": None, "fail→pass": None, "pass→fail": None}
+    return {"p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
+            "pass→fail": paired["pass_to_fail"]}
+
+
+def all_metrics_table(eval_metrics: dict):
+    """DataFrame: every metric of every model (with its 95% CI where it has per-example scores), and the loss and
+    perplexity on the reference answers."""
+    import pandas as pd
+
+    table = {}
+    for name, m in eval_metrics.items():
+        row = {}
+        for metric, figures in m.get("metrics", {}).items():
+            ci = figures.get("ci95")
+            row[metric] = f"{figures['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        for key in ("answer_loss", "answer_perplexity", "perplexity"):
+            if key in m:
+                row[key] = round(m[key], 3)
+        table[name] = row
+    return pd.DataFrame(table).T
+
+
+def claims(results: dict):
+    """The three claims side by side, one row per model: the headline metric on the test set, on the shifted set,
+    and its change under each perturbation (a DataFrame)."""
+    import pandas as pd
+
+    table = {}
+    for name, m in results.items():
+        row = {"task (test)": m.get(metric_name(m))}
+        if "generalization" in m:
+            row["generalization"] = m["generalization"]["value"]
+        for kind, figures in m.get("robustness", {}).items():
+            if kind != "clean":
+                row[f"robustness: {kind} (change)"] = figures["change"]
+        table[name] = row
+    return pd.DataFrame(table).T
+
+
+def flips(run_dir: str | Path, name: str, limit: int = 20):
+    """The test examples where `name` and the base model disagree on pass/fail (a DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame(rundir.eval_records(run_dir, "flips", name)[:limit])
+
+
+def side_by_side(run_dir: str | Path, names: list[str], limit: int = 10):
+    """Every model's output on the first `limit` test prompts, side by side (a DataFrame)."""
+    import pandas as pd
+
+    predictions = {n: rundir.load_predictions(run_dir, n)[:limit] for n in names}
+    first = predictions[names[0]]
+    frame = pd.DataFrame({"prompt": [p["prompt"] for p in first], "reference": [p["reference"] for p in first]})
+    for name in names:
+        frame[name] = [shown(p) for p in predictions[name]]
+    return frame
+
+
+def rl_samples(run_dir: str | Path):
+    """The completions sampled during RL with their rewards (a DataFrame; empty for DPO)."""
+    import pandas as pd
+
+    return pd.DataFrame(rundir.rl_samples(run_dir))

@@ -1,0 +1,90 @@
+"""What a row of data is, and how a model sees it.
+
+Every source is normalized (`ftkit.sources`) to rows
+
+    {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
+     "rejected": str (preference pairs only)}
+
+that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
+plain text (continued pre-training) is {"text": str}. The data stage adds "tokens" (the length as trained) and, for
+a mix, "source". The helpers here turn a row into chat messages, into the text the trainer sees through the
+tokenizer's chat template, and into its trained tokens. No torch: the tokenizer is passed in.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the place and the fix."""
+
+
+def fields(row: dict) -> tuple[str, ...]:
+    """The text fields a row must fill: its text (plain text), else prompt and answer (and rejected)."""
+    if "text" in row:
+        return ("text",)
+    return ("prompt", "answer", "rejected") if "rejected" in row else ("prompt", "answer")
+
+
+def kind(rows: list[dict]) -> str:
+    """What the rows can train, for `recipe.data_problem`: "text", "pairs" or "answers"."""
+    if rows and "text" in rows[0]:
+        return "text"
+    return "pairs" if rows and all(r.get("rejected") for r in rows) else "answers"
+
+
+def messages(row: dict) -> list[dict]:
+    """The chat messages a model sees for a row: system prompt, earlier turns, then the user prompt."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return system + list(row.get("history", [])) + [{"role": "user", "content": row["prompt"]}]
+
+
+def context(row: dict) -> str:
+    """The conversation a row asks about (earlier turns and the prompt) as one text. The system prompt is left
+    out: datasets share one, and it says nothing about leaked questions. Plain text: the text."""
+    if "text" in row:
+        return row["text"]
+    return "\n".join([m["content"] for m in row.get("history", [])] + [row["prompt"]])
+
+
+def trained_text(row: dict, tokenizer) -> str:
+    """A row as the trainer sees it: chat template over its messages and answer; plain text with EOS appended."""
+    if "text" in row:
+        return row["text"] + tokenizer.eos_token
+    return tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": row["answer"]}],
+                                         tokenize=False)
+
+
+def token_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens of each row as trained. Measured once, in one batch, and kept on the row as "tokens"."""
+    todo = [r for r in rows if "tokens" not in r]
+    if todo:
+        ids = tokenizer([trained_text(r, tokenizer) for r in todo], add_special_tokens=False)["input_ids"]
+        for row, row_ids in zip(todo, ids):
+            row["tokens"] = len(row_ids)
+    return [r["tokens"] for r in rows]
+
+
+def trained_tokens(row: dict, tokenizer) -> tuple[list[str], list[str]]:
+    """(prompt tokens, answer tokens) of a row as SFT sees it: the loss counts only the answer tokens.
+
+    The answer is what the chat template adds after the generation prompt, so it ends with the template's
+    end-of-turn token; plain text is trained whole. Raises DataError when nothing would be trained.
+    """
+    if "text" in row:
+        return [], tokenizer.convert_ids_to_tokens(tokenizer(trained_text(row, tokenizer),
+                                                             add_special_tokens=False)["input_ids"])
+    prompt = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
+    full = trained_text(row, tokenizer)
+    if not full.startswith(prompt) or len(full) == len(prompt):
+        raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "
+                        f"generation prompt for {row['prompt'][:60]!r}: every label would be masked; use a model "
+                        "whose template renders the assistant turn last")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    return tokenizer.convert_ids_to_tokens(ids), tokenizer.convert_ids_to_tokens(answer_ids)
+
+
+def ends_with_end_of_turn(row: dict, tokenizer) -> bool:
+    """Whether the trained tokens include the end-of-turn/EOS token, so the model learns to stop."""
+    _, answer = trained_tokens(row, tokenizer)
+    return tokenizer.eos_token in answer

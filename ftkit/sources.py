@@ -1,0 +1,240 @@
+"""Where the data comes from: local files (JSONL, JSON, CSV, TSV, Parquet; globs allowed) and Hugging Face Hub
+datasets, read and normalized from any of the formats below to ftkit's rows (`ftkit.rows`).
+
+Formats: prompt/completion, question/answer, Alpaca (instruction, input, output), chat messages (role/content),
+ShareGPT conversations (from/value), preference pairs (prompt, chosen, rejected) and plain text; `data.columns` maps
+other column names onto these. Every problem raises `DataError` naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import Counter
+from pathlib import Path
+
+from ftkit.rows import DataError
+
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "text")
+FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
+          "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
+          "preference": ("prompt", "chosen", "rejected"), "text": ("text",)}
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def expand(pattern: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"{pattern}: no file matches; check data.path (relative paths start at the recipe's folder)")
+    return files
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8") from None
+
+
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    """(place, record) pairs from one file; place is 'file:line' (JSONL, CSV) or 'file item N' / 'file row N'."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records = []
+        for number, line in enumerate(_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                                "fix or delete this line") from None
+    elif suffix == ".json":
+        try:
+            loaded = json.loads(_text(path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); a .json file must hold one list of "
+                            "objects (use .jsonl for one object per line)") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
+            loaded = loaded["data"]
+        if not isinstance(loaded, list):
+            raise DataError(f"{path}: expected a list of objects, found a {type(loaded).__name__}")
+        records = [(f"{path} item {i}", r) for i, r in enumerate(loaded)]
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
+        records = [(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
+    elif suffix in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as {suffix[1:].upper()} ({exc})") from None
+        records = [(f"{path}:{i + 2}", r) for i, r in enumerate(frame.to_dict(orient="records"))]
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet")
+    for place, record in records:
+        if not isinstance(record, dict):
+            raise DataError(f"{place}: expected an object with named fields, found {type(record).__name__}")
+    return records
+
+
+# ---------------------------------------------------------------- formats
+
+
+def detect_format(columns, place: str) -> str:
+    keys = set(columns)
+    for name in ("messages", "sharegpt", "preference", "alpaca", "prompt_completion", "question_answer"):
+        if set(FIELDS[name]) <= keys:
+            return name
+    if {"prompt", "answer"} <= keys:
+        return "question_answer"
+    if "text" in keys:
+        return "text"
+    raise DataError(f"{place}: cannot tell the format from the columns {sorted(keys)}; set data.format (one of "
+                    f"{', '.join(FORMATS)}) or map your columns, e.g. data.columns: {{prompt: <column>, answer: <column>}}")
+
+
+def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> dict | None:
+    """A conversation -> row; None when its turn order is invalid (dropped and counted by the caller)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"{place}: the conversation must be a list of objects with {role_key!r} and {content_key!r}")
+    turns = []
+    for i, message in enumerate(messages):
+        if role_key not in message or content_key not in message:
+            raise DataError(f"{place}: message {i} has keys {sorted(message)}; each message needs "
+                            f"{role_key!r} and {content_key!r}")
+        role = ROLES.get(str(message[role_key]).lower())
+        if role is None:
+            raise DataError(f"{place}: message {i} has role {message[role_key]!r}; allowed roles: "
+                            f"{', '.join(ROLES)}; fix the role or set data.format")
+        content = message[content_key]
+        turns.append({"role": role, "content": "" if content is None else str(content)})
+    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
+    expected = ["user", "assistant"] * (len(turns) // 2)
+    if len(turns) < 2 or len(turns) % 2 or [t["role"] for t in turns] != expected:
+        return None
+    row = {"prompt": turns[-2]["content"], "answer": turns[-1]["content"]}
+    if system is not None:
+        row["system"] = system
+    if len(turns) > 2:
+        row["history"] = turns[:-2]
+    return row
+
+
+def _answer_text(value) -> str:
+    """A preference answer: a string, or a conversation (as in UltraFeedback) whose last message is the answer."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
+        return str(value[-1]["content"])
+    return "" if value is None else str(value)
+
+
+def normalize(record: dict, fmt: str, place: str) -> dict | None:
+    """One raw record -> row (None for a conversation with invalid turn order)."""
+    fields = FIELDS[fmt]
+    if fmt == "question_answer" and "question" not in record and "prompt" in record:
+        fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise DataError(f"{place}: missing column {missing[0]!r} for format {fmt!r}; the columns are "
+                        f"{sorted(record)}; map yours with data.columns: {{{missing[0]}: <column>}}")
+    if fmt == "messages":
+        return _messages_to_row(record["messages"], place, "role", "content")
+    if fmt == "sharegpt":
+        return _messages_to_row(record["conversations"], place, "from", "value")
+    if fmt == "text":
+        return {"text": record["text"]}
+    if fmt == "preference":
+        chosen, rejected = (_answer_text(record[k]) for k in ("chosen", "rejected"))
+        if chosen.strip() and chosen.strip() == rejected.strip():
+            raise DataError(f"{place}: chosen and rejected are the same ({chosen[:60]!r}); a preference pair needs "
+                            "two different answers: fix or remove the row")
+        row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
+    elif fmt == "alpaca":
+        extra = record.get("input")
+        prompt = f"{record['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else \
+            record["instruction"]
+        row = {"prompt": prompt, "answer": record["output"]}
+    else:
+        first, second = fields
+        row = {"prompt": record[first], "answer": record[second]}
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        row["system"] = record["system"]
+    return row
+
+
+def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
+                      drops: Counter) -> list[tuple[str, dict]]:
+    """Rename mapped columns, detect the format from the first record, normalize every record to a row."""
+    if not records:
+        return []
+    if columns:
+        absent = [c for c in columns.values() if c not in records[0][1]]
+        if absent:
+            raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
+                            f"the columns are {sorted(records[0][1])}")
+        rename = {v: k for k, v in columns.items()}
+        records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
+    source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
+    rows = []
+    for place, record in records:
+        row = normalize(record, source_format, place)
+        if row is None:
+            drops["turn_order"] += 1
+            continue
+        for field in ("prompt", "answer", "system", "text"):
+            if field in row and not isinstance(row[field], str):
+                row[field] = "" if row[field] is None else str(row[field])
+        rows.append((place, row))
+    return rows
+
+
+def load_files(pattern: str, fmt: str, columns: dict[str, str]) -> tuple[list[tuple[str, dict]], Counter]:
+    """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
+    rows, drops = [], Counter()
+    for path in expand(pattern):
+        rows += normalize_records(read_records(path), fmt, columns, drops)
+    return rows, drops
+
+
+def read_hub(dataset_id: str, subset: str | None, split_name: str, revision: str | None) -> list[tuple[str, dict]]:
+    """Records of a Hugging Face Hub dataset split, through `datasets`."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(dataset_id, subset, split=split_name, revision=revision)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"hub dataset {dataset_id!r} (subset {subset!r}, split {split_name!r}) could not be loaded: "
+                        f"{type(exc).__name__}: {detail}. If the Hugging Face hub cannot be reached from here, save "
+                        "the data where it can (load_dataset(...).to_json('data.jsonl')), copy the file over and set "
+                        "data.path to it (and data.hub to null)") from None
+    return [(f"{dataset_id}[{split_name}] row {i}", dict(r)) for i, r in enumerate(dataset)]
+
+
+def sources(data_cfg) -> dict[str, float]:
+    """The recipe's file and hub sources with their weights: data.mix, or the one data.path / data.hub."""
+    if data_cfg.mix:
+        return dict(data_cfg.mix)
+    return {data_cfg.path if data_cfg.path else f"hub:{data_cfg.hub}": 1.0}
+
+
+def load_source(name: str, data_cfg, own_test: bool = False) -> tuple[list[tuple[str, dict]], Counter]:
+    """Normalized rows of one source (a file pattern or hub:<id>); its own test split when `own_test`."""
+    if name.startswith("hub:"):
+        split_name = data_cfg.test_split if own_test else data_cfg.split
+        records = read_hub(name.removeprefix("hub:"), data_cfg.subset, split_name, data_cfg.revision)
+        drops = Counter()
+        return normalize_records(records, data_cfg.format, data_cfg.columns, drops), drops
+    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns)

@@ -1,0 +1,162 @@
+"""The package's structure: imports run one way (below -> stages -> above, function-local imports included), the
+report layer reads the run directory without torch or a stage module, every artifact file name is spelled in one
+place, and the committed notebooks are thin (one parameters cell, no outputs, no helper code)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftkit import rundir
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ftkit"
+LAYERS = {  # module -> layer; a module may import its own layer's modules (without a circle) or lower ones
+    **dict.fromkeys(["rundir", "io", "recipe", "rows", "tasks", "rewards", "metrics", "robustness", "machine"], 0),
+    **dict.fromkeys(["sources", "models", "preflight", "training", "launch", "generation", "default_model"], 1),
+    **dict.fromkeys(["data", "sft", "rl", "eval", "export"], 2),
+    **dict.fromkeys(["runner", "fingerprints", "cli", "__main__", "report", "display", "compare"], 3),
+}
+STAGES = {"data", "sft", "rl", "eval", "export"}
+READERS = {"report", "display", "compare"}  # the report layer: the run directory's files only
+HEAVY = {"torch", "transformers", "trl", "peft", "accelerate"}
+
+
+def modules() -> dict[str, Path]:
+    """Top-level module name (a package counts as one: tasks, metrics) -> its files."""
+    found: dict[str, list[Path]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts != ("__init__",):
+            found.setdefault(parts[0], []).append(path)
+    return found
+
+
+def imports(paths: list[Path]) -> tuple[set[str], set[str]]:
+    """(ftkit modules, other top-level packages) that these files import anywhere, in functions too."""
+    own, other = set(), set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "ftkit"
+                                         else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "ftkit":
+                    if len(parts) > 1:
+                        own.add(parts[1])
+                else:
+                    other.add(parts[0])
+    return own, other
+
+
+GRAPH = {name: imports(paths) for name, paths in modules().items()}
+
+
+def test_every_module_has_a_layer():
+    assert set(GRAPH) == set(LAYERS), f"place new modules in LAYERS: {sorted(set(GRAPH) ^ set(LAYERS))}"
+
+
+def test_imports_run_one_way_and_close_no_circle():
+    wrong = []
+    for name, (own, _) in GRAPH.items():
+        for target in own - {name}:
+            if LAYERS[target] > LAYERS[name]:
+                wrong.append(f"{name} (layer {LAYERS[name]}) imports {target} (layer {LAYERS[target]})")
+            elif name in STAGES and target in STAGES:
+                wrong.append(f"stage {name} imports stage {target}: share the code through a layer-1 module")
+    assert not wrong, "\n".join(wrong)
+
+    def visit(name, path):
+        if name in path:
+            return path[path.index(name):] + [name]
+        for target in sorted(GRAPH[name][0] - {name}):
+            circle = visit(target, path + [name])
+            if circle:
+                return circle
+        return None
+
+    for name in GRAPH:
+        circle = visit(name, [])
+        assert circle is None, f"import circle: {' -> '.join(circle)}"
+
+
+def test_the_report_layer_reads_files_only():
+    reached, todo = set(), set(READERS)
+    while todo:
+        name = todo.pop()
+        reached.add(name)
+        todo |= GRAPH[name][0] - reached
+    assert not reached & (STAGES | {n for n, layer in LAYERS.items() if layer == 1}), sorted(reached)
+    heavy = {name: GRAPH[name][1] & HEAVY for name in reached if GRAPH[name][1] & HEAVY}
+    assert not heavy, f"the report layer reaches {heavy}"
+
+
+def test_report_and_compare_run_without_torch(tiny_run, tmp_path):
+    code, run_dir = tiny_run
+    assert code == 0
+    script = (f"import sys\nfrom ftkit import cli\n"
+              f"assert cli.main(['report', {str(run_dir)!r}]) == 0\n"
+              f"assert cli.main(['compare', {str(run_dir)!r}, {str(run_dir)!r}, '-o', {str(tmp_path / 'c.html')!r}]) == 0\n"
+              f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r} "
+              f"or m in {sorted('ftkit.' + s for s in STAGES)!r})\n"
+              "print('LOADED', loaded)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout, done.stdout[-2000:]
+    assert (run_dir / "report.html").stat().st_size > 10_000 and (tmp_path / "c.html").is_file()
+
+
+def _string_constants(path: Path) -> list[str]:
+    """Every string literal of a module (f-string pieces too) but its docstrings."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_every_artifact_file_name_is_spelled_once():
+    names = [rundir.RECIPE, rundir.STATUS, rundir.ENV, rundir.METRICS, rundir.REPORT, rundir.PROGRESS, rundir.STATS,
+             rundir.LOG_HISTORY, rundir.TRAIN_RESULT, rundir.LAUNCH_LOG, rundir.SAMPLES, rundir.CHECKPOINT_MARKER,
+             *rundir.NOTEBOOKS.values(), "checkpoints"]
+    spelled = {name: [] for name in names}
+    built = []  # eval/<kind>_<model>.jsonl put together anywhere but rundir
+    for path in PACKAGE.rglob("*.py"):
+        for text in _string_constants(path):
+            for name in names:
+                if name in text:
+                    spelled[name].append(path.name)
+        if path.name != "rundir.py":
+            built += [f"{path.name}: {kind}_" for kind in rundir.EVAL_FILES if f"{kind}_{{" in path.read_text()]
+    again = {name: places for name, places in spelled.items() if places != ["rundir.py"]}
+    assert not again and not built, f"spell these through ftkit.rundir: {again} {built}"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_are_thin(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged parameters"
+    for line in "".join(tagged[0]["source"]).splitlines():
+        assign = ast.parse(line.split("#")[0]).body[0]
+        assert isinstance(assign, ast.AnnAssign) and isinstance(assign.value, ast.Constant), \
+            f"parameters are annotated literals: {line!r}"
+        assert "  # " in line, f"each parameter has a # help comment: {line!r}"
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        assert cell["outputs"] == [] and cell["execution_count"] is None, f"cell {i} was committed with outputs"
+        tree = ast.parse("".join(cell["source"]))
+        helpers = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
+        assert not helpers, f"cell {i} defines {[h.name for h in helpers]}: move it into ftkit, with a test"
+        assert i > 0 and cells[i - 1]["cell_type"] == "markdown", f"cell {i}: a sentence before each code cell"
