@@ -170,7 +170,7 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if is_adapter and not trainable and not four_bit and dtype != torch.float32:
-        return merge_in_float32(model, path, tuned, options), tokenizer
+        return merge_in_float32(model, path, tuned, model_cfg.trust_remote_code), tokenizer
     if is_adapter:
         from peft import PeftModel, prepare_model_for_kbit_training
 
@@ -182,7 +182,7 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
     return model, tokenizer
 
 
-def merge_in_float32(model, base_path: str, adapter: str | os.PathLike, options: dict):
+def merge_in_float32(model, base_path: str, adapter: str | os.PathLike, trust_remote_code: bool = False):
     """`model` (the base, loaded in bfloat16 or float16) with the adapter's weights merged in float32 and rounded once.
 
     Merging into the half-precision weights themselves rounds twice (the base when it is loaded, then the sum; PEFT
@@ -193,7 +193,9 @@ def merge_in_float32(model, base_path: str, adapter: str | os.PathLike, options:
     """
     from peft import PeftModel
 
-    reference = AutoModelForCausalLM.from_pretrained(base_path, **{**options, "dtype": torch.float32})
+    # the weights only: no attention choice (flash attention has no float32 CPU kernel), nothing but the CPU
+    reference = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(reference, str(adapter)).merge_and_unload().state_dict()
     with torch.no_grad():
         for name, param in model.named_parameters():
