@@ -86,15 +86,18 @@ def _grams(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
 
 
-def contamination(train: list[dict], test: list[dict]) -> dict:
+def contamination(train: list[dict], test: list[dict], exact_only: bool = False) -> dict:
     """Test examples whose conversation (earlier turns and prompt) also occurs in train: exactly, or sharing a
-    word 8-gram (the whole text if shorter)."""
+    word 8-gram (the whole text if shorter). `fraction` counts the n-gram overlaps, or with `exact_only` the exact
+    repeats alone: a built-in task's generated problems share their template's wording by design, and the task
+    guarantees that no test problem is a train problem."""
     train_texts = {context(r).strip().lower() for r in train}
     train_grams = set().union(*(_grams(context(r)) for r in train)) if train else set()
     exact = sum(context(r).strip().lower() in train_texts for r in test)
     overlap = sum(bool(_grams(context(r)) & train_grams) for r in test)
-    return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM,
-            "fraction": round(overlap / len(test), 4) if test else 0.0}
+    counted = exact if exact_only else overlap
+    return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM, "counted": "exact" if exact_only
+            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0}
 
 
 def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
@@ -115,6 +118,17 @@ def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, s
     return splits
 
 
+def with_system(rows: list, system: str | None) -> list:
+    """Rows (or (place, row) pairs) with `data.system` as their system prompt, when the recipe sets one; plain text
+    has none."""
+    if system:
+        for row in rows:
+            row = row[1] if isinstance(row, tuple) else row
+            if "text" not in row:
+                row["system"] = system
+    return rows
+
+
 def _load_clean(cfg, tokenizer, drops: Counter, counts: Counter, own_test: bool = False) -> list[dict]:
     """Every source read, normalized, tagged (for a mix), cleaned, sampled by weight and length-checked."""
     data_cfg, weights, rows = cfg.data, sources.sources(cfg.data), []
@@ -125,7 +139,7 @@ def _load_clean(cfg, tokenizer, drops: Counter, counts: Counter, own_test: bool 
             for _, row in loaded:
                 row["source"] = name
         rows += loaded
-    rows = clean(rows, drops, data_cfg.dedupe)
+    rows = clean(with_system(rows, data_cfg.system), drops, data_cfg.dedupe)
     kinds = {"plain text" if "text" in r else "prompt/answer" for r in rows}
     if len(kinds) > 1:
         raise DataError(f"{', '.join(weights)}: the sources mix plain text with prompt/answer examples; continued "
@@ -148,6 +162,7 @@ def _held_out(cfg, tokenizer, drops: Counter, counts: Counter) -> tuple[dict[str
     if data_cfg.task:
         source = f"task {data_cfg.task}"
         splits = tasks.get(data_cfg.task).splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+        splits = {name: with_system(rows, data_cfg.system) for name, rows in splits.items()}
         if data_cfg.validation_size:
             splits = {**split(splits["train"], 0, None, cfg.seed, source, data_cfg.validation_size),
                       "test": splits["test"]}
@@ -168,9 +183,9 @@ def _generalization(cfg) -> list[dict] | None:
     if not data_cfg.generalization_size or not (shifted or data_cfg.generalization_path):
         return None
     if shifted:
-        return shifted(data_cfg.generalization_size, cfg.seed)
+        return with_system(shifted(data_cfg.generalization_size, cfg.seed), data_cfg.system)
     rows, _ = sources.load_files(data_cfg.generalization_path, data_cfg.format, data_cfg.columns)
-    return clean(rows, Counter())[:data_cfg.generalization_size]
+    return clean(with_system(rows, data_cfg.system), Counter())[:data_cfg.generalization_size]
 
 
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
@@ -189,7 +204,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
     sample = splits["train"][:20]
     end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
-    figures = contamination(splits["train"], splits["test"])
+    figures = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
     if figures["fraction"] > cfg.data.max_contamination:
         raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
                         f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "

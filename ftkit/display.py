@@ -41,23 +41,67 @@ def plot_losses(run_dir: str | Path):
     return fig
 
 
+TITLES = {"frac_reward_zero_std": "prompts with no reward spread", "completions/clipped_ratio": "cut at max length",
+          "reward": "reward (mean ± std)"}
+
+
 def plot_rl(run_dir: str | Path):
-    """The RL stage's curves side by side: GRPO/RLOO total reward (± std), each reward function, KL, completion
-    length and loss; DPO chosen/rejected rewards, margin, accuracy and loss. Returns the figure."""
+    """The RL stage's curves, four to a row: GRPO/RLOO total reward (± std), each reward function, the share of
+    prompts whose completions all got the same reward (no learning signal) and of completions cut at
+    max_completion_length, KL, completion length and loss; DPO chosen/rejected rewards, margin, accuracy and loss.
+    Returns the figure."""
     series = rundir.rl_curves(run_dir)
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3), squeeze=False)
-    for ax, (name, (steps, values)) in zip(axes[0], series.items()):
+    rows = -(-len(series) // 4)
+    fig, axes = plt.subplots(rows, min(4, len(series)), figsize=(3.2 * min(4, len(series)), 2.8 * rows), squeeze=False)
+    for ax, (name, (steps, values)) in zip(axes.flat, series.items()):
         ax.plot(steps, values, marker="o", markersize=3)
         if name == "reward":
             _, means, stds = rundir.reward_curve(run_dir)
             ax.fill_between(steps, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
                             alpha=0.2)
-            name = "reward (mean ± std)"
-        ax.set(title=name, xlabel="step")
+        if name in rundir.SIGNAL:
+            ax.set_ylim(-0.05, 1.05)
+        ax.set(title=TITLES.get(name, name), xlabel="step")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def signal_warning(rl_metrics: dict, rl_recipe: dict) -> str | None:
+    """A plain warning, with what to change, when at least half of RL's prompts (and so of its sampled completions)
+    taught nothing because all their completions got the same reward, when a quarter of its steps taught nothing at
+    all, or when its completions were cut short; None otherwise."""
+    signal = rl_metrics.get("signal") or {}
+    notes = []
+    share, steps = signal.get("zero_spread_share"), signal.get("logged_steps") or 0
+    silent = signal.get("steps_without_signal", 0)
+    if share is not None and (share >= 0.5 or (steps and silent / steps >= 0.25)):
+        notes.append(f"{share:.0%} of the prompts in an average step gave all their completions the same reward, so "
+                     f"their advantage and gradient were zero, and {silent} of {steps} steps had no reward spread at "
+                     "all: RL learned little. Try rl.filter_prompts: true, more prompts per step "
+                     "(rl.prompts_per_step), more completions per prompt (rl.num_generations) or a higher "
+                     "rl.temperature.")
+    clipped = signal.get("clipped_share")
+    if clipped is not None and clipped >= 0.2:
+        notes.append(f"{clipped:.0%} of the completions were cut at rl.max_completion_length = "
+                     f"{rl_recipe.get('max_completion_length')} tokens: raise it, or the reward judges unfinished "
+                     "replies.")
+    return " ".join(notes) or None
+
+
+def rl_signal(run_dir: str | Path):
+    """Per logged RL step: reward mean and spread, the share of prompts without reward spread, the share of
+    completions cut at the length limit, and completion length (a DataFrame)."""
+    import pandas as pd
+
+    keys = {"reward": "reward", "reward_std": "reward std", "frac_reward_zero_std": "no-spread share",
+            "completions/clipped_ratio": "cut share", "completions/mean_length": "mean length"}
+    rows = [{"step": h["step"], **{label: h.get(key) for key, label in keys.items()}}
+            for h in rundir.log_history(run_dir, "rl") if "reward" in h]
+    return pd.DataFrame(rows).set_index("step") if rows else pd.DataFrame()
 
 
 def plot_hist(values, limit: int | None = None, title: str = ""):
@@ -125,12 +169,13 @@ def shown(prediction: dict) -> str:
 
 
 def metrics_table(eval_metrics: dict):
-    """DataFrame: one row per evaluated model with its metric (accuracy, or perplexity for plain text), 95% CI
-    and n."""
+    """DataFrame: one row per evaluated model with its metric (accuracy, or perplexity for plain text), 95% CI,
+    n, the paired test against the base, and the share of replies cut at eval.max_new_tokens."""
     import pandas as pd
 
     rows = [{"model": name, metric_name(m): m[metric_name(m)], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
-             "n": m["n"], "vs base": versus_base(m, eval_metrics.get("base")), **paired_columns(m)}
+             "n": m["n"], "vs base": versus_base(m, eval_metrics.get("base")), **paired_columns(m),
+             **({"cut at limit": m["cut_at_limit"]} if "cut_at_limit" in m else {})}
             for name, m in eval_metrics.items()]
     return pd.DataFrame(rows).set_index("model")
 
@@ -160,6 +205,24 @@ def all_metrics_table(eval_metrics: dict):
                 row[key] = round(m[key], 3)
         table[name] = row
     return pd.DataFrame(table).T
+
+
+def versus_start(results: dict):
+    """Each tuned model against the tuned model it started from (RL against SFT): the headline metric's change, the
+    paired test and the flips each way (a DataFrame; empty when no model started from another)."""
+    import pandas as pd
+
+    rows = []
+    for name, m in results.items():
+        metric = metric_name(m)
+        for key, paired in m.items():
+            other = key.removeprefix("vs_")
+            if key.startswith("vs_") and other != "base" and other in results:
+                rows.append({"model": name, "against": other,
+                             f"{metric} change": f"{100 * (m[metric] - results[other][metric]):+.1f} points",
+                             "p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
+                             "pass→fail": paired["pass_to_fail"]})
+    return pd.DataFrame(rows)
 
 
 def claims(results: dict):

@@ -93,9 +93,14 @@ def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: 
 
 
 def metric_names(cfg) -> list[str]:
-    """The recipe's metrics; the first is the headline (default: the task's scorer, or for data from files exact
-    match, token F1 and ROUGE-L)."""
-    return cfg.eval.metrics or (["task"] if cfg.data.task else ["exact_match", "f1", "rouge_l"])
+    """The recipe's metrics; the first is the headline. Default: the task's strict scorer (the answer where the
+    format puts it) and the lenient one (the right answer anywhere in the reply); for data from files scored as a
+    whole reply, exact match, token F1 and ROUGE-L, then lenient."""
+    if cfg.eval.metrics:
+        return cfg.eval.metrics
+    if cfg.data.task or cfg.data.extract != "exact":
+        return ["task", "lenient"]
+    return ["exact_match", "f1", "rouge_l", "lenient"]
 
 
 @functools.cache
@@ -112,9 +117,10 @@ def score(cfg, outputs: list, references: list[str]) -> tuple[dict[str, list[flo
     per_example, overall = {}, {}
     samples = [o if isinstance(o, list) else [o] for o in outputs]
     for name in metric_names(cfg):
-        if name == "task":
+        if name in ("task", "lenient"):
             task = tasks.for_data(cfg.data)
-            values = [[task.score(o, ref) for o in outs] for outs, ref in zip(samples, references)]
+            scorer = task.score if name == "task" else task.lenient
+            values = [[scorer(o, ref) for o in outs] for outs, ref in zip(samples, references)]
             per_example[name] = [float(np.mean(v)) for v in values]
             overall[name] = float(np.mean(per_example[name])) if values else 0.0
             continue
@@ -140,13 +146,16 @@ def pass_at_k(correct: int, n: int, k: int) -> float:
     return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
 
 
-def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: list[str]) -> dict:
-    """The headline metric with its 95% bootstrap CI, and every metric's value (with a CI where per-example)."""
+def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: list[str], cut: list) -> dict:
+    """The headline metric with its 95% bootstrap CI, every metric's value (with a CI where per-example), and the
+    share of replies cut at eval.max_new_tokens."""
     primary = metric_names(cfg)[0]
     label = "accuracy" if primary == "task" else primary
     headline = per_example.get(primary)
     ci = bootstrap_ci(headline, seed=cfg.seed) if headline else (None, None)
+    flat_cut = [c for flags in cut for c in (flags if isinstance(flags, list) else [flags])]
     out = {"metric": label, label: overall[primary], "ci95": list(ci), "n": len(references),
+           "cut_at_limit": round(sum(flat_cut) / max(len(flat_cut), 1), 4),
            "metrics": {name: {"value": value, "ci95": list(bootstrap_ci(per_example[name], seed=cfg.seed))
                               if per_example.get(name) else None} for name, value in overall.items()}}
     if cfg.eval.samples > 1 and primary in BINARY:
@@ -157,9 +166,10 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
     return out
 
 
-def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> list:
+def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> tuple[list, list]:
+    """(outputs, whether each was cut at eval.max_new_tokens)."""
     return generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                    cfg.eval.temperature, cfg.eval.samples, cfg.eval.stop, progress)
+                    cfg.eval.temperature, cfg.eval.samples, cfg.eval.stop, progress, return_cut=True)
 
 
 def _counter(run_dir: Path, name: str, total: int):
@@ -173,12 +183,13 @@ def _counter(run_dir: Path, name: str, total: int):
     return tick
 
 
-def _records(rows: list[dict], outputs: list, per_example: dict, **extra) -> list[dict]:
+def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, **extra) -> list[dict]:
     return [{**extra, "prompt": r["prompt"], "reference": r["answer"],
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
-             "scores": {name: values[i] for name, values in per_example.items()}}
-            for i, (r, o) in enumerate(zip(rows, outputs))]
+             "scores": {name: values[i] for name, values in per_example.items()},
+             "cut": c if isinstance(c, bool) else any(c)}
+            for i, (r, o, c) in enumerate(zip(rows, outputs, cut))]
 
 
 def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
@@ -194,12 +205,12 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
     tick = _counter(run_dir, name, len(rows) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     start = time.perf_counter()
-    outputs = _run(cfg, model, tokenizer, rows, tick)
+    outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
     references = [r["answer"] for r in rows]
     per_example, overall = score(cfg, outputs, references)
-    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example))
-    result = {**_summary(cfg, per_example, overall, outputs, references), "generate_seconds": round(seconds, 1)}
+    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example, cut))
+    result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
     if cfg.eval.answer_loss:
         losses = answer_losses(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
         result["answer_loss"] = float(losses[:, 0].sum() / max(losses[:, 1].sum(), 1))
@@ -216,9 +227,9 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
 def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str, tick) -> dict:
     """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
-    outputs = _run(cfg, model, tokenizer, rows, tick)
+    outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     scores, overall = score(cfg, outputs, [r["answer"] for r in rows])
-    write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores))
+    write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
     return {"value": overall[primary], "n": len(rows),
             "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
 
@@ -230,9 +241,9 @@ def _robustness(cfg, model, tokenizer, subset: list[dict], clean: float, run_dir
     figures, records = {"clean": {"value": clean, "n": len(subset)}}, []
     for kind in cfg.eval.perturbations:
         perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
-        outputs = _run(cfg, model, tokenizer, perturbed, tick)
+        outputs, cut = _run(cfg, model, tokenizer, perturbed, tick)
         scores, _ = score(cfg, outputs, [r["answer"] for r in perturbed])
-        records += _records(perturbed, outputs, scores, perturbation=kind)
+        records += _records(perturbed, outputs, scores, cut, perturbation=kind)
         value = float(np.mean(scores[primary]))
         figures[kind] = {"value": value, "change": value - clean, "n": len(subset)}
     write_jsonl(rundir.eval_file(run_dir, "robustness", name), records)
@@ -240,33 +251,47 @@ def _robustness(cfg, model, tokenizer, subset: list[dict], clean: float, run_dir
 
 
 def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
-    """Each tuned model against the base on the same test examples: a paired test on the headline metric (exact
-    McNemar for pass/fail scores, Wilcoxon signed-rank otherwise) and the examples that flipped, written to
-    `eval/flips_<model>.jsonl`. Adds `vs_base` to each tuned model's results and returns them."""
+    """Each tuned model against the base on the same test examples, and against the model it started from (RL
+    against SFT): a paired test on the headline metric (exact McNemar for pass/fail scores, Wilcoxon signed-rank
+    otherwise) and the examples that flipped, written to `eval/flips_<model>.jsonl` (`flips_rl_vs_sft.jsonl`). Adds
+    `vs_base` (and `vs_sft`) to each tuned model's results and returns them."""
+    if "text" in rundir.load_split(run_dir, "test")[0]:
+        return results
+    started = rundir.metrics(run_dir).get("rl", {}).get("start_from")
+    for name in results:
+        against = [m for m in ("base", started if name == "rl" else None) if m and m in results and m != name]
+        for other in against:
+            paired, flips = compare_predictions(cfg, rundir.load_predictions(run_dir, other),
+                                                rundir.load_predictions(run_dir, name), other, name)
+            write_jsonl(rundir.eval_file(run_dir, "flips", name if other == "base" else f"{name}_vs_{other}"), flips)
+            results[name][f"vs_{other}"] = paired
+    return results
+
+
+def compare_predictions(cfg, before: list[dict], after: list[dict], before_name: str, after_name: str):
+    """(paired test, flips) of two models' predictions on the same examples.
+
+    >>> cfg = type("C", (), {"eval": type("E", (), {"metrics": ["task"]}), "data": None})()
+    >>> p = [{"prompt": "q", "reference": "r", "output": "x", "score": s} for s in (0, 0, 1, 1)]
+    >>> q = [{**r, "score": s} for r, s in zip(p, (1, 1, 1, 0))]
+    >>> compare_predictions(cfg, p, q, "sft", "rl")[0]
+    {'test': 'mcnemar_exact', 'p_value': 1.0, 'fail_to_pass': 2, 'pass_to_fail': 1}
+    """
     from scipy import stats
 
-    if "base" not in results or "text" in rundir.load_split(run_dir, "test")[0]:
-        return results
-    base = rundir.load_predictions(run_dir, "base")
     binary = metric_names(cfg)[0] in BINARY
-    for name in results:
-        if name == "base":
-            continue
-        tuned = rundir.load_predictions(run_dir, name)
-        before, after = np.array([p["score"] for p in base]), np.array([p["score"] for p in tuned])
-        gained, lost = (before < 0.5) & (after >= 0.5), (before >= 0.5) & (after < 0.5)
-        if binary:
-            discordant = int(gained.sum() + lost.sum())
-            p_value = float(stats.binomtest(int(gained.sum()), discordant).pvalue) if discordant else 1.0
-        else:
-            p_value = float(stats.wilcoxon(after, before).pvalue) if np.any(after != before) else 1.0
-        flips = [{"flip": "fail→pass" if gained[i] else "pass→fail", "prompt": b["prompt"],
-                  "reference": b["reference"], "base": b["output"], name: t["output"]}
-                 for i, (b, t) in enumerate(zip(base, tuned)) if gained[i] or lost[i]]
-        write_jsonl(rundir.eval_file(run_dir, "flips", name), flips)
-        results[name]["vs_base"] = {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
-                                    "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}
-    return results
+    first, second = np.array([p["score"] for p in before]), np.array([p["score"] for p in after])
+    gained, lost = (first < 0.5) & (second >= 0.5), (first >= 0.5) & (second < 0.5)
+    if binary:
+        discordant = int(gained.sum() + lost.sum())
+        p_value = float(stats.binomtest(int(gained.sum()), discordant).pvalue) if discordant else 1.0
+    else:
+        p_value = float(stats.wilcoxon(second, first).pvalue) if np.any(second != first) else 1.0
+    flips = [{"flip": "fail→pass" if gained[i] else "pass→fail", "prompt": b["prompt"], "reference": b["reference"],
+              before_name: b["output"], after_name: a["output"]}
+             for i, (b, a) in enumerate(zip(before, after)) if gained[i] or lost[i]]
+    return {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
+            "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}, flips
 
 
 def bootstrap_ci(scores: list[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -17,7 +17,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ftkit.answers import MODES as ANSWER_MODES
 from ftkit.robustness import PERTURBATIONS
+from ftkit.tasks import TASKS
 
 STAGES = ("data", "sft", "rl", "eval", "export")
 DEFAULT_STAGES = ["data", "sft", "rl", "eval"]
@@ -81,7 +83,8 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    task: Literal["addition"] | None = Field(None, description="built-in task (default: addition, with no other source)")
+    task: Literal[tuple(TASKS)] | None = Field(None, description="built-in task: addition (the default, with no "
+                                               "other source) or word_problems")
     path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
     test_path: str | None = Field(None, description="the files' own test split (file or glob)")
     hub: str | None = Field(None, description="Hugging Face Hub dataset id")
@@ -103,6 +106,12 @@ class DataConfig(_Section):
     generalization_path: str | None = Field(None, description="a related but shifted test set (file or glob): "
                                             "generalization claim; tasks bring their own")
     generalization_size: int = Field(100, ge=0, description="generalization examples (0: none)")
+    system: str | None = Field(None, description="a system prompt for every example (replaces the data's own or the "
+                               "task's), e.g. the answer format asked for")
+    extract: Literal[ANSWER_MODES] = Field(
+        "exact", description="where a reply's answer is, for scoring, rewards and eval: exact (the whole reply), "
+        "first_number, last_number, after_hash (GSM8K's ####), boxed, regex; a built-in task brings its own")
+    extract_regex: str | None = Field(None, description="extract: regex, its first group (else the whole match)")
     dedupe: bool = True
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
@@ -129,6 +138,16 @@ class DataConfig(_Section):
             raise ValueError("test_path needs path (the training files) or mix too")
         if self.test_split and not self.hub:
             raise ValueError("test_split needs hub (the dataset id) too")
+        if self.extract == "regex":
+            if not self.extract_regex:
+                raise ValueError("extract is regex but extract_regex is not set; e.g. extract_regex: 'Answer: (\\S+)'")
+            try:
+                re.compile(self.extract_regex)
+            except re.error as exc:
+                raise ValueError(f"extract_regex {self.extract_regex!r} is not a regular expression: {exc}") from None
+        if self.task and self.extract != "exact":
+            raise ValueError(f"extract ({self.extract}) applies to files and hub datasets; task {self.task!r} reads "
+                             "its answers itself")
         if self.task and self.max_examples:
             raise ValueError(f"max_examples ({self.max_examples}) applies to files and hub datasets; "
                              "for a task set train_size")
@@ -156,10 +175,21 @@ class RLConfig(_Section):
         "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs")
     max_steps: int = Field(30, gt=0)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
-    batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step; dpo: preference pairs per step")
+    batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step (prompts_per_step x "
+                            "num_generations); dpo: preference pairs per step")
+    prompts_per_step: int | None = Field(None, gt=0, description="grpo/rloo: prompts per step, each sampled "
+                                         "num_generations times (sets batch_size); default batch_size / num_generations")
+    loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo"] | None = Field(
+        None, description="grpo: TRL's loss (how token losses are aggregated); default TRL's, dapo")
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        None, description="grpo: advantages divided by the reward std of the group, the batch, or not at all "
+        "(Dr. GRPO); default TRL's, group")
+    filter_prompts: bool = Field(False, description="grpo/rloo: before training, sample num_generations completions "
+                                 "for 1.5x the prompts training draws, with the starting model, and train only on "
+                                 "those whose rewards differ (the others, always or never solved, give no signal)")
     beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
                                "dpo: pull towards the reference (default 0.1)")
-    logging_steps: int = Field(2, gt=0)
+    logging_steps: int = Field(1, gt=0, description="every step: the learning-signal diagnostics are per step")
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0)
@@ -173,6 +203,20 @@ class RLConfig(_Section):
 
     @model_validator(mode="after")
     def _generations_divide_batch(self):
+        if self.method != "dpo" and self.prompts_per_step is not None:
+            wanted = self.prompts_per_step * self.num_generations
+            if "batch_size" in self.model_fields_set and self.batch_size != wanted:
+                raise ValueError(f"batch_size ({self.batch_size}) and prompts_per_step ({self.prompts_per_step}) x "
+                                 f"num_generations ({self.num_generations}) = {wanted} disagree; set one of them")
+            if self.batch_size != wanted:
+                self.batch_size = wanted
+        if self.method != "grpo":
+            set_here = [k for k in ("loss_type", "scale_rewards") if getattr(self, k) is not None]
+            if set_here:
+                raise ValueError(f"{' and '.join(set_here)} {'apply' if len(set_here) > 1 else 'applies'} to rl.method "
+                                 f"grpo, not {self.method}; remove {'them' if len(set_here) > 1 else 'it'}")
+        if self.method == "dpo" and self.filter_prompts:
+            raise ValueError("filter_prompts applies to grpo and rloo (sampled completions), not dpo; remove it")
         if self.method != "dpo" and self.batch_size % self.num_generations:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_generations "
@@ -199,9 +243,10 @@ class EvalConfig(_Section):
                           "model the recipe trains, and eval.extra")
     extra: dict[str, str] = Field(default_factory=dict, description="more models to compare: label -> an adapter "
                                   "(of the same base model) or a model directory, e.g. an earlier run's sft/adapter")
-    metrics: list[str] | None = Field(None, description="task, exact_match, accuracy, f1, rouge_l, chrf, bleu or an "
-                                      "evaluate hub id; the first is the headline; default: task (files: "
-                                      "exact_match, f1, rouge_l)")
+    metrics: list[str] | None = Field(None, description="task (strict: the answer where data.extract says), lenient "
+                                      "(the right answer anywhere in the reply), exact_match, accuracy, f1, rouge_l, "
+                                      "chrf, bleu or an evaluate hub id; the first is the headline; default: task, "
+                                      "lenient (files scored whole: exact_match, f1, rouge_l, lenient)")
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
@@ -220,12 +265,12 @@ class EvalConfig(_Section):
         if metrics is not None:
             if not metrics:
                 raise ValueError("name at least one metric, or leave metrics out for the default")
-            unknown = [m for m in metrics if m != "task" and m not in LOCAL and "/" not in m]
+            unknown = [m for m in metrics if m not in ("task", "lenient") and m not in LOCAL and "/" not in m]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], ["task", *LOCAL], n=1)
+                close = difflib.get_close_matches(unknown[0], ["task", "lenient", *LOCAL], n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: task, {', '.join(LOCAL)}, or an "
-                                 "evaluate hub id such as evaluate-metric/bertscore")
+                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: task, lenient, {', '.join(LOCAL)}, "
+                                 "or an evaluate hub id such as evaluate-metric/bertscore")
         return metrics
 
     @model_validator(mode="after")

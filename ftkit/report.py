@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftkit import rundir
 from ftkit.display import (all_metrics_table, claims, metric_name, paired_columns, plot_losses, plot_rl, shown,
-                           versus_base)
+                           signal_warning, versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -30,6 +30,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
 img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.8em;border-radius:4px}
+.warning{background:#fff6e0;border:1px solid #e0c070;padding:.6em .8em;border-radius:4px}
 .state-done{color:#11772d}.state-failed,.state-interrupted{color:#b00020;font-weight:bold}.muted{color:#666}
 .notebook{border:1px solid #e3e3e3;padding:0 1em;margin:1em 0;border-radius:4px}
 .jp-OutputPrompt,.jp-InputPrompt{display:none}
@@ -134,8 +135,33 @@ def _training(metrics: dict) -> str:
                                          "real tokens/s", "resumed from step", "settings"], rows)
 
 
+def _rl(rl: dict, recipe_rl: dict) -> str:
+    """How much learning signal RL's steps carried, where its time went, which prompts it skipped, and a warning
+    when it could not learn."""
+    signal = rl.get("signal")
+    if not signal:
+        return ""
+    rows = [["prompts per step", rl.get("prompts_per_step", "")],
+            ["prompts with no reward spread, per step (mean)", fmt(signal.get("zero_spread_share"), 2)],
+            ["steps where most prompts / every prompt had no spread",
+             f"{signal['steps_mostly_without_signal']} / {signal.get('steps_without_signal', '?')} of "
+             f"{signal['logged_steps']} logged"],
+            ["completions cut at max_completion_length", fmt(signal.get("clipped_share"), 2)],
+            ["seconds per step generating / updating", f"{fmt(signal.get('generation_seconds_per_step'), 2)} / "
+                                                       f"{fmt(signal.get('update_seconds_per_step'), 2)}"]]
+    kept = rl.get("prompt_filter")
+    if kept:
+        skipped = ", ".join(f"{n} all scored {v}" for v, n in kept["no_spread"].items()) or "none"
+        rows.append(["prompts kept by rl.filter_prompts", f"{kept['kept']} of {kept['pool']} "
+                     f"({kept['samples_per_prompt']} samples each; skipped: {skipped}; {kept['seconds']} s)"])
+    warning = signal_warning(rl, recipe_rl)
+    return ("<h3>RL: learning signal</h3>" + _table(["measure", "value"], rows)
+            + (f'<p class="warning"><b>RL had little to learn from.</b> {esc(warning)}</p>' if warning else ""))
+
+
 def _evaluation(run_dir: Path, evaluated: dict) -> str:
-    """1 · the headline metric with its interval and paired test, every metric, 2 and 3 · the claims, the flips."""
+    """1 · the headline metric with its interval and paired test, each tuned model against the one it started from,
+    every metric, the replies cut at the length limit, 2 and 3 · the claims, the flips."""
     if not evaluated:
         return ""
     metric = metric_name(next(iter(evaluated.values())))
@@ -144,15 +170,29 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
             for name, m in evaluated.items()]
     parts = ['<h3>1 · Task performance (held-out test set)</h3><div id="metrics">'
              + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base", "p (paired test)", "fail→pass",
-                       "pass→fail"], rows) + "</div>"]
+                       "pass→fail"], rows) + "</div>", _versus_start(evaluated)]
     others = all_metrics_table(evaluated)
     if len(others.columns) > 1:
         parts.append("<p>Every metric (95% CI) and the loss on the reference answers:</p>"
                      + _table(["model", *others.columns], [[n, *(fmt(v) for v in r)]
                                                            for n, r in zip(others.index, others.values)]))
+    cut = {name: m["cut_at_limit"] for name, m in evaluated.items() if m.get("cut_at_limit")}
+    if cut:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in cut.items())
+        parts.append(f'<p class="warning">Replies cut at eval.max_new_tokens before they ended: {esc(shares)}. A cut '
+                     "reply is scored as it stands: raise eval.max_new_tokens if the format needs more.</p>")
     parts.append(_claims(evaluated))
     parts.append(_flips(run_dir, [n for n in evaluated if n != "base"]))
     return "".join(parts)
+
+
+def _versus_start(evaluated: dict) -> str:
+    """RL against the SFT model it started from: the gain, the paired test and the flips each way."""
+    table = versus_start(evaluated)
+    if table.empty:
+        return ""
+    return ("<p>Each tuned model against the one it started from (same examples, same paired test):</p>"
+            + _table(list(table.columns), table.values.tolist()))
 
 
 def _export(exported: dict) -> str:
@@ -179,7 +219,8 @@ def _curves(run_dir: Path) -> str:
 def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict, env: dict) -> str:
     evaluated = metrics.get("eval", {})
     return "\n".join([_header(recipe, status, metrics, env), _stages(status), _data(metrics.get("data", {})),
-                      _training(metrics), _evaluation(run_dir, evaluated), _export(metrics.get("export", {})),
+                      _training(metrics), _rl(metrics.get("rl", {}), recipe.get("rl", {})),
+                      _evaluation(run_dir, evaluated), _export(metrics.get("export", {})),
                       _curves(run_dir), _rl_samples(run_dir), _examples(run_dir, list(evaluated))])
 
 
@@ -201,11 +242,12 @@ def _claims(evaluated: dict) -> str:
 def _flips(run_dir: Path, names: list[str], limit: int = 8) -> str:
     parts = []
     for name in names:
-        records = rundir.eval_records(run_dir, "flips", name)
-        if records:
-            rows = [[r["flip"], r["prompt"], r["reference"], r["base"], r[name]] for r in records[:limit]]
-            parts.append(f"<p>{esc(name)} against base: {len(records)} examples flipped (first {len(rows)}):</p>"
-                         + _table(["flip", "prompt", "reference", "base", name], rows))
+        for other, file in (("base", name), ("sft", f"{name}_vs_sft")):
+            records = rundir.eval_records(run_dir, "flips", file) if other != name else []
+            if records:
+                rows = [[r["flip"], r["prompt"], r["reference"], r[other], r[name]] for r in records[:limit]]
+                parts.append(f"<p>{esc(name)} against {other}: {len(records)} examples flipped (first {len(rows)}):"
+                             "</p>" + _table(["flip", "prompt", "reference", other, name], rows))
     return "".join(parts)
 
 

@@ -20,32 +20,42 @@ import math
 import re
 from pathlib import Path
 
-from ftkit import tasks
+from ftkit import answers, tasks
 from ftkit.tasks.common import completion_text
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class RewardError(ValueError):
     """A reward that cannot be used; the message names it and says the fix."""
 
 
-def _numbers(text: str) -> list[float]:
-    return [float(n) for n in _NUMBER.findall(text.replace(",", ""))]
-
-
-def numeric_match(completions, answer, tolerance: float = 0.0, **_) -> list[float]:
-    """1.0 when the completion's first number is the answer's last number (GSM8K's "#### 42" style) within
-    `tolerance`, else 0.0.
+def numeric_match(completions, answer, tolerance: float = 0.0, extract: str = "last_number", pattern: str | None = None,
+                  **_) -> list[float]:
+    """1.0 when the number read from the completion where `extract` says (`ftkit.answers`: by default its last
+    number, where worked solutions end) is the reference's within `tolerance`, else 0.0.
 
     >>> numeric_match(["42", "about 41.5", "none"], answer=["#### 42", "42", "42"], tolerance=0.5)
     [1.0, 1.0, 0.0]
+    >>> numeric_match(["3 * 4 = 12, so 12 - 5 = 7"], answer=["7"]), numeric_match(["7 then 9"], ["7"], extract="first_number")
+    ([1.0], [1.0])
     """
     scores = []
     for completion, reference in zip(completions, answer, strict=True):
-        got, want = _numbers(completion_text(completion)), _numbers(reference)
-        scores.append(float(bool(got and want) and abs(got[0] - want[-1]) <= tolerance))
+        got = answers.numbers(answers.extract(completion_text(completion), extract, pattern) or "")
+        want = answers.numbers(answers.reference(reference, extract, pattern))
+        scores.append(float(bool(got and want) and abs(float(got[-1]) - float(want[-1])) <= tolerance))
     return scores
+
+
+def think_format(completions, **_) -> list[float]:
+    """1.0 for a reply laid out as reasoning, then the answer: `<think>...</think>` with something in it, followed
+    by a non-empty answer; 0.0 otherwise.
+
+    >>> think_format(["<think>3 * 4 = 12</think> 12", "12", "<think></think>12", "<think>so</think>"])
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    layout = re.compile(r"\s*<think>\s*\S.*?</think>\s*\S.*", re.DOTALL)
+    return [float(layout.fullmatch(completion_text(c)) is not None) for c in completions]
 
 
 def format_match(completions, pattern: str, **_) -> list[float]:
@@ -176,14 +186,23 @@ def short_name(name: str) -> str:
     return f"{Path(name.rpartition(':')[0]).name}:{name.rpartition(':')[2]}" if ":" in name else name
 
 
+def _extraction(cfg, default: str) -> dict:
+    """Where a reply's answer is (`ftkit.answers`): the task's own, `data.extract`, or `default` for a whole reply."""
+    task = tasks.for_data(cfg.data)
+    mode = default if task.extract == "exact" else task.extract
+    return {"extract": mode, "pattern": getattr(task, "pattern", None)}
+
+
 # the built-in rewards by name: each gives the function and its options from the recipe
 BUILT_IN = {
     "task": lambda cfg: (tasks.for_data(cfg.data).reward, {}),
-    "exact_match": lambda cfg: (tasks.ExactMatch().reward, {}),
-    "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.rl.numeric_tolerance}),
+    "exact_match": lambda cfg: (tasks.ReferenceAnswer("exact").reward, {}),
+    "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.rl.numeric_tolerance,
+                                                  **_extraction(cfg, default="last_number")}),
     "format": lambda cfg: (format_match, {"pattern": cfg.rl.format_regex}),
     "length_penalty": lambda cfg: (length_penalty, {"target": cfg.rl.length_target}),
     "json_valid": lambda cfg: (json_valid, {}),
+    "think_format": lambda cfg: (think_format, {}),
 }
 
 

@@ -9,15 +9,19 @@ the log history and, for GRPO/RLOO, completions sampled at the first, middle and
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from ftkit import launch, models, rewards, rundir
+from ftkit.generation import generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
 from ftkit.rows import DataError, kind, messages
 from ftkit.tasks.common import completion_text
 from ftkit.training import fit, per_process, to_dataset, training_args
 
+log = logging.getLogger(__name__)
 DPO_BETA, GRPO_BETA = 0.1, 0.0
 
 
@@ -92,28 +96,143 @@ def train(cfg, run_dir: str | Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if cfg.rl.method == "grpo" else (RLOOConfig, RLOOTrainer)
-    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
-    model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
     functions, weights = rewards.build(cfg, run_dir)
-    samples = SampleLog(cfg.rl.max_steps)
+    filtered = None
+    if cfg.rl.filter_prompts:  # sampled from the starting model merged: several times faster than through the adapter
+        start = rundir.tuned_dir(run_dir, "sft") if "sft" in cfg.stages else None
+        sampler, tokenizer = models.load(cfg.model, tuned=start)
+        filtered = informative_prompts(cfg, sampler, tokenizer, rows, functions, weights)
+        rows = filtered.pop("rows")
+        del sampler
+    model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
+    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
+    samples, clock = SampleLog(cfg.rl.max_steps), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
+    grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
     args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls,
                          per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
                          num_generations=cfg.rl.num_generations,
                          beta=GRPO_BETA if cfg.rl.beta is None else cfg.rl.beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
-                         reward_weights=weights, **vllm)
-    trainer = trainer_cls(model=model, reward_funcs=[samples.wrap(f) for f in functions], args=args,
+                         reward_weights=weights, **grpo, **vllm)
+    trainer = trainer_cls(model=model, reward_funcs=[clock.wrap(samples.wrap(f)) for f in functions], args=args,
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer.add_callback(clock.callback())
     figures, history = fit(trainer, tokenizer, run_dir, "rl")
     if trainer.is_world_process_zero():
         samples.save(rundir.stage_file(run_dir, "rl", rundir.SAMPLES),
                      {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
+            "prompts_per_step": cfg.rl.batch_size // cfg.rl.num_generations,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
-            "final_reward": rewards_seen[-1] if rewards_seen else None}
+            "final_reward": rewards_seen[-1] if rewards_seen else None,
+            "signal": {**signal(history), **clock.figures()},
+            **({"prompt_filter": filtered} if filtered is not None else {})}
+
+
+def signal(history: list[dict]) -> dict:
+    """How much learning signal the steps carried, from TRL's log: the share of prompts whose completions all got the
+    same reward (their advantage, and so their gradient, is zero), the reward's spread within a step, and the share
+    of completions cut at max_completion_length.
+
+    >>> signal([{"step": 1, "frac_reward_zero_std": 1.0, "reward_std": 0.0}, {"step": 2, "frac_reward_zero_std": 0.5}])
+    {'logged_steps': 2, 'zero_spread_share': 0.75, 'steps_mostly_without_signal': 2, 'steps_without_signal': 1}
+    """
+    def mean(key):
+        values = [h[key] for h in history if key in h and "step" in h]
+        return round(sum(values) / len(values), 4) if values else None
+
+    zero = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
+    out = {"logged_steps": len(zero), "zero_spread_share": mean("frac_reward_zero_std"),
+           "steps_mostly_without_signal": sum(z >= 0.5 for z in zero),
+           "steps_without_signal": sum(z >= 1.0 for z in zero)}
+    for key, name in (("completions/clipped_ratio", "clipped_share"), ("completions/mean_length", "mean_length")):
+        if mean(key) is not None:
+            out[name] = mean(key)
+    return out
+
+
+def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weights) -> dict:
+    """Before training: sample `num_generations` completions for a pool of train prompts with the starting model
+    (RL's own sampling settings), score them with the recipe's rewards, and keep the prompts whose completions got
+    different rewards; the others (always or never solved) would give no gradient. The pool is 1.5 times the
+    prompts training will draw (the sampling costs 1.5x RL's own), in a seeded order. Returns the kept rows ("rows")
+    and what was counted.
+
+    Training then cycles through the kept prompts; the model changes as it trains, so a kept prompt may come to be
+    solved every time (TRL's frac_reward_zero_std shows how often)."""
+    import random
+
+    start = time.perf_counter()
+    needed = cfg.rl.max_steps * (cfg.rl.batch_size // cfg.rl.num_generations)
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)
+    pool = [rows[i] for i in order[:min(len(rows), -(-3 * needed // 2))]]
+    k = cfg.rl.num_generations
+    outputs = generate(model, tokenizer, [messages(r) for r in pool], cfg.eval.batch_size,
+                       cfg.rl.max_completion_length, temperature=cfg.rl.temperature, samples=k)
+    kept, no_spread = [], {}
+    for row, texts in zip(pool, outputs):
+        columns = {"answer": [row["answer"]] * k, "prompts": [messages(row)] * k}
+        completions = [[{"role": "assistant", "content": t}] for t in texts]
+        totals = [sum(w * v for w, v in zip(weights, values))
+                  for values in zip(*(f(completions, **columns) for f in functions))]
+        if max(totals) > min(totals):
+            kept.append(row)
+        else:
+            key = f"{totals[0]:g}"
+            no_spread[key] = no_spread.get(key, 0) + 1
+    figures = {"pool": len(pool), "samples_per_prompt": k, "kept": len(kept), "no_spread": no_spread,
+               "seconds": round(time.perf_counter() - start, 1)}
+    if len(kept) < cfg.rl.batch_size // k:
+        log.warning("only %d of %d prompts gave different rewards; training on the whole pool", len(kept), len(pool))
+        kept, figures["fell_back_to_pool"] = pool, True
+    return {**figures, "rows": kept}
+
+
+class StepClock:
+    """Seconds each GRPO/RLOO step spends generating (from its start until its rewards are computed) and updating
+    the model (from then to its end): where a slow step's time goes."""
+
+    def __init__(self):
+        self.begin, self.scored, self.rewarded, self.end = {}, {}, {}, {}
+
+    def wrap(self, fn):
+        def reward(completions, **columns):
+            state = columns.get("trainer_state")
+            if state is not None:
+                self.scored.setdefault(state.global_step, time.perf_counter())
+            values = fn(completions, **columns)
+            if state is not None:
+                self.rewarded[state.global_step] = time.perf_counter()
+            return values
+
+        reward.__name__ = fn.__name__
+        return reward
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Clock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock.begin[state.global_step] = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.end[state.global_step - 1] = time.perf_counter()
+
+        return Clock()
+
+    def figures(self) -> dict:
+        steps = [s for s in self.begin if s in self.scored and s in self.end]
+        if not steps:
+            return {}
+        generating = sum(self.scored[s] - self.begin[s] for s in steps) / len(steps)
+        updating = sum(self.end[s] - self.rewarded[s] for s in steps) / len(steps)
+        return {"generation_seconds_per_step": round(generating, 2), "update_seconds_per_step": round(updating, 2)}
 
 
 def _train_dpo(cfg, run_dir: str | Path, rows: list[dict]) -> dict:

@@ -254,8 +254,9 @@ def reward_curve(run_dir: str | Path) -> tuple[list, list, list]:
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
 
-RL_CURVES = {"grpo": ["reward", "rewards/*", "kl", "completions/mean_length", "loss"],
-             "rloo": ["reward", "rewards/*", "kl", "completions/mean_length", "loss"],
+SIGNAL = ["frac_reward_zero_std", "completions/clipped_ratio"]  # GRPO/RLOO: how much of a step could teach
+RL_CURVES = {"grpo": ["reward", "rewards/*", *SIGNAL, "kl", "completions/mean_length", "loss"],
+             "rloo": ["reward", "rewards/*", *SIGNAL, "kl", "completions/mean_length", "loss"],
              "dpo": ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"]}
 
 

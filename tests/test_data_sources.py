@@ -255,7 +255,9 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
     train = [{"prompt": "please summarize the following short article about the history of rome", "answer": "a"}]
     test = [{"prompt": "Summarize the following short article about the history of rome for me", "answer": "b"},
             {"prompt": "completely different words here", "answer": "c"}]
-    assert data.contamination(train, test) == {"exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "fraction": 0.5}
+    assert data.contamination(train, test) == {"exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "counted": "ngram",
+                                               "fraction": 0.5}
+    assert data.contamination(train, test, exact_only=True)["fraction"] == 0.0
 
 
 @pytest.mark.parametrize("section, message", [

@@ -17,7 +17,8 @@ from ftkit import rundir
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ftkit"
 LAYERS = {  # module -> layer; a module may import its own layer's modules (without a circle) or lower ones
-    **dict.fromkeys(["rundir", "io", "recipe", "rows", "tasks", "rewards", "metrics", "robustness", "machine"], 0),
+    **dict.fromkeys(["rundir", "io", "recipe", "rows", "answers", "tasks", "rewards", "metrics", "robustness",
+                    "machine"], 0),
     **dict.fromkeys(["sources", "models", "preflight", "training", "launch", "generation", "default_model"], 1),
     **dict.fromkeys(["data", "sft", "rl", "eval", "export"], 2),
     **dict.fromkeys(["runner", "fingerprints", "cli", "__main__", "report", "display", "compare"], 3),

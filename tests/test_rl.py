@@ -28,7 +28,7 @@ def write_recipe(tmp_path, **sections):
     ("import nonexistent_module\n", "mine.py:mine",
      r"importing .*mine\.py failed: ModuleNotFoundError: No module named 'nonexistent_module'"),
     (None, "exact", r"unknown reward 'exact'; built-in rewards: task, exact_match, numeric_match, format, "
-                    r"length_penalty, json_valid, or name your own as file\.py:function"),
+                    r"length_penalty, json_valid, think_format, or name your own as file\.py:function"),
     (None, "format", r"rl: rewards names format but format_regex is not set"),
 ])
 def test_bad_rewards_fail_at_validation(tmp_path, reward_file, reward, message):
@@ -116,7 +116,7 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
     assert any(not (before[k] == after[k]).all() for k in before)
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"} <= \
         set(rundir.rl_curves(run_dir))
-    assert len(display.plot_rl(run_dir).axes) == 5
+    assert len([ax for ax in display.plot_rl(run_dir).axes if ax.axison]) == 5, "one plot per DPO curve"
     assert display.rl_samples(run_dir).empty
 
 

@@ -86,3 +86,29 @@ def test_splits_round_trip_through_the_run_directory(tmp_path):
     assert stats["splits"]["train"]["examples"] == 20 and stats["splits"]["test"]["examples"] == 7
     with pytest.raises(FileNotFoundError, match="run the data stage first"):
         rundir.load_split(tmp_path / "elsewhere", "train")
+
+
+def test_word_problems_are_disjoint_worked_and_right():
+    import operator
+    import re
+
+    from ftkit.tasks import WordProblems
+
+    ops = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+
+    task = WordProblems()
+    first, again = task.splits(300, 100, seed=2), task.splits(300, 100, seed=2)
+    assert first == again and len(first["train"]) == 300 and len(first["test"]) == 100
+    assert not {r["prompt"] for r in first["train"]} & {r["prompt"] for r in first["test"]}
+    for row in first["train"] + first["test"] + task.shifted(20, 2):
+        *lines, final = row["answer"].split("\n")
+        value = int(re.match(r"\w+ has (\d+) ", row["prompt"]).group(1))
+        for line in lines:  # every worked step is right and starts from the previous result
+            a, op, b, _, result = line.split()
+            assert int(a) == value and ops[op](int(a), int(b)) == int(result) >= 0
+            assert op != "/" or int(a) % int(b) == 0, "equal piles leave nothing over"
+            value = int(result)
+        assert final == f"#### {value}" and task.score(row["answer"], row["answer"]) == 1.0
+    assert {len(r["answer"].split("\n")) - 1 for r in task.shifted(20, 2)} == {4}
+    assert task.score(f"#### {value}", row["answer"]) == 1.0 and task.score(str(value), row["answer"]) == 0.0
+    assert task.lenient(f"so the answer is {value}", row["answer"]) == 1.0

@@ -1,9 +1,10 @@
 """Built-in tasks. A task owns its examples, its scorer and its reward (the reward reuses the scorer)."""
 
 from ftkit.tasks.addition import Addition
-from ftkit.tasks.exact_match import ExactMatch
+from ftkit.tasks.exact_match import ReferenceAnswer
+from ftkit.tasks.word_problems import WordProblems
 
-TASKS = {"addition": Addition}
+TASKS = {"addition": Addition, "word_problems": WordProblems}
 
 
 def get(name: str, **options):
@@ -14,5 +15,5 @@ def get(name: str, **options):
 
 
 def for_data(data_cfg):
-    """The task that scores a recipe's data: its built-in task, else exact match against the reference."""
-    return get(data_cfg.task) if data_cfg.task else ExactMatch()
+    """The task that scores a recipe's data: its built-in task, else the reference answer where `data.extract` says."""
+    return get(data_cfg.task) if data_cfg.task else ReferenceAnswer(data_cfg.extract, data_cfg.extract_regex)

@@ -8,14 +8,15 @@ from __future__ import annotations
 import random
 import re
 
+from ftkit import answers
 from ftkit.tasks.common import score_all
 
-_NUMBER = re.compile(r"-?\d+")
 _QUESTION = re.compile(r"What is (\d+) plus (\d+)\?")
 
 
 class Addition:
     name = "addition"
+    extract = "first_number"  # the system prompt asks for the number only
     system = "Answer with the number only."
     instruction = "What is {a} plus {b}?"
 
@@ -86,8 +87,16 @@ class Addition:
         >>> Addition.score(" 57", "57"), Addition.score("12 + 45 = 57", "57"), Addition.score("", "57")
         (1.0, 0.0, 0.0)
         """
-        found = _NUMBER.search(output)
-        return float(found is not None and found.group() == answer.strip())
+        return answers.strict(output, answer, Addition.extract)
+
+    @staticmethod
+    def lenient(output: str, answer: str) -> float:
+        """1.0 when the answer appears anywhere in the output.
+
+        >>> Addition.lenient("12 + 45 = 57", "57")
+        1.0
+        """
+        return answers.lenient(output, answer, Addition.extract)
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:
         """TRL reward signature: one float per completion (chat completions are lists of messages).

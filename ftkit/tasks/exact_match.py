@@ -1,27 +1,30 @@
-"""The default task for datasets read from files: the output must be the reference answer.
-
-Case, surrounding spaces, repeated spaces and trailing '.' or '!' are ignored.
-"""
+"""The task for datasets read from files: the reply's answer, read where `data.extract` says (`ftkit.answers`: the
+whole reply by default), must be the reference answer."""
 
 from __future__ import annotations
 
+from ftkit import answers
 from ftkit.tasks.common import score_all
 
 
-class ExactMatch:
-    name = "exact_match"
+class ReferenceAnswer:
+    def __init__(self, extract: str = "exact", pattern: str | None = None):
+        self.extract, self.pattern = extract, pattern
+        self.name = "exact_match" if extract == "exact" else f"answer ({extract})"
 
-    @staticmethod
-    def normalize(text: str) -> str:
-        return " ".join(text.strip().rstrip(".!").lower().split())
+    def score(self, output: str, answer: str) -> float:
+        """Strict: the answer where the format puts it.
 
-    @classmethod
-    def score(cls, output: str, answer: str) -> float:
-        """
-        >>> ExactMatch.score(" Paris.", "paris"), ExactMatch.score("Paris, France", "Paris")
+        >>> ReferenceAnswer().score(" Paris.", "paris"), ReferenceAnswer().score("Paris, France", "Paris")
         (1.0, 0.0)
+        >>> ReferenceAnswer("after_hash").score("3 * 4 = 12 #### 12", "#### 12")
+        1.0
         """
-        return float(cls.normalize(output) == cls.normalize(answer))
+        return answers.strict(output, answer, self.extract, self.pattern)
+
+    def lenient(self, output: str, answer: str) -> float:
+        """The reference answer anywhere in the reply."""
+        return answers.lenient(output, answer, self.extract, self.pattern)
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:
         return score_all(self.score, completions, answer)

@@ -1,10 +1,10 @@
-"""Exact match after normalization: case, surrounding and repeated spaces, and a trailing '.' or '!' ignored (the
-normalization of ftkit's exact-match task, `ftkit.tasks.exact_match`)."""
+"""Exact match after normalization: case, surrounding and repeated spaces, and a trailing '.' or '!' ignored, a lone
+number compared by value (ftkit's one normalization, `ftkit.answers`)."""
 
 import evaluate
 
 from ftkit.metrics import info, result
-from ftkit.tasks.exact_match import ExactMatch as Task
+from ftkit import answers
 
 
 class ExactMatch(evaluate.Metric):
@@ -12,4 +12,4 @@ class ExactMatch(evaluate.Metric):
         return info(__doc__)
 
     def _compute(self, predictions, references):
-        return result("exact_match", [Task.score(p, r) for p, r in zip(predictions, references)])
+        return result("exact_match", [answers.strict(p, r, "exact") for p, r in zip(predictions, references)])

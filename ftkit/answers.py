@@ -1,0 +1,121 @@
+"""Reading the answer out of a reply: one concept shared by the task scorers, the rewards and eval.
+
+A recipe says where a reply's answer is with `data.extract` (a built-in task brings its own):
+
+    exact         the whole reply (case, spacing and a trailing '.' or '!' aside)
+    first_number  the first number in the reply ("68", "68 apples")
+    last_number   the last number (worked solutions that end with the result)
+    after_hash    what follows the last '####' (GSM8K's "... #### 42")
+    boxed         what is inside the last \\boxed{...}
+    regex         the first group of `data.extract_regex` (else its whole match)
+
+The reference answer is read the same way when it carries the marker (a GSM8K reference ends with "#### 42"); a
+plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42", "1,000" is "1000").
+
+`strict` scores the answer where the format says it is; `lenient` finds the right answer anywhere in the reply, so
+that a reader can tell learning the format from learning the task.
+"""
+
+from __future__ import annotations
+
+import re
+
+MODES = ("exact", "first_number", "last_number", "after_hash", "boxed", "regex")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def numbers(text: str) -> list[str]:
+    """The numbers in a text, thousands separators removed.
+
+    >>> numbers("He paid $1,250.50 for 3 items, -2 each")
+    ['1250.50', '3', '-2']
+    """
+    return [n.replace(",", "") for n in _NUMBER.findall(text) if any(c.isdigit() for c in n)]
+
+
+def _boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def extract(text: str, mode: str, pattern: str | None = None) -> str | None:
+    """The answer in `text` where `mode` says it is (None when it is not there).
+
+    >>> extract("First 3 + 4 = 7, then 7 * 2 = 14. #### 14", "after_hash"), extract("so \\\\boxed{\\\\frac{1}{2}}", "boxed")
+    ('14', '\\\\frac{1}{2}')
+    >>> extract("12 + 30 = 42", "first_number"), extract("12 + 30 = 42", "last_number"), extract("no digits", "last_number")
+    ('12', '42', None)
+    >>> extract("Answer: B) blue", "regex", r"Answer:\\s*([A-D])")
+    'B'
+    """
+    if mode == "exact":
+        return text
+    if mode in ("first_number", "last_number"):
+        found = numbers(text)
+        return (found[0] if mode == "first_number" else found[-1]) if found else None
+    if mode == "after_hash":
+        return text.rsplit("####", 1)[1].strip() if "####" in text else None
+    if mode == "boxed":
+        return _boxed(text)
+    if mode == "regex":
+        found = re.search(pattern or "", text, re.DOTALL)
+        return None if found is None else (found.group(1) if found.groups() else found.group(0))
+    raise ValueError(f"unknown answer extraction {mode!r}; one of {', '.join(MODES)}")
+
+
+def reference(answer: str, mode: str, pattern: str | None = None) -> str:
+    """The reference answer itself: read with `mode` where it carries the marker, else taken whole.
+
+    >>> reference("Half of 84 is 42. #### 42", "after_hash"), reference("42", "after_hash"), reference("#### 7", "last_number")
+    ('42', '42', '7')
+    """
+    found = extract(answer, mode, pattern) if mode != "exact" else None
+    return answer if found is None else found
+
+
+def normalize(text: str) -> str:
+    """Case, spacing and a trailing '.' or '!' aside; a lone number (with a currency sign or %) as its value.
+
+    >>> normalize("  Paris. "), normalize("1,000.0"), normalize("$5"), normalize("0.50")
+    ('paris', '1000', '5', '0.5')
+    """
+    text = " ".join(text.strip().rstrip(".!").lower().split())
+    bare = text.strip("$€£% ").replace(",", "")
+    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", bare):
+        value = float(bare)
+        return str(int(value)) if value.is_integer() else repr(value)
+    return text
+
+
+def same(a: str | None, b: str) -> bool:
+    """Whether two answers are the same after `normalize`."""
+    return a is not None and normalize(a) == normalize(b)
+
+
+def strict(output: str, answer: str, mode: str, pattern: str | None = None) -> float:
+    """1.0 when the answer read from `output` where `mode` says is the reference answer.
+
+    >>> strict("12 + 45 = 57", "57", "first_number"), strict("12 + 45 = 57", "57", "last_number")
+    (0.0, 1.0)
+    """
+    return float(same(extract(output, mode, pattern), reference(answer, mode, pattern)))
+
+
+def lenient(output: str, answer: str, mode: str = "exact", pattern: str | None = None) -> float:
+    """1.0 when the reference answer appears anywhere in `output`: as one of its numbers for a numeric answer, else
+    as a whole-word phrase.
+
+    >>> lenient("12 + 45 = 57", "57"), lenient("I think it is Paris, France.", "paris"), lenient("5700", "57")
+    (1.0, 1.0, 0.0)
+    """
+    want = normalize(reference(answer, mode, pattern))
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", want):
+        return float(any(normalize(n) == want for n in numbers(output)))
+    return float(re.search(r"(?<!\w)" + re.escape(want) + r"(?!\w)", normalize(output)) is not None)
