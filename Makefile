@@ -5,7 +5,7 @@ FTKIT  := $(VENV)/bin/ftkit
 STAMP  := $(VENV)/.ftkit-installed
 RECIPE ?= recipes/quickstart.yaml
 
-.PHONY: setup model quickstart run test lab bench clean
+.PHONY: setup model quickstart run test lab tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test: setup
 # JupyterLab refuses to run as root unless told; containers often are root
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# TensorBoard over the runs' training curves (each stage logs to <run dir>/<stage>/tb/): make tensorboard RUN=<run dir>
+RUN ?= reports
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(RUN)
 
 # the CPU benchmarks, one at a time (overhead.py runs the quickstart twice: about 30 minutes on 2 cores)
 bench: model

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import yaml
 
 from ftkit import rundir
-from ftkit.display import metric_name
+from ftkit.display import change_text, metric_name
 from ftkit.io import write_atomic
 from ftkit.report import CSS, esc, fmt, png
 
@@ -24,7 +24,7 @@ LOWER_IS_BETTER = ("loss", "perplexity")
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value and key != "mix":
+        if isinstance(value, dict) and key != "mix":  # an empty section adds no key: {} and absent read the same
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -59,6 +59,21 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     return columns, rows
 
 
+def robustness_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
+    """Columns and one row per run: each evaluated model's change under each perturbation, with its interval."""
+    columns = []
+    for run in runs:
+        for name, m in run["metrics"].get("eval", {}).items():
+            columns += [f"{name} {kind}" for kind in m.get("robustness", {}) if kind != "clean"
+                        and f"{name} {kind}" not in columns]
+    rows = []
+    for run in runs:
+        values = {f"{name} {kind}": change_text(figures) for name, m in run["metrics"].get("eval", {}).items()
+                  for kind, figures in m.get("robustness", {}).items() if kind != "clean"}
+        rows.append([values.get(c) for c in columns])
+    return columns, rows
+
+
 def differing_keys(runs: list[dict]) -> dict[str, list]:
     """Recipe keys (dotted) whose values are not the same in every run."""
     flats = [_flatten(r["recipe"]) for r in runs]
@@ -84,6 +99,18 @@ def _curves(runs: list[dict], labels: list[str]) -> list[str]:
         plt.close(fig)
         images.append(png(fig))
     return images
+
+
+def _robustness(runs: list[dict], labels: list[str]) -> str:
+    columns, rows = robustness_rows(runs)
+    if not columns:
+        return ""
+    body = "".join(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{esc(fmt(v))}</td>" for v in row) + "</tr>"
+                   for label, row in zip(labels, rows))
+    return ("<h2>Robustness</h2><p>Change of the headline metric under each perturbation against the same prompts "
+            "unperturbed, with its 95% paired bootstrap interval (closer to 0: more robust).</p><table id='robustness'>"
+            "<thead><tr><th>run</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>"
+            + body + "</tbody></table>")
 
 
 def render(run_dirs: list[str | Path], out: str | Path) -> Path:
@@ -115,6 +142,6 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
             f"runs</title><style>{CSS}</style></head><body><h1>ftkit: {len(runs)} runs compared</h1>"
             "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set; the best of "
             "each column in bold (lowest for losses and perplexity).</p>" + table
-            + "<h2>Recipe keys that differ</h2>" + diff
+            + _robustness(runs, labels) + "<h2>Recipe keys that differ</h2>" + diff
             + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
     return write_atomic(Path(out), page)

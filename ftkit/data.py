@@ -17,13 +17,33 @@ from pathlib import Path
 
 import numpy as np
 
-from ftkit import rundir, sources, tasks
+from ftkit import robustness, rundir, sources, tasks
 from ftkit.io import write_atomic, write_jsonl
 from ftkit.recipe import data_problem
 from ftkit.rows import DataError, context, ends_with_end_of_turn, fields, kind, token_lengths
 
 SPLITS = ("train", "test")
 NGRAM = 8
+DROP_REASONS = {
+    "empty_field": "an empty prompt, answer or text",
+    "duplicate": "the same example again (data.dedupe)",
+    "turn_order": "a conversation that is not user and assistant turns in turn, ending with the assistant",
+    "identical_pair": "a preference pair whose chosen and rejected answers are the same",
+    "too_long": "over sft.max_length tokens (data.too_long: truncate keeps them)",
+    "grouped_with_test": "a train example in a data.split_by group that the test split holds",
+}
+
+
+def dropped(drops: Counter) -> str:
+    """What cleaning dropped, by reason, as a sentence for an error ("" when nothing was).
+
+    >>> dropped(Counter({"turn_order": 371}))
+    'cleaning dropped 371: 371 turn_order (a conversation that is not user and assistant turns in turn, ending with the assistant)'
+    """
+    if not sum(drops.values()):
+        return ""
+    parts = [f"{n} {reason} ({DROP_REASONS.get(reason, reason)})" for reason, n in drops.most_common() if n]
+    return f"cleaning dropped {sum(drops.values())}: " + ", ".join(parts)
 
 
 # ---------------------------------------------------------------- cleaning, mixing, splits, checks
@@ -36,7 +56,7 @@ def clean(rows: list[tuple[str, dict]], drops: Counter, dedupe: bool = True) -> 
         if not all(row[field].strip() for field in fields(row)):
             drops["empty_field"] += 1
             continue
-        key = json.dumps({k: v for k, v in row.items() if k != "source"}, sort_keys=True)
+        key = json.dumps({k: v for k, v in row.items() if k not in ("source", "group")}, sort_keys=True)
         if dedupe and key in seen:
             drops["duplicate"] += 1
             continue
@@ -79,43 +99,153 @@ def limit_length(rows: list[dict], tokenizer, max_length: int, mode: str, drops:
     return [r for r, n in zip(rows, lengths) if n <= max_length]
 
 
-def _grams(text: str) -> set[tuple[str, ...]]:
+def _grams(text: str) -> list[tuple[str, ...]]:
+    """The word 8-grams of a text in order (the whole text if shorter), lower-cased."""
     words = text.lower().split()
     if len(words) <= NGRAM:
-        return {tuple(words)}
-    return {tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
+        return [tuple(words)]
+    return [tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)]
 
 
-def contamination(train: list[dict], test: list[dict], exact_only: bool = False) -> dict:
+def contamination(train: list[dict], test: list[dict], exact_only: bool = False, show: int = 5) -> dict:
     """Test examples whose conversation (earlier turns and prompt) also occurs in train: exactly, or sharing a
     word 8-gram (the whole text if shorter). `fraction` counts the n-gram overlaps, or with `exact_only` the exact
     repeats alone: a built-in task's generated problems share their template's wording by design, and the task
-    guarantees that no test problem is a train problem."""
-    train_texts = {context(r).strip().lower() for r in train}
-    train_grams = set().union(*(_grams(context(r)) for r in train)) if train else set()
-    exact = sum(context(r).strip().lower() in train_texts for r in test)
-    overlap = sum(bool(_grams(context(r)) & train_grams) for r in test)
+    guarantees that no test problem is a train problem. `pairs`: the first `show` counted ones, side by side."""
+    train_texts = {context(r).strip().lower(): i for i, r in enumerate(train)}
+    owner = {}
+    for i, row in enumerate(train):
+        for gram in _grams(context(row)):
+            owner.setdefault(gram, i)
+    exact = overlap = 0
+    pairs = []
+    for row in test:
+        text = context(row)
+        same = train_texts.get(text.strip().lower())
+        shared = next((g for g in _grams(text) if g in owner), None)
+        exact += same is not None
+        overlap += shared is not None
+        if len(pairs) < show and (same is not None or (shared is not None and not exact_only)):
+            partner = same if same is not None else owner[shared]
+            pairs.append({"test": text[:400], "train": context(train[partner])[:400],
+                          "shared": "the whole prompt" if same is not None else " ".join(shared)})
     counted = exact if exact_only else overlap
     return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM, "counted": "exact" if exact_only
-            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0}
+            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0, "pairs": pairs}
+
+
+def contamination_error(source: str, figures: dict, test_size: int, limit: float) -> DataError:
+    """The error for too much train/test overlap: both counts, the first pairs, and the settings that help."""
+    exact, overlap = figures["exact_matches"], figures["ngram_overlaps"]
+    counted = (f"{exact} of {test_size} test prompts also occur in train word for word" if figures["counted"] == "exact"
+               else f"{overlap} of {test_size} test prompts share a word {NGRAM}-gram with a train prompt ({exact} of "
+                    "them word for word)")
+    shown = "".join(f"\n  test:   {p['test'][:160]!r}\n  train:  {p['train'][:160]!r}\n  shared: {p['shared']!r}"
+                    for p in figures["pairs"][:3])
+    return DataError(
+        f"{source}: {counted}; fraction {figures['fraction']} is above data.max_contamination = {limit}. The first "
+        f"pairs:{shown}\nExamples that tell one story in different words (several questions on one passage, one "
+        "document in pieces) belong on one side of the split: data.split_by: ngram keeps prompts that share an "
+        f"{NGRAM}-gram together, data.split_by: <column> keeps a group id together (with the data's own test split "
+        "both drop the train examples grouped with a test one). Repeated prompts with different answers: remove "
+        "them from the sources. If the overlap is expected, raise data.max_contamination.")
+
+
+def group_keys(rows: list[dict], split_by: str | None) -> list:
+    """Each row's group for the split: its own (no split_by), its "group" column value, or with "ngram" the
+    connected set of rows whose prompts share a word 8-gram. Raises DataError when one group would swallow most
+    rows: wording shared by every prompt is an instruction, not a story.
+
+    >>> rows = [{"prompt": p, "answer": "x"} for p in ("a b c d e f g h i", "z b c d e f g h i", "q")]
+    >>> group_keys(rows, "ngram")
+    [0, 0, 2]
+    """
+    if not split_by:
+        return list(range(len(rows)))
+    if split_by != "ngram":
+        return [row["group"] for row in rows]
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner, link = {}, {}
+    for i, row in enumerate(rows):
+        for gram in _grams(context(row)):
+            j = owner.setdefault(gram, i)
+            a, b = root(i), root(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+                link.setdefault(gram, 0)
+                link[gram] += 1
+    keys = [root(i) for i in range(len(rows))]
+    largest = Counter(keys).most_common(1)[0][1] if rows else 0
+    if len(rows) >= 10 and largest > len(rows) / 2:
+        wording = " ".join(max(link, key=link.get)) if link else ""
+        raise DataError(f"data.split_by: ngram links {largest} of {len(rows)} examples into one group through "
+                        f"shared wording such as {wording!r}: an instruction every prompt repeats belongs in "
+                        "data.system (or a column names the groups: data.split_by: <column>)")
+    return keys
+
+
+def apart(train: list[dict], test: list[dict], split_by: str | None, drops: Counter) -> list[dict]:
+    """With the data's own test split: train rows that share a group with a test row are dropped and counted."""
+    if not split_by:
+        return train
+    if split_by == "ngram":
+        test_grams = {g for row in test for g in _grams(context(row))}
+        kept = [r for r in train if not any(g in test_grams for g in _grams(context(r)))]
+    else:
+        test_groups = {row["group"] for row in test}
+        kept = [r for r in train if r["group"] not in test_groups]
+    drops["grouped_with_test"] += len(train) - len(kept)
+    return kept
 
 
 def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
-          validation_size: int = 0) -> dict[str, list[dict]]:
-    """Seeded test split first (so it does not move with train_size), then validation, then train."""
+          validation_size: int = 0, drops: Counter | None = None, split_by: str | None = None) -> dict[str, list[dict]]:
+    """Seeded test split first (so it does not move with train_size), then validation, then train. With
+    `split_by`, whole groups are drawn (seeded), so a held-out split may exceed its size by part of a group."""
     held_out = test_size + validation_size
     if len(rows) <= held_out:
+        why = dropped(drops or Counter())
         raise DataError(f"{source}: {len(rows)} examples after cleaning, not enough for a test split of {test_size}"
-                        f"{f', a validation split of {validation_size}' if validation_size else ''} and a train split; "
-                        "lower data.test_size or add data")
-    order = list(range(len(rows)))
+                        f"{f', a validation split of {validation_size}' if validation_size else ''} and a train split"
+                        f"{f' ({why})' if why else ''}; lower data.test_size or add data")
+    keys = group_keys(rows, split_by)
+    members: dict = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    order = list(members)
     random.Random(seed).shuffle(order)
-    splits = {"test": [rows[i] for i in order[:test_size]]}
-    if validation_size:
-        splits["validation"] = [rows[i] for i in order[test_size:held_out]]
-    train = [rows[i] for i in order[held_out:]]
-    splits["train"] = train[:train_size] if train_size else train
+    splits = {"test": [], "validation": [], "train": []}
+    for key in order:
+        name = ("test" if len(splits["test"]) < test_size else
+                "validation" if len(splits["validation"]) < validation_size else "train")
+        splits[name] += [rows[i] for i in members[key]]
+    if not splits["train"]:
+        raise DataError(f"{source}: data.split_by {split_by!r} leaves no group for train after the held-out splits "
+                        f"({len(members)} groups of {len(rows)} examples); lower data.test_size or add data")
+    if not validation_size:
+        del splits["validation"]
+    if train_size:
+        splits["train"] = splits["train"][:train_size]
     return splits
+
+
+def augment(train: list[dict], shares: dict[str, float], seed: int, task=None) -> tuple[list[dict], dict]:
+    """Train plus perturbed copies (`data.augment`: perturbation -> share of the train examples, drawn seeded per
+    perturbation), each marked with its "augmented" perturbation; the counts added."""
+    rows, added = list(train), {}
+    for name, share in shares.items():
+        chosen = random.Random(f"{seed}-augment-{name}").sample(train, round(share * len(train)))
+        copies = robustness.perturb(chosen, name, f"augment-{seed}", task)
+        rows += [{**copy, "augmented": name} for copy in copies]
+        added[name] = len(copies)
+    return rows, added
 
 
 def with_system(rows: list, system: str | None) -> list:
@@ -171,9 +301,12 @@ def _held_out(cfg, tokenizer, drops: Counter, counts: Counter) -> tuple[dict[str
     train = _load_clean(cfg, tokenizer, drops, counts)
     if data_cfg.test_path or data_cfg.test_split:
         test = _load_clean(cfg, tokenizer, drops, counts, own_test=True)
-        held_out = split(train, 0, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size)
+        train = apart(train, test, data_cfg.split_by, drops)
+        held_out = split(train, 0, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size, drops,
+                         data_cfg.split_by)
         return {**held_out, "test": test}, source
-    return split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size), source
+    return split(train, data_cfg.test_size, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size, drops,
+                 data_cfg.split_by), source
 
 
 def _generalization(cfg) -> list[dict] | None:
@@ -192,7 +325,17 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them."""
     drops, counts = Counter(), Counter()
     splits, source = _held_out(cfg, tokenizer, drops, counts)
-    check(splits, source)
+    check(splits, source, drops)
+    figures = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
+    if figures["fraction"] > cfg.data.max_contamination:
+        raise contamination_error(source, figures, len(splits["test"]), cfg.data.max_contamination)
+    added = {}
+    if cfg.data.augment:
+        task = tasks.get(cfg.data.task) if cfg.data.task else None
+        splits["train"], added = augment(splits["train"], cfg.data.augment, cfg.seed, task)
+        if tokenizer is not None:  # a reworded prompt is longer
+            splits["train"] = limit_length(splits["train"], tokenizer, cfg.sft.max_length, cfg.data.too_long, drops,
+                                           counts)
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
@@ -204,26 +347,33 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
     sample = splits["train"][:20]
     end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
-    figures = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
-    if figures["fraction"] > cfg.data.max_contamination:
-        raise DataError(f"{source}: {figures['ngram_overlaps']} of {len(splits['test'])} test prompts also occur in "
-                        f"train ({figures['exact_matches']} exactly); fraction {figures['fraction']} is above "
-                        f"data.max_contamination = {cfg.data.max_contamination}; deduplicate the sources or raise it")
+    template = None
+    if tokenizer is not None and "text" not in splits["train"][0]:
+        from ftkit.models import DEFAULT_CHAT_TEMPLATE
+
+        template = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
     out = {"source": source, "format": "text" if "text" in splits["train"][0] else "prompt_answer",
+           "chat_template": template,
            "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
            "answers_end_with_end_of_turn": end_of_turn}
     if counts["mix"]:
         out["mix"] = counts["mix"]
+    if added:
+        out["augmented"] = added
+    if cfg.data.split_by:
+        out["split_by"] = cfg.data.split_by
     return splits, out
 
 
-def check(splits: dict[str, list[dict]], source: str = "data") -> None:
+def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None) -> None:
     """Raise DataError naming the split, row and field of the first problems found."""
     problems = []
     for name in SPLITS:
         rows = splits.get(name) or []
         if not rows:
-            problems.append(f"{source}: split {name!r} is empty after cleaning; add data or lower data.test_size")
+            why = dropped(drops or Counter())
+            problems.append(f"{source}: split {name!r} is empty after cleaning{f' ({why})' if why else ''}; "
+                            "add data or lower data.test_size")
         for i, row in enumerate(rows):
             for field in fields(row):
                 value = row.get(field)

@@ -203,6 +203,15 @@ def all_metrics_table(eval_metrics: dict):
         for key in ("answer_loss", "answer_perplexity", "perplexity"):
             if key in m:
                 row[key] = round(m[key], 3)
+        if "log_likelihood_margin" in m:
+            margin = m["log_likelihood_margin"]
+            row["log-likelihood margin (chosen - rejected)"] = (f"{margin['mean']:.3f} [{margin['ci95'][0]:.3f}, "
+                                                                f"{margin['ci95'][1]:.3f}]")
+        if "implicit_reward" in m:
+            implicit = m["implicit_reward"]
+            row[f"DPO implicit reward margin vs {implicit['reference']} (beta {implicit['beta']})"] = (
+                f"{implicit['margin']:.3f} [{implicit['ci95'][0]:.3f}, {implicit['ci95'][1]:.3f}], "
+                f"above 0 on {implicit['accuracy']:.0%}")
         table[name] = row
     return pd.DataFrame(table).T
 
@@ -225,6 +234,16 @@ def versus_start(results: dict):
     return pd.DataFrame(rows)
 
 
+def change_text(figures: dict) -> str | float:
+    """A robustness change with its 95% paired interval, e.g. "-0.320 [-0.460, -0.180]" (older runs: the number).
+
+    >>> change_text({"change": -0.32, "change_ci95": [-0.46, -0.18]})
+    '-0.320 [-0.460, -0.180]'
+    """
+    ci = figures.get("change_ci95")
+    return f"{figures['change']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else figures["change"]
+
+
 def claims(results: dict):
     """The three claims side by side, one row per model: the headline metric on the test set, on the shifted set,
     and its change under each perturbation (a DataFrame)."""
@@ -237,7 +256,7 @@ def claims(results: dict):
             row["generalization"] = m["generalization"]["value"]
         for kind, figures in m.get("robustness", {}).items():
             if kind != "clean":
-                row[f"robustness: {kind} (change)"] = figures["change"]
+                row[f"robustness: {kind} (change)"] = change_text(figures)
         table[name] = row
     return pd.DataFrame(table).T
 
@@ -266,3 +285,42 @@ def rl_samples(run_dir: str | Path):
     import pandas as pd
 
     return pd.DataFrame(rundir.rl_samples(run_dir))
+
+
+def judge_table(results: dict):
+    """The judge's summary per model (eval.judge): pairwise win/tie/loss and win rate (ties count half) with its 95%
+    interval, verdicts that flipped with the order; or the mean grade. Empty without a judge."""
+    import pandas as pd
+
+    rows = []
+    for name, m in results.items():
+        verdict = m.get("judge")
+        if not verdict:
+            continue
+        ci = verdict.get("ci95") or [None, None]
+        head = ({"against": verdict["against"], "win": verdict["win"], "tie": verdict["tie"], "loss": verdict["loss"],
+                 "win rate": verdict["win_rate"], "order flipped": verdict["order_flipped"]}
+                if verdict["mode"] == "pairwise" else {"mean grade (1-5)": verdict["mean_grade"]})
+        rows.append({"model": name, "judge": verdict["judge"], **head, "ci95_low": ci[0], "ci95_high": ci[1],
+                     "n": verdict["n"], "unreadable": verdict["unreadable"]})
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def judge_verdicts(run_dir, name: str, limit: int = 5):
+    """The judge's raw replies on the first examples of model `name`, with what the parser read in them."""
+    import pandas as pd
+
+    records = rundir.eval_records(run_dir, "judge", name)[:limit]
+    return pd.DataFrame([{"prompt": r["prompt"], name: r["candidate"], "other": r.get("other"),
+                          "verdicts (as A, as B)": r["verdicts"], "read": r.get("parsed", r.get("grade")),
+                          "outcome": r.get("outcome", r.get("grade"))} for r in records])
+
+
+def judge_prompt(results: dict) -> str:
+    """The judge's prompt template with its rubric ("" without a judge)."""
+    verdict = next((m["judge"] for m in results.values() if m.get("judge")), None)
+    if not verdict:
+        return ""
+    fill = {"rubric": verdict["rubric"], "prompt": "{prompt}"}
+    fill.update({"a": "{reply A}", "b": "{reply B}"} if verdict["mode"] == "pairwise" else {"reply": "{reply}"})
+    return verdict["prompt"].format(**fill)

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftkit import metrics, models, robustness, rundir, tasks
+from ftkit import judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
-from ftkit.rows import messages, trained_text
+from ftkit.rows import imitated, messages, scored_against, trained_text
 
-BINARY = ("task", "exact_match", "accuracy")
+BINARY = ("task", "exact_match", "accuracy", "preference")
 
 
 def tuned_path(cfg, run_dir: Path, name: str) -> Path | None:
@@ -92,10 +92,47 @@ def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: 
             "tokens": int(losses[:, 1].sum()), "generate_seconds": round(seconds, 1)}
 
 
+def preference_log_likelihoods(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> np.ndarray:
+    """Summed log-likelihood of each held-out pair's chosen and rejected answer given its prompt: shape (n, 2)."""
+    chosen = answer_losses(model, tokenizer, rows, batch_size, max_length)[:, 0]
+    rejected = answer_losses(model, tokenizer, [{**r, "answer": r["rejected"]} for r in rows], batch_size,
+                             max_length)[:, 0]
+    return -np.stack([chosen, rejected], axis=1)
+
+
+def prefers_chosen(log_likelihoods) -> list[float]:
+    """1.0 where a model gives the chosen answer the higher log-likelihood, else 0.0 (DPO's own criterion: whole
+    answers, so a longer answer starts lower).
+
+    >>> prefers_chosen([[-3.0, -5.0], [-4.0, -2.5], [-1.0, -1.0]])
+    [1.0, 0.0, 0.0]
+    """
+    return [float(c > r) for c, r in np.asarray(log_likelihoods, dtype=float)]
+
+
+def implicit_margins(policy, reference, beta: float) -> list[float]:
+    """DPO's implicit reward margin of each pair: beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) -
+    log ref(rejected))); above 0 where tuning moved the model toward the chosen answer.
+
+    >>> implicit_margins([[-2.0, -6.0]], [[-3.0, -5.0]], 0.1)
+    [0.2]
+    """
+    moved = np.asarray(policy, dtype=float) - np.asarray(reference, dtype=float)
+    return [round(float(beta * (c - r)), 6) for c, r in moved]
+
+
+def for_rows(cfg, rows: list[dict]):
+    """The recipe with the default metrics for its test rows: held-out preference pairs are measured by
+    `preference` (how often a model prefers the chosen answer), not by matching generations to it."""
+    if cfg.eval.metrics or not rows or "rejected" not in rows[0]:
+        return cfg
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference"]})})
+
+
 def metric_names(cfg) -> list[str]:
     """The recipe's metrics; the first is the headline. Default: the task's strict scorer (the answer where the
     format puts it) and the lenient one (the right answer anywhere in the reply); for data from files scored as a
-    whole reply, exact match, token F1 and ROUGE-L, then lenient."""
+    whole reply, exact match, token F1 and ROUGE-L, then lenient (preference pairs: see `for_rows`)."""
     if cfg.eval.metrics:
         return cfg.eval.metrics
     if cfg.data.task or cfg.data.extract != "exact":
@@ -117,6 +154,8 @@ def score(cfg, outputs: list, references: list[str]) -> tuple[dict[str, list[flo
     per_example, overall = {}, {}
     samples = [o if isinstance(o, list) else [o] for o in outputs]
     for name in metric_names(cfg):
+        if name == "preference":  # log-likelihoods, not generations: evaluate_model adds it
+            continue
         if name in ("task", "lenient"):
             task = tasks.for_data(cfg.data)
             scorer = task.score if name == "task" else task.lenient
@@ -183,8 +222,10 @@ def _counter(run_dir: Path, name: str, total: int):
     return tick
 
 
-def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, **extra) -> list[dict]:
-    return [{**extra, "prompt": r["prompt"], "reference": r["answer"],
+def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
+             log_likelihood: list | None = None) -> list[dict]:
+    return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"], "reference": r["answer"],
+             **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
              "scores": {name: values[i] for name, values in per_example.items()},
@@ -195,31 +236,47 @@ def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, **ex
 def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     """Evaluate model `name` (base/sft/rl or an eval.extra label) for the three claims; write its predictions to
     `<run_dir>/eval/`."""
-    rows = rundir.load_split(run_dir, "test")
+    rows = imitated(rundir.load_split(run_dir, "test"))  # feedback: scored against the desirable answers
+    cfg = for_rows(cfg, rows)
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
+    primary = metric_names(cfg)[0]
     gen_rows = rundir.load_split(run_dir, "generalization") if rundir.has_split(run_dir, "generalization") else []
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
     tick = _counter(run_dir, name, len(rows) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     start = time.perf_counter()
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
-    references = [r["answer"] for r in rows]
+    references = [scored_against(r) for r in rows]
     per_example, overall = score(cfg, outputs, references)
-    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example, cut))
+    extra = {}
+    if "preference" in metric_names(cfg):
+        if "rejected" not in rows[0]:
+            raise ValueError("eval.metrics names preference, but the test split holds no preference pairs (prompt, "
+                             "chosen, rejected); remove it or use preference data")
+        likelihoods = preference_log_likelihoods(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
+        per_example = {"preference": prefers_chosen(likelihoods), **per_example}
+        overall = {"preference": float(np.mean(per_example["preference"])), **overall}
+        extra = {"log_likelihood": [[round(float(v), 4) for v in pair] for pair in likelihoods]}
+        per_example = {n: per_example[n] for n in metric_names(cfg) if n in per_example}
+        overall = {n: overall[n] for n in metric_names(cfg) if n in overall}
+    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example, cut, **extra))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
+    if extra:
+        margins = [c - r for c, r in extra["log_likelihood"]]
+        result["log_likelihood_margin"] = {"mean": float(np.mean(margins)),
+                                           "ci95": list(bootstrap_ci(margins, seed=cfg.seed))}
     if cfg.eval.answer_loss:
         losses = answer_losses(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
         result["answer_loss"] = float(losses[:, 0].sum() / max(losses[:, 1].sum(), 1))
         result["answer_perplexity"] = math.exp(result["answer_loss"])
-    primary = metric_names(cfg)[0]
-    if gen_rows:
+    if gen_rows and primary != "preference":
         result["generalization"] = _generalization(cfg, model, tokenizer, gen_rows, run_dir, name, tick)
-    if subset and primary in per_example:
-        clean = float(np.mean(per_example[primary][:len(subset)]))
+    if subset and primary in per_example and primary != "preference":
+        clean = per_example[primary][:len(subset)]
         result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick)
     return result
 
@@ -228,24 +285,26 @@ def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str,
     """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
-    scores, overall = score(cfg, outputs, [r["answer"] for r in rows])
+    scores, overall = score(cfg, outputs, [scored_against(r) for r in rows])
     write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
     return {"value": overall[primary], "n": len(rows),
             "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
 
 
-def _robustness(cfg, model, tokenizer, subset: list[dict], clean: float, run_dir, name: str, tick) -> dict:
-    """The headline metric on `subset` under each perturbation, and its change from the unperturbed `clean` value
-    (the perturbed predictions to eval/robustness_<model>.jsonl)."""
+def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], run_dir, name: str, tick) -> dict:
+    """The headline metric on `subset` under each perturbation, and its change from the unperturbed scores `clean`
+    with a 95% paired bootstrap interval (the perturbed predictions to eval/robustness_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
-    figures, records = {"clean": {"value": clean, "n": len(subset)}}, []
+    figures, records = {"clean": {"value": float(np.mean(clean)), "n": len(subset)}}, []
     for kind in cfg.eval.perturbations:
         perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
         outputs, cut = _run(cfg, model, tokenizer, perturbed, tick)
-        scores, _ = score(cfg, outputs, [r["answer"] for r in perturbed])
+        scores, _ = score(cfg, outputs, [scored_against(r) for r in perturbed])
         records += _records(perturbed, outputs, scores, cut, perturbation=kind)
         value = float(np.mean(scores[primary]))
-        figures[kind] = {"value": value, "change": value - clean, "n": len(subset)}
+        changes = [after - before for before, after in zip(clean, scores[primary])]
+        figures[kind] = {"value": value, "change": value - figures["clean"]["value"], "n": len(subset),
+                         "change_ci95": list(bootstrap_ci(changes, seed=cfg.seed))}
     write_jsonl(rundir.eval_file(run_dir, "robustness", name), records)
     return figures
 
@@ -255,8 +314,10 @@ def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
     against SFT): a paired test on the headline metric (exact McNemar for pass/fail scores, Wilcoxon signed-rank
     otherwise) and the examples that flipped, written to `eval/flips_<model>.jsonl` (`flips_rl_vs_sft.jsonl`). Adds
     `vs_base` (and `vs_sft`) to each tuned model's results and returns them."""
-    if "text" in rundir.load_split(run_dir, "test")[0]:
+    rows = rundir.load_split(run_dir, "test")
+    if "text" in rows[0]:
         return results
+    cfg = for_rows(cfg, rows)
     started = rundir.metrics(run_dir).get("rl", {}).get("start_from")
     for name in results:
         against = [m for m in ("base", started if name == "rl" else None) if m and m in results and m != name]
@@ -265,6 +326,46 @@ def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
                                                 rundir.load_predictions(run_dir, name), other, name)
             write_jsonl(rundir.eval_file(run_dir, "flips", name if other == "base" else f"{name}_vs_{other}"), flips)
             results[name][f"vs_{other}"] = paired
+    if "rl" in results and started in results and cfg.rl.method == "dpo" and "preference" in metric_names(cfg):
+        beta = cfg.rl.kl_beta
+        policy, reference = ([p["log_likelihood"] for p in rundir.load_predictions(run_dir, m)] for m in ("rl", started))
+        margins = implicit_margins(policy, reference, beta)
+        results["rl"]["implicit_reward"] = {
+            "reference": started, "beta": beta, "margin": float(np.mean(margins)),
+            "ci95": list(bootstrap_ci(margins, seed=cfg.seed)), "accuracy": float(np.mean([m > 0 for m in margins]))}
+    return results
+
+
+def judge_models(cfg, run_dir: str | Path, results: dict) -> dict:
+    """`eval.judge`: the judge model reads the first `examples` test prompts with each evaluated model's replies,
+    grading them or comparing them (both orders) with `against`'s replies or the reference answers; verdicts to
+    `eval/judge_<model>.jsonl`, the summary with a 95% interval to each model's results as `judge`."""
+    spec = cfg.eval.judge
+    rows = imitated(rundir.load_split(run_dir, "test"))
+    if spec is None or "text" in rows[0]:
+        return results
+    if spec.mode == "pairwise" and spec.against != "reference" and spec.against not in results:
+        raise ValueError(f"eval.judge.against is {spec.against!r}, which this eval did not evaluate "
+                         f"({', '.join(results)}); add it to eval.models or judge against reference")
+    judge_id = cfg.model.id if spec.model == "base" else spec.model
+    model, tokenizer = models.load(cfg.model.model_copy(update={"id": judge_id, "adapter": "none",
+                                                                "revision": cfg.model.revision if spec.model == "base"
+                                                                else None}))
+    replies = {name: [p["output"] for p in rundir.load_predictions(run_dir, name)[:spec.examples]] for name in results}
+    others = [r["answer"] for r in rows[:spec.examples]] if spec.against == "reference" else replies.get(spec.against)
+    for name in results:
+        if spec.mode == "pairwise" and name == spec.against:
+            continue
+        items = [{"prompt": r["prompt"], "candidate": reply, **({"other": other} if spec.mode == "pairwise" else {})}
+                 for r, reply, other in zip(rows, replies[name], others or replies[name])]
+        ask = judge.pairwise if spec.mode == "pairwise" else judge.grade
+        records = ask(model, tokenizer, items, spec.rubric, spec.batch_size, spec.max_new_tokens)
+        write_jsonl(rundir.eval_file(run_dir, "judge", name), records)
+        figures, values = judge.summary(records)
+        template = judge.PAIRWISE if spec.mode == "pairwise" else judge.GRADE
+        results[name]["judge"] = {"judge": judge_id, "mode": spec.mode, "against": spec.against if spec.mode ==
+                                  "pairwise" else None, "rubric": spec.rubric, "prompt": template, **figures,
+                                  "ci95": list(bootstrap_ci(values, seed=cfg.seed)) if values else None}
     return results
 
 

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 from ftkit import default_model, machine, rundir
-from ftkit.recipe import DEFAULT_MODEL
 
 HASHED_MAX_BYTES = 64 * 2**20  # files up to this size are hashed; larger ones (model weights) by size and mtime
 
@@ -68,8 +67,8 @@ def _model_signature(model_cfg) -> str:
             local = Path(snapshot_download(model_cfg.id, revision=model_cfg.revision, local_files_only=True,
                                            allow_patterns=["*.json", "*.safetensors"]))
         except Exception:
-            offline = default_model.offline_copy_dir()
-            if model_cfg.id != DEFAULT_MODEL or not offline.is_dir():
+            offline = default_model.offline_copy_dir(model_cfg.id)
+            if model_cfg.id not in default_model.OFFLINE or not offline.is_dir():
                 return f"{model_cfg.id}@{model_cfg.revision}"
             local = offline
     return _digest({str(local): file_signature(local)})

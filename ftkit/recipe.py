@@ -31,8 +31,9 @@ def data_problem(stages, rl_method: str, kind: str) -> str | None:
     """The one rule of which data the training stages can use, checked at validation (from data.format and
     data.task) and again by the data stage (from the rows): what is wrong, or None.
 
-    `kind`: "text" (plain text, continued pre-training), "pairs" (preference pairs), "answers" (prompt/answer rows
-    without a rejected answer, e.g. a built-in task) or "unknown" (not known before the data is read).
+    `kind`: "text" (plain text, continued pre-training), "pairs" (preference pairs), "feedback" (single answers
+    labelled desirable or not), "answers" (prompt/answer rows without either, e.g. a built-in task) or "unknown"
+    (not known before the data is read).
 
     >>> data_problem(["data", "sft", "rl"], "dpo", "answers")[:60]
     'rl.method dpo trains on preference pairs, and this data has '
@@ -42,9 +43,16 @@ def data_problem(stages, rl_method: str, kind: str) -> str | None:
     if kind == "text":
         return ("plain text (continued pre-training) trains with SFT only: there is no prompt to answer for a reward; "
                 "remove rl from stages, or use prompt/answer data")
-    if rl_method == "dpo" and kind == "answers":
+    if rl_method == "dpo" and kind in ("answers", "feedback"):
         return ("rl.method dpo trains on preference pairs, and this data has no rejected answers; use data with "
-                "prompt/chosen/rejected columns (data.format: preference), or rl.method grpo")
+                "prompt/chosen/rejected columns (data.format: preference), or rl.method "
+                f"{'kto for answers labelled desirable or not' if kind == 'feedback' else 'grpo'}")
+    if rl_method == "kto" and kind == "answers":
+        return ("rl.method kto trains on feedback: answers labelled desirable or not (prompt/completion/label "
+                "columns, data.format: feedback) or preference pairs; this data has neither; or rl.method grpo")
+    if rl_method in ("grpo", "rloo") and kind == "feedback":
+        return (f"rl.method {rl_method} scores sampled answers with rewards, and this data holds labelled answers; "
+                "use rl.method kto to learn from the labels")
     return None
 
 
@@ -84,7 +92,7 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     task: Literal[tuple(TASKS)] | None = Field(None, description="built-in task: addition (the default, with no "
-                                               "other source) or word_problems")
+                                               "other source), word_problems or code")
     path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
     test_path: str | None = Field(None, description="the files' own test split (file or glob)")
     hub: str | None = Field(None, description="Hugging Face Hub dataset id")
@@ -95,9 +103,9 @@ class DataConfig(_Section):
     test_split: str | None = Field(None, description="the hub dataset's own test split")
     revision: str | None = None
     format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
-                    "preference", "text"] = "auto"
+                    "preference", "feedback", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
-                          "rejected", "system", "messages", "conversations", "text"], str] = Field(default_factory=dict)
+                          "rejected", "label", "system", "messages", "conversations", "text"], str] = Field(default_factory=dict)
     max_examples: int | None = Field(None, gt=0, description="examples drawn from the files or hub (shared by "
                                      "data.mix's weights) before splitting; default: all (mix: as weights allow)")
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
@@ -115,6 +123,22 @@ class DataConfig(_Section):
     dedupe: bool = True
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
+    split_by: str | None = Field(None, description="examples of one group never straddle train, validation and test: "
+                                 "a column of the data (a story, document or user id), or ngram (examples whose "
+                                 "prompts share a word 8-gram form one group); with the data's own test split, "
+                                 "train examples grouped with a test example are dropped")
+    augment: dict[Literal[PERTURBATIONS], float] = Field(
+        default_factory=dict, description="robustness training: perturbation (typo, case, whitespace, reword) -> "
+        "share of the training examples added again with the prompt perturbed that way; never test data")
+
+    @field_validator("augment")
+    @classmethod
+    def _shares(cls, augment):
+        bad = {k: v for k, v in augment.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"shares are fractions of the training examples, above 0 and at most 1, not {bad}; "
+                             "e.g. {typo: 0.3, case: 0.2}")
+        return augment
 
     @field_validator("mix")
     @classmethod
@@ -148,6 +172,9 @@ class DataConfig(_Section):
         if self.task and self.extract != "exact":
             raise ValueError(f"extract ({self.extract}) applies to files and hub datasets; task {self.task!r} reads "
                              "its answers itself")
+        if self.task and self.split_by:
+            raise ValueError(f"split_by ({self.split_by}) applies to files and hub datasets; task {self.task!r} "
+                             "never repeats a train problem in test")
         if self.task and self.max_examples:
             raise ValueError(f"max_examples ({self.max_examples}) applies to files and hub datasets; "
                              "for a task set train_size")
@@ -171,12 +198,13 @@ class SFTConfig(_Section):
 
 
 class RLConfig(_Section):
-    method: Literal["grpo", "rloo", "dpo"] = Field(
-        "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs")
+    method: Literal["grpo", "rloo", "dpo", "kto"] = Field(
+        "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs; kto: "
+        "answers labelled desirable or not (or preference pairs, unpaired)")
     max_steps: int = Field(30, gt=0)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step (prompts_per_step x "
-                            "num_generations); dpo: preference pairs per step")
+                            "num_generations); dpo: preference pairs per step; kto: labelled answers per step")
     prompts_per_step: int | None = Field(None, gt=0, description="grpo/rloo: prompts per step, each sampled "
                                          "num_generations times (sets batch_size); default batch_size / num_generations")
     loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo"] | None = Field(
@@ -188,8 +216,13 @@ class RLConfig(_Section):
                                  "for 1.5x the prompts training draws, with the starting model, and train only on "
                                  "those whose rewards differ (the others, always or never solved, give no signal)")
     beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
-                               "dpo: pull towards the reference (default 0.1)")
+                               "dpo/kto: pull towards the reference (default 0.1)")
     logging_steps: int = Field(1, gt=0, description="every step: the learning-signal diagnostics are per step")
+
+    @property
+    def kl_beta(self) -> float:
+        """beta as trained: the recipe's, else the method's default (DPO 0.1; GRPO/RLOO 0, no reference model)."""
+        return self.beta if self.beta is not None else (0.1 if self.method in ("dpo", "kto") else 0.0)
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0)
@@ -203,7 +236,8 @@ class RLConfig(_Section):
 
     @model_validator(mode="after")
     def _generations_divide_batch(self):
-        if self.method != "dpo" and self.prompts_per_step is not None:
+        sampled = self.method in ("grpo", "rloo")
+        if sampled and self.prompts_per_step is not None:
             wanted = self.prompts_per_step * self.num_generations
             if "batch_size" in self.model_fields_set and self.batch_size != wanted:
                 raise ValueError(f"batch_size ({self.batch_size}) and prompts_per_step ({self.prompts_per_step}) x "
@@ -215,9 +249,13 @@ class RLConfig(_Section):
             if set_here:
                 raise ValueError(f"{' and '.join(set_here)} {'apply' if len(set_here) > 1 else 'applies'} to rl.method "
                                  f"grpo, not {self.method}; remove {'them' if len(set_here) > 1 else 'it'}")
-        if self.method == "dpo" and self.filter_prompts:
-            raise ValueError("filter_prompts applies to grpo and rloo (sampled completions), not dpo; remove it")
-        if self.method != "dpo" and self.batch_size % self.num_generations:
+        if not sampled and self.filter_prompts:
+            raise ValueError(f"filter_prompts applies to grpo and rloo (sampled completions), not {self.method}; "
+                             "remove it")
+        if self.method == "kto" and self.batch_size < 2:
+            raise ValueError("kto estimates its KL term from mismatched pairs within a batch: batch_size must be at "
+                             "least 2")
+        if sampled and self.batch_size % self.num_generations:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                 f"({self.num_generations}); try batch_size: {self.num_generations * max(1, self.batch_size // self.num_generations)}")
@@ -237,6 +275,20 @@ class RLConfig(_Section):
         return self
 
 
+class JudgeConfig(_Section):
+    model: str = Field(..., min_length=1, description="the judge: a hub id, a local model directory, or base (the "
+                       "recipe's base model)")
+    mode: Literal["pairwise", "grade"] = Field("pairwise", description="pairwise: each model's reply against "
+                                               "eval.judge.against's, in both orders; grade: each reply graded 1-5")
+    against: str = Field("reference", description="pairwise: reference (the data's answers) or a model of "
+                         "eval.models")
+    rubric: str = Field("The better reply does what the request asks: correct, complete and to the point.",
+                        min_length=1, description="what the judge looks for; shown in its prompt and the report")
+    examples: int = Field(50, gt=0, description="test examples judged (the first ones)")
+    max_new_tokens: int = Field(8, gt=0, description="the judge's reply: a verdict, not an essay")
+    batch_size: int = Field(8, gt=0)
+
+
 class EvalConfig(_Section):
     models: list[str] | None = Field(
         None, description="models to evaluate: base, sft, rl or a label of eval.extra; default: base, every tuned "
@@ -244,9 +296,11 @@ class EvalConfig(_Section):
     extra: dict[str, str] = Field(default_factory=dict, description="more models to compare: label -> an adapter "
                                   "(of the same base model) or a model directory, e.g. an earlier run's sft/adapter")
     metrics: list[str] | None = Field(None, description="task (strict: the answer where data.extract says), lenient "
-                                      "(the right answer anywhere in the reply), exact_match, accuracy, f1, rouge_l, "
+                                      "(the right answer anywhere in the reply), preference (held-out pairs: how "
+                                      "often the chosen answer is the likelier), exact_match, accuracy, f1, rouge_l, "
                                       "chrf, bleu or an evaluate hub id; the first is the headline; default: task, "
-                                      "lenient (files scored whole: exact_match, f1, rouge_l, lenient)")
+                                      "lenient (files scored whole: exact_match, f1, rouge_l, lenient; preference "
+                                      "pairs: preference)")
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
@@ -256,6 +310,7 @@ class EvalConfig(_Section):
     robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
     perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
     n_examples_shown: int = Field(10, ge=0)
+    judge: JudgeConfig | None = Field(None, description="a model that grades the replies or compares them pairwise")
 
     @field_validator("metrics")
     @classmethod
@@ -265,11 +320,12 @@ class EvalConfig(_Section):
         if metrics is not None:
             if not metrics:
                 raise ValueError("name at least one metric, or leave metrics out for the default")
-            unknown = [m for m in metrics if m not in ("task", "lenient") and m not in LOCAL and "/" not in m]
+            own = ("task", "lenient", "preference")
+            unknown = [m for m in metrics if m not in own and m not in LOCAL and "/" not in m]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], ["task", "lenient", *LOCAL], n=1)
+                close = difflib.get_close_matches(unknown[0], [*own, *LOCAL], n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: task, lenient, {', '.join(LOCAL)}, "
+                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: {', '.join(own)}, {', '.join(LOCAL)}, "
                                  "or an evaluate hub id such as evaluate-metric/bertscore")
         return metrics
 
@@ -280,6 +336,11 @@ class EvalConfig(_Section):
         if reserved:
             raise ValueError(f"extra label {reserved[0]!r}: use letters, digits, '.', '_' or '-', and not base, sft "
                              "or rl")
+        judge = self.judge
+        if judge and judge.mode == "pairwise" and judge.against != "reference" and self.models is not None \
+                and judge.against not in self.models:
+            raise ValueError(f"judge.against is {judge.against!r}, which eval.models ({self.models}) does not "
+                             "evaluate; add it there or judge against reference")
         unknown = [m for m in self.models or [] if m not in ("base", *TUNED_MODELS, *self.extra)]
         if unknown:
             raise ValueError(f"models lists {unknown[0]!r}; use base, sft, rl or a label of eval.extra "
@@ -327,9 +388,30 @@ class LaunchConfig(_Section):
         return self
 
 
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}  # -> module
+
+
+def trackers(report_to) -> list[str]:
+    """The trackers a recipe's `report_to` names: `auto` is TensorBoard where it is installed, `none` is none.
+
+    >>> trackers("none"), trackers(["wandb", "tensorboard"])
+    ([], ['wandb', 'tensorboard'])
+    """
+    import importlib.util
+
+    if report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    return [n for n in names if n != "none"]
+
+
 class Recipe(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     seed: int = 0
+    report_to: Literal["auto", "none", "tensorboard", "trackio", "wandb", "mlflow"] | list[
+        Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        "auto", description="experiment trackers for SFT and RL (TRL's report_to): auto (TensorBoard, in "
+        "<run_dir>/<stage>/tb/, where it is installed), none, tensorboard, trackio, wandb, mlflow, or a list")
     stages: list[Literal["data", "sft", "rl", "eval", "export"]] = Field(
         default_factory=lambda: list(DEFAULT_STAGES), description="export runs only when listed")
     cell_timeout: int = Field(3600, gt=0, description="seconds one notebook cell may run")
@@ -340,6 +422,17 @@ class Recipe(_Section):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    @field_validator("report_to")
+    @classmethod
+    def _installed_trackers(cls, report_to):
+        import importlib.util
+
+        missing = [n for n in trackers(report_to) if importlib.util.find_spec(TRACKERS[n]) is None]
+        if missing:
+            raise ValueError(f"{missing[0]} is not installed here; pip install {missing[0]} (in ftkit's environment: "
+                             f".venv/bin/pip install {missing[0]}), or leave it out of report_to")
+        return report_to
 
     @field_validator("stages")
     @classmethod
@@ -369,7 +462,8 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _data_fits_the_stages(self):
         kind = ("answers" if self.data.task else "text" if self.data.format == "text"
-                else "pairs" if self.data.format == "preference" else "unknown")
+                else "pairs" if self.data.format == "preference" else "feedback" if self.data.format == "feedback"
+                else "unknown")
         problem = data_problem(self.stages, self.rl.method, kind)
         if problem:
             source = f"task {self.data.task!r}" if self.data.task else f"data.format {self.data.format}"
@@ -543,7 +637,7 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
     for key in ("path", "test_path", "generalization_path"):
         if getattr(cfg.data, key) is not None:
             setattr(cfg.data, key, resolve(getattr(cfg.data, key), f"data.{key}", ("data", key)))
-    if "rl" in cfg.stages and cfg.rl.method != "dpo":
+    if "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo"):
         from ftkit import rewards
 
         renamed = {}
@@ -555,6 +649,13 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
         cfg.rl.rewards = renamed
         where = f"{source}:{lines[('rl', 'rewards')]}" if ("rl", "rewards") in lines else source
         problems += [f"{where}: {p}" for p in rewards.check_names(renamed, Path(source).parent)]
+    if cfg.data.task == "code" or ("rl" in cfg.stages and "code_tests" in cfg.rl.rewards):
+        from ftkit import sandbox
+
+        refused = sandbox.problem()
+        if refused:
+            problems.append(f"{source}: model-written code cannot be run safely here, so neither the code task nor "
+                            f"the code_tests reward can score it: {refused}")
     for label, directory in cfg.eval.extra.items():
         where = f"{source}:{lines[('eval', 'extra', label)]}" if ("eval", "extra", label) in lines else source
         path = (Path(source).parent / os.path.expanduser(directory)).resolve()

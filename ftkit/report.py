@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from ftkit import rundir
-from ftkit.display import (all_metrics_table, claims, metric_name, paired_columns, plot_losses, plot_rl, shown,
-                           signal_warning, versus_base, versus_start)
+from ftkit.display import (all_metrics_table, claims, judge_prompt, judge_table, metric_name, paired_columns,
+                           plot_losses, plot_rl, shown, signal_warning, versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -87,7 +87,8 @@ def _header(recipe: dict, status: dict, metrics: dict, env: dict) -> str:
                          f'executed notebook <code>{esc(info.get("notebook"))}</code> for the traceback.</div>')
     source = metrics.get("data", {}).get("source") or recipe.get("data", {}).get("task")
     parts.append(f"<p><b>Model:</b> {esc(recipe.get('model', {}).get('id'))} &nbsp; <b>Data:</b> {esc(source)} &nbsp; "
-                 f"<b>Seed:</b> {esc(recipe.get('seed'))}</p><p><b>Machine:</b> {esc(machine_line(env))}</p>")
+                 f"<b>Seed:</b> {esc(recipe.get('seed'))}</p><p><b>Machine:</b> {esc(machine_line(env))}</p>"
+                 + (f"<p><b>Model terms:</b> {esc(env['model_terms'])}</p>" if env.get("model_terms") else ""))
     return "".join(parts)
 
 
@@ -114,10 +115,22 @@ def _data(data: dict) -> str:
             for name, s in data["splits"].items()]
     drops = ", ".join(f"{k}: {v}" for k, v in data.get("drops", {}).items()) or "none"
     overlap = data.get("contamination", {})
+    template = {"ftkit's default": "ftkit's default (### User: / ### Assistant: headers, EOS after each turn: the "
+                                   "model has none of its own)", "the model's own": "the model's own"}.get(
+        data.get("chat_template"))
     text = (f"<h3>Data</h3><p>Source: {esc(data.get('source'))}. Dropped: {esc(drops)}. "
+            + (f"Chat template: {esc(template)}. " if template else "") +
             f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
             f"({esc(overlap.get('exact_matches'))} exact).</p>"
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
+    if data.get("split_by"):
+        text += f"<p>Split by {esc(data['split_by'])}: examples of one group are all on one side.</p>"
+    if data.get("augmented"):
+        added = ", ".join(f"{n} {kind}" for kind, n in data["augmented"].items())
+        text += f"<p>Robustness training (data.augment): train holds perturbed copies of its prompts: {esc(added)}.</p>"
+    if overlap.get("pairs"):
+        rows = [[p["test"], p["train"], p["shared"]] for p in overlap["pairs"]]
+        text += "<p>Overlapping test and train prompts, first ones:</p>" + _table(["test", "train", "shared"], rows)
     if data.get("mix"):
         rows = [[name, m["weight"], m["available"], m["wanted"], m["taken"]] for name, m in data["mix"].items()]
         text += "<p>Mixed sources (data.mix):</p>" + _table(["source", "weight", "available", "wanted", "taken"], rows)
@@ -181,9 +194,28 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in cut.items())
         parts.append(f'<p class="warning">Replies cut at eval.max_new_tokens before they ended: {esc(shares)}. A cut '
                      "reply is scored as it stands: raise eval.max_new_tokens if the format needs more.</p>")
+    parts.append(_judge(run_dir, evaluated))
     parts.append(_claims(evaluated))
     parts.append(_flips(run_dir, [n for n in evaluated if n != "base"]))
     return "".join(parts)
+
+
+def _judge(run_dir: Path, evaluated: dict, limit: int = 3) -> str:
+    """eval.judge: the summary per model, the judge's prompt, and its first raw verdicts."""
+    table = judge_table(evaluated)
+    if table.empty:
+        return ""
+    rows = [[name, *(fmt(v) for v in values)] for name, values in zip(table.index, table.values)]
+    verdicts = []
+    for name in table.index:
+        for record in rundir.eval_records(run_dir, "judge", name)[:limit]:
+            verdicts.append([name, record["prompt"], record["candidate"], record.get("other", ""),
+                             " | ".join(record["verdicts"]), record.get("outcome", record.get("grade"))])
+    return ("<h3>A judge's verdicts (eval.judge)</h3><p>Pairwise verdicts were asked in both orders; a verdict that "
+            "followed the position counts as a tie (order flipped). Unreadable verdicts are counted, not scored.</p>"
+            + _table(["model", *table.columns], rows) + f"<p>The judge's prompt:</p><pre>{esc(judge_prompt(evaluated))}"
+            "</pre><p>First verdicts:</p>" + _table(["model", "prompt", "reply", "against", "raw verdicts",
+                                                     "outcome"], verdicts))
 
 
 def _versus_start(evaluated: dict) -> str:
@@ -232,10 +264,12 @@ def _claims(evaluated: dict) -> str:
     shifted = first.get("generalization", {})
     perturbed = first.get("robustness", {}).get("clean", {})
     rows = [[name, *(fmt(v) for v in values)] for name, values in zip(table.index, table.values)]
+    generalization = (f"Generalization: the headline metric on a related but shifted test set ({esc(shifted['n'])} "
+                      "examples). " if shifted.get("n") else "")
     return ("<h3>2 · Generalization and 3 · Robustness</h3>"
-            f"<p>Generalization: the headline metric on a related but shifted test set ({esc(shifted.get('n', 0))} "
-            f"examples). Robustness: its change on the first {esc(perturbed.get('n', 0))} test prompts under each "
-            "perturbation (negative: worse than on the unperturbed prompts).</p>"
+            f"<p>{generalization}Robustness: its change on the first {esc(perturbed.get('n', 0))} test prompts under "
+            "each perturbation, with its 95% paired bootstrap interval (negative: worse than on the unperturbed "
+            "prompts).</p>"
             + _table(["model", *table.columns], rows))
 
 

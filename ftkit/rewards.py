@@ -58,6 +58,17 @@ def think_format(completions, **_) -> list[float]:
     return [float(layout.fullmatch(completion_text(c)) is not None) for c in completions]
 
 
+def code_tests(completions, answer: list[str], **_) -> list[float]:
+    """The share of its example's unit tests (one assert per line, as `rows.scored_against` gives them) that each
+    completion's Python passes, run in `ftkit.sandbox`: a reply that loops, hogs memory or reaches outside scores
+    what it passed before it was stopped, and the run goes on.
+
+    >>> code_tests(["def f(x):\\n    return 2 * x", "while True: pass"], ["assert f(2) == 4\\nassert f(0) == 0"] * 2)
+    [1.0, 0.0]
+    """
+    return tasks.Code().reward(completions, answer)
+
+
 def format_match(completions, pattern: str, **_) -> list[float]:
     """1.0 when the whole completion (stripped) matches the regular expression `pattern`.
 
@@ -203,6 +214,7 @@ BUILT_IN = {
     "length_penalty": lambda cfg: (length_penalty, {"target": cfg.rl.length_target}),
     "json_valid": lambda cfg: (json_valid, {}),
     "think_format": lambda cfg: (think_format, {}),
+    "code_tests": lambda cfg: (code_tests, {}),
 }
 
 

@@ -17,12 +17,11 @@ from ftkit import launch, models, rewards, rundir
 from ftkit.generation import generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import DataError, kind, messages
+from ftkit.rows import DataError, kind, messages, scored_against
 from ftkit.tasks.common import completion_text
 from ftkit.training import fit, per_process, to_dataset, training_args
 
 log = logging.getLogger(__name__)
-DPO_BETA, GRPO_BETA = 0.1, 0.0
 
 
 class SampleLog:
@@ -93,6 +92,8 @@ def train(cfg, run_dir: str | Path) -> dict:
     rows = rundir.load_split(run_dir, "train")
     if cfg.rl.method == "dpo":
         return _train_dpo(cfg, run_dir, rows)
+    if cfg.rl.method == "kto":
+        return _train_kto(cfg, run_dir, rows)
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if cfg.rl.method == "grpo" else (RLOOConfig, RLOOTrainer)
@@ -105,14 +106,14 @@ def train(cfg, run_dir: str | Path) -> dict:
         rows = filtered.pop("rows")
         del sampler
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [r["answer"] for r in rows])
+    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [scored_against(r) for r in rows])
     samples, clock = SampleLog(cfg.rl.max_steps), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
     args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls,
                          per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
                          num_generations=cfg.rl.num_generations,
-                         beta=GRPO_BETA if cfg.rl.beta is None else cfg.rl.beta, temperature=cfg.rl.temperature,
+                         beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
                          reward_weights=weights, **grpo, **vllm)
     trainer = trainer_cls(model=model, reward_funcs=[clock.wrap(samples.wrap(f)) for f in functions], args=args,
@@ -175,7 +176,7 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
                        cfg.rl.max_completion_length, temperature=cfg.rl.temperature, samples=k)
     kept, no_spread = [], {}
     for row, texts in zip(pool, outputs):
-        columns = {"answer": [row["answer"]] * k, "prompts": [messages(row)] * k}
+        columns = {"answer": [scored_against(row)] * k, "prompts": [messages(row)] * k}
         completions = [[{"role": "assistant", "content": t}] for t in texts]
         totals = [sum(w * v for w, v in zip(weights, values))
                   for values in zip(*(f(completions, **columns) for f in functions))]
@@ -242,7 +243,7 @@ def _train_dpo(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
     args = training_args(cfg, cfg.rl, run_dir, "rl", DPOConfig,
                          per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
-                         beta=DPO_BETA if cfg.rl.beta is None else cfg.rl.beta, max_length=cfg.sft.max_length,
+                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length,
                          lr_scheduler_type="constant")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
@@ -252,6 +253,44 @@ def _train_dpo(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
     return {"method": "dpo", "start_from": start_from, **figures,
             "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins"),
             "first_accuracy": first.get("rewards/accuracies"), "final_accuracy": last.get("rewards/accuracies")}
+
+
+def feedback_dataset(rows: list[dict]):
+    """Feedback rows (or preference pairs, unpaired: the chosen answer desirable, the rejected one not) -> TRL's
+    conversational unpaired-preference format (prompt messages, completion turn, label)."""
+    from datasets import Dataset
+
+    problem = data_problem(["rl"], "kto", kind(rows))
+    if problem:
+        raise DataError(f"the train split: {problem}")
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    examples = []
+    for row in rows:
+        if "label" in row:
+            examples.append({"prompt": messages(row), "completion": turn(row["answer"]), "label": bool(row["label"])})
+        else:
+            examples += [{"prompt": messages(row), "completion": turn(row["answer"]), "label": True},
+                         {"prompt": messages(row), "completion": turn(row["rejected"]), "label": False}]
+    return Dataset.from_list(examples)
+
+
+def _train_kto(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
+    from trl import KTOConfig, KTOTrainer
+
+    dataset = feedback_dataset(rows)
+    model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
+    args = training_args(cfg, cfg.rl, run_dir, "rl", KTOConfig,
+                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
+                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length, lr_scheduler_type="constant")
+    trainer = KTOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    figures, history = fit(trainer, tokenizer, run_dir, "rl")
+    logged = [h for h in history if "rewards/margins" in h]
+    first, last = (logged[0], logged[-1]) if logged else ({}, {})
+    desirable = sum(dataset["label"])
+    return {"method": "kto", "start_from": start_from, **figures, "desirable": desirable,
+            "undesirable": len(dataset) - desirable,
+            "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins")}
 
 
 if __name__ == "__main__":  # one of several processes started by `accelerate launch`

@@ -3,7 +3,8 @@
 Every source is normalized (`ftkit.sources`) to rows
 
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
-     "rejected": str (preference pairs only)}
+     "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
+     "tests": [str] (code only: asserts a reply's code must pass)}
 
 that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
 plain text (continued pre-training) is {"text": str}. The data stage adds "tokens" (the length as trained) and, for
@@ -26,10 +27,28 @@ def fields(row: dict) -> tuple[str, ...]:
 
 
 def kind(rows: list[dict]) -> str:
-    """What the rows can train, for `recipe.data_problem`: "text", "pairs" or "answers"."""
+    """What the rows can train, for `recipe.data_problem`: "text", "pairs", "feedback" or "answers"."""
     if rows and "text" in rows[0]:
         return "text"
+    if rows and all("label" in r for r in rows):
+        return "feedback"
     return "pairs" if rows and all(r.get("rejected") for r in rows) else "answers"
+
+
+def imitated(rows: list[dict]) -> list[dict]:
+    """The rows whose answer a model should learn to give (SFT) or be scored against (eval): all but feedback
+    labelled undesirable.
+
+    >>> [r["answer"] for r in imitated([{"answer": "a", "label": True}, {"answer": "b", "label": False}, {"answer": "c"}])]
+    ['a', 'c']
+    """
+    return [r for r in rows if r.get("label", True)]
+
+
+def scored_against(row: dict) -> str:
+    """What a reply to the row is scored against, by eval and by the rewards: its unit tests, one per line, when it
+    carries `tests` (code), else its reference answer."""
+    return "\n".join(row["tests"]) if row.get("tests") else row["answer"]
 
 
 def messages(row: dict) -> list[dict]:

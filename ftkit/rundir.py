@@ -4,9 +4,10 @@
       recipe.yaml  status.json  env.json  metrics.json  report.html  progress.json (while a stage runs)
       notebooks/<NN_stage>.ipynb                   the executed notebooks
       data/{train,test,validation,generalization}.jsonl  data/stats.json
-      sft/ rl/   adapter/ (LoRA) or model/ (full fine-tuning), log_history.json, checkpoints/, train_result.json
+      sft/ rl/   adapter/ (LoRA) or model/ (full fine-tuning), log_history.json, checkpoints/, train_result.json,
+                 tb/ (TensorBoard)
                  and launch.log (several processes); rl/samples.jsonl
-      eval/{predictions,generalization,robustness,flips}_<model>.jsonl
+      eval/{predictions,generalization,robustness,flips,judge}_<model>.jsonl
       export/merged/ export/adapter/
 
 Every path of it is spelled here and only here; so are the stage order, the notebook of each stage and what each
@@ -38,7 +39,7 @@ RECIPE, STATUS, ENV, METRICS, REPORT, PROGRESS = ("recipe.yaml", "status.json", 
 STATS, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES = ("stats.json", "log_history.json", "train_result.json",
                                                          "launch.log", "samples.jsonl")
 CHECKPOINT_MARKER = "ftkit-complete.json"  # written into a checkpoint once transformers has written all of it
-EVAL_FILES = ("predictions", "generalization", "robustness", "flips")  # eval/<kind>_<model>.jsonl
+EVAL_FILES = ("predictions", "generalization", "robustness", "flips", "judge")  # eval/<kind>_<model>.jsonl
 RESULTS = ("adapter", "model")  # what a training stage saves: a LoRA adapter or a whole model
 EXPORTS = ("merged", "adapter")
 
@@ -97,6 +98,11 @@ def stage_file(run_dir: str | Path, stage: str, name: str) -> Path:
     """A training stage's file: LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG or SAMPLES."""
     _known(name, (LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES))
     return stage_dir(run_dir, stage) / name
+
+
+def tensorboard_dir(run_dir: str | Path, stage: str) -> Path:
+    """<stage>/tb/: the stage's TensorBoard event files (`tensorboard --logdir <run_dir>` shows every stage)."""
+    return stage_dir(run_dir, stage) / "tb"
 
 
 def checkpoints_dir(run_dir: str | Path, stage: str) -> Path:
@@ -257,18 +263,21 @@ def reward_curve(run_dir: str | Path) -> tuple[list, list, list]:
 SIGNAL = ["frac_reward_zero_std", "completions/clipped_ratio"]  # GRPO/RLOO: how much of a step could teach
 RL_CURVES = {"grpo": ["reward", "rewards/*", *SIGNAL, "kl", "completions/mean_length", "loss"],
              "rloo": ["reward", "rewards/*", *SIGNAL, "kl", "completions/mean_length", "loss"],
-             "dpo": ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"]}
+             "dpo": ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "loss"],
+             "kto": ["rewards/chosen", "rewards/rejected", "rewards/margins", "kl", "loss"]}
 
 
 def rl_curves(run_dir: str | Path) -> dict[str, tuple[list, list]]:
     """Every logged RL series worth plotting: name -> (steps, values). GRPO/RLOO: total reward, each reward
-    function, KL to the reference, completion length, loss; DPO: chosen/rejected rewards, margin, accuracy, loss."""
+    function, KL to the reference, completion length, loss; DPO: chosen/rejected rewards, margin, accuracy, loss; KTO:
+    desirable/undesirable rewards, margin, KL estimate, loss."""
     history = log_history(run_dir, "rl")
-    method = "dpo" if any("rewards/margins" in h for h in history) else "grpo"
+    margins = any("rewards/margins" in h for h in history)
+    method = ("dpo" if any("rewards/accuracies" in h for h in history) else "kto") if margins else "grpo"
     found = defaultdict(lambda: ([], []))
     for entry in history:
         for key, value in entry.items():
-            wanted = key in RL_CURVES[method] or (method != "dpo" and key.startswith("rewards/")
+            wanted = key in RL_CURVES[method] or (method == "grpo" and key.startswith("rewards/")
                                                   and key.endswith("/mean"))
             if wanted and isinstance(value, (int, float)) and "step" in entry:
                 found[key][0].append(entry["step"])

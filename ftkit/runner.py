@@ -57,8 +57,10 @@ def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def environment(seed: int) -> dict:
+def environment(seed: int, model_id: str | None = None) -> dict:
     import torch
+
+    from ftkit.default_model import OFFLINE
 
     versions = machine.package_versions()
     try:
@@ -69,7 +71,8 @@ def environment(seed: int) -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"seed": seed, "python": platform.python_version(), "platform": platform.platform(),
             "cpu": machine.cpu(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "git_commit": commit, "packages": versions}
+            "git_commit": commit, "packages": versions,
+            **({"model_terms": OFFLINE[model_id].licence} if model_id in OFFLINE and OFFLINE[model_id].terms else {})}
 
 
 @dataclass
@@ -196,7 +199,7 @@ def prepare(cfg, run_dir: str | Path | None = None) -> Path:
     for stage in rundir.NOTEBOOKS:  # a notebook autosaved by papermill before a kill, say
         _redact_notebook(rundir.executed_notebook(run_dir, stage))
     write_atomic(rundir.path(run_dir, rundir.RECIPE), cfg.dump())
-    write_atomic(rundir.path(run_dir, rundir.ENV), json.dumps(environment(cfg.seed), indent=2))
+    write_atomic(rundir.path(run_dir, rundir.ENV), json.dumps(environment(cfg.seed, cfg.model.id), indent=2))
     return run_dir
 
 

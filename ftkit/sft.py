@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftkit import launch, models, preflight, rundir
+from ftkit.rows import imitated
 from ftkit.training import fit, per_process, to_dataset, training_args
 
 
@@ -21,9 +22,9 @@ def train(cfg, run_dir: str | Path) -> dict:
 
     if launch.needed(cfg):
         return launch.train(cfg, run_dir, "sft")
-    rows = rundir.load_split(run_dir, "train")
+    rows = imitated(rundir.load_split(run_dir, "train"))  # feedback: the desirable answers only
     dataset = to_dataset(rows)
-    validation = (to_dataset(rundir.load_split(run_dir, "validation"))
+    validation = (to_dataset(imitated(rundir.load_split(run_dir, "validation")))
                   if rundir.split_path(run_dir, "validation").is_file() else None)
     evaluation = {}
     if validation is not None:

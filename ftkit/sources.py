@@ -15,10 +15,13 @@ from pathlib import Path
 
 from ftkit.rows import DataError
 
-FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "text")
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "feedback", "text")
 FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
           "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
-          "preference": ("prompt", "chosen", "rejected"), "text": ("text",)}
+          "preference": ("prompt", "chosen", "rejected"), "feedback": ("prompt", "completion", "label"),
+          "text": ("text",)}
+LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
+          False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 
 
@@ -95,7 +98,7 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
 
 def detect_format(columns, place: str) -> str:
     keys = set(columns)
-    for name in ("messages", "sharegpt", "preference", "alpaca", "prompt_completion", "question_answer"):
+    for name in ("messages", "sharegpt", "preference", "feedback", "alpaca", "prompt_completion", "question_answer"):
         if set(FIELDS[name]) <= keys:
             return name
     if {"prompt", "answer"} <= keys:
@@ -140,8 +143,25 @@ def _answer_text(value) -> str:
     return "" if value is None else str(value)
 
 
-def normalize(record: dict, fmt: str, place: str) -> dict | None:
-    """One raw record -> row (None for a conversation with invalid turn order)."""
+def _label(value, place: str) -> bool:
+    """A feedback label: desirable (True) or not, from a bool, 1/0 or a word such as up/down or good/bad.
+
+    >>> _label("thumbs_up", "x"), _label(0, "x"), _label(" Bad ", "x")
+    (True, False, False)
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    for label, words in LABELS.items():
+        if text in words:
+            return label
+    raise DataError(f"{place}: label {value!r} is neither desirable nor undesirable; use true/false (also 1/0, "
+                    "up/down, good/bad)")
+
+
+def normalize(record: dict, fmt: str, place: str) -> dict | str:
+    """One raw record -> row, or the reason it is dropped: "turn_order" (a conversation that is not user then
+    assistant turns, ending with the assistant) or "identical_pair" (a preference pair whose answers are the same)."""
     fields = FIELDS[fmt]
     if fmt == "question_answer" and "question" not in record and "prompt" in record:
         fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
@@ -149,17 +169,17 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
     if missing:
         raise DataError(f"{place}: missing column {missing[0]!r} for format {fmt!r}; the columns are "
                         f"{sorted(record)}; map yours with data.columns: {{{missing[0]}: <column>}}")
-    if fmt == "messages":
-        return _messages_to_row(record["messages"], place, "role", "content")
-    if fmt == "sharegpt":
-        return _messages_to_row(record["conversations"], place, "from", "value")
+    if fmt in ("messages", "sharegpt"):
+        keys = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
+        return _messages_to_row(record[keys[0]], place, *keys[1:]) or "turn_order"
     if fmt == "text":
         return {"text": record["text"]}
-    if fmt == "preference":
+    if fmt == "feedback":
+        row = {"prompt": record["prompt"], "answer": record["completion"], "label": _label(record["label"], place)}
+    elif fmt == "preference":
         chosen, rejected = (_answer_text(record[k]) for k in ("chosen", "rejected"))
         if chosen.strip() and chosen.strip() == rejected.strip():
-            raise DataError(f"{place}: chosen and rejected are the same ({chosen[:60]!r}); a preference pair needs "
-                            "two different answers: fix or remove the row")
+            return "identical_pair"
         row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
     elif fmt == "alpaca":
         extra = record.get("input")
@@ -175,8 +195,9 @@ def normalize(record: dict, fmt: str, place: str) -> dict | None:
 
 
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
-                      drops: Counter) -> list[tuple[str, dict]]:
-    """Rename mapped columns, detect the format from the first record, normalize every record to a row."""
+                      drops: Counter, group: str | None = None) -> list[tuple[str, dict]]:
+    """Rename mapped columns, detect the format from the first record, normalize every record to a row; with
+    `group` (data.split_by naming a column) the row keeps that column's value as its "group"."""
     if not records:
         return []
     if columns:
@@ -186,13 +207,20 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                             f"the columns are {sorted(records[0][1])}")
         rename = {v: k for k, v in columns.items()}
         records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
+    if group and columns:
+        group = {v: k for k, v in columns.items()}.get(group, group)
     source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
     rows = []
     for place, record in records:
         row = normalize(record, source_format, place)
-        if row is None:
-            drops["turn_order"] += 1
+        if isinstance(row, str):
+            drops[row] += 1
             continue
+        if group:
+            if record.get(group) in (None, ""):
+                raise DataError(f"{place}: data.split_by names the column {group!r}, which this row lacks or leaves "
+                                f"empty; the columns are {sorted(record)}: fill it, or split_by: ngram")
+            row["group"] = str(record[group])
         for field in ("prompt", "answer", "system", "text"):
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])
@@ -200,11 +228,12 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     return rows
 
 
-def load_files(pattern: str, fmt: str, columns: dict[str, str]) -> tuple[list[tuple[str, dict]], Counter]:
+def load_files(pattern: str, fmt: str, columns: dict[str, str],
+               group: str | None = None) -> tuple[list[tuple[str, dict]], Counter]:
     """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
     rows, drops = [], Counter()
     for path in expand(pattern):
-        rows += normalize_records(read_records(path), fmt, columns, drops)
+        rows += normalize_records(read_records(path), fmt, columns, drops, group)
     return rows, drops
 
 
@@ -232,9 +261,10 @@ def sources(data_cfg) -> dict[str, float]:
 
 def load_source(name: str, data_cfg, own_test: bool = False) -> tuple[list[tuple[str, dict]], Counter]:
     """Normalized rows of one source (a file pattern or hub:<id>); its own test split when `own_test`."""
+    group = data_cfg.split_by if data_cfg.split_by != "ngram" else None
     if name.startswith("hub:"):
         split_name = data_cfg.test_split if own_test else data_cfg.split
         records = read_hub(name.removeprefix("hub:"), data_cfg.subset, split_name, data_cfg.revision)
         drops = Counter()
-        return normalize_records(records, data_cfg.format, data_cfg.columns, drops), drops
-    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns)
+        return normalize_records(records, data_cfg.format, data_cfg.columns, drops, group), drops
+    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns, group)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -24,6 +25,7 @@ from datasets import Dataset
 
 from ftkit import models, preflight, rundir
 from ftkit.io import read_json, write_atomic
+from ftkit.recipe import trackers
 from ftkit.rows import messages
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,15 @@ def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls,
     bf16 where the hardware computes in it (`models.dtype_name`), gradient checkpointing only where memory needs
     it (`tokens`: the most a step holds), transformers' fused AdamW."""
     dtype = models.dtype_name(cfg.model)
+    report_to = trackers(cfg.report_to)
+    if "tensorboard" in report_to:  # transformers' TensorBoard callback reads its folder from here
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(rundir.tensorboard_dir(run_dir, stage))
     return trl_config_cls(
         output_dir=str(rundir.checkpoints_dir(run_dir, stage)), max_steps=section.max_steps,
         learning_rate=section.learning_rate, logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
-        save_total_limit=2, report_to="none", disable_tqdm=True, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        save_total_limit=2, report_to=report_to or "none", run_name=f"{cfg.name}/{Path(run_dir).name}/{stage}",
+        disable_tqdm=True, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         gradient_checkpointing=preflight.gradient_checkpointing(cfg, tokens), dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(), **extra)

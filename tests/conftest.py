@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly-initialized models (Llama by default; GPT-Neo, Mistral, Qwen2) with a byte-level
+"""Shared fixtures: tiny randomly-initialized models (Llama by default; GPT-Neo, Mistral, Qwen2, Gemma 3) with a byte-level
 BPE tokenizer, built offline."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def build_tokenizer():
 
 
 def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
-    """A tiny randomly-initialized causal LM of one of the architectures ftkit's recipes name."""
+    """A tiny randomly-initialized causal LM of one of the architectures ftkit's recipes and offline models name."""
     import torch
     import transformers
 
@@ -51,6 +51,7 @@ def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
         "llama": lambda: transformers.LlamaConfig(**sizes, **decoder),
         "mistral": lambda: transformers.MistralConfig(**sizes, **decoder, sliding_window=64),
         "qwen2": lambda: transformers.Qwen2Config(**sizes, **decoder),
+        "gemma3": lambda: transformers.Gemma3TextConfig(**sizes, **decoder, head_dim=8, sliding_window=16),
         "gpt_neo": lambda: transformers.GPTNeoConfig(**sizes, num_layers=2, num_heads=4, intermediate_size=64,
                                                      attention_types=[[["global", "local"], 1]], window_size=16),
     }

@@ -16,22 +16,24 @@ from tests.conftest import TOLERANCE, build_tokenizer, make_model_dir, tiny_cfg
 
 DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TARGETS = {"gpt_neo": {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"},
-           "llama": DECODER, "mistral": DECODER, "qwen2": DECODER}
+           "llama": DECODER, "mistral": DECODER, "qwen2": DECODER, "gemma3": DECODER}
 CLASSES = {"gpt_neo": "GPTNeoForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-           "qwen2": "Qwen2ForCausalLM"}
+           "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+BASE_TOKENIZER = {"gpt_neo", "gemma3"}  # no chat template, no pad token (GPT-Neo; Gemma 3 270M from its GGUF)
 
 
 @pytest.mark.parametrize("arch", list(TARGETS))
 def test_architecture_trains_generates_and_merges(tmp_path, arch):
-    model_dir = make_model_dir(tmp_path, arch, base_tokenizer=arch == "gpt_neo")
+    model_dir = make_model_dir(tmp_path, arch, base_tokenizer=arch in BASE_TOKENIZER)
     cfg, run_dir = tiny_cfg(model_dir), tmp_path / "run"
     tokenizer = models.load_tokenizer(str(model_dir))
-    if arch == "gpt_neo":
+    if arch in BASE_TOKENIZER:
         assert tokenizer.chat_template == models.DEFAULT_CHAT_TEMPLATE
         assert tokenizer.pad_token == tokenizer.eos_token and len(tokenizer) == len(build_tokenizer()), \
             "no token is added, so the embeddings keep their size"
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
+    assert figures["chat_template"] == ("ftkit's default" if arch in BASE_TOKENIZER else "the model's own")
     result = sft.train(cfg, run_dir)
     assert result["steps"] == 3
 

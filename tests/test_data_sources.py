@@ -243,9 +243,13 @@ def test_empty_test_file(tmp_path):
 def test_contamination_above_threshold_fails(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(6))
     write_jsonl(tmp_path / "test.jsonl", qa_rows(2) + qa_rows(2, start=50))
-    with pytest.raises(DataError, match=r"2 of 4 test prompts also occur in train \(2 exactly\); fraction 0.5 "
-                                             r"is above data.max_contamination = 0.0"):
+    with pytest.raises(DataError, match=r"2 of 4 test prompts share a word 8-gram with a train prompt \(2 of them "
+                                             r"word for word\); fraction 0.5 is above data.max_contamination = 0.0"
+                       ) as caught:
         data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+    message = str(caught.value)
+    assert "test:   'What is the capital of country number 0?'" in message  # the pairs, side by side
+    assert "train:  'What is the capital of country number 0?'" in message and "data.split_by: ngram" in message
     splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
                                                     max_contamination=0.5))
     assert figures["contamination"]["fraction"] == 0.5
@@ -255,8 +259,10 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
     train = [{"prompt": "please summarize the following short article about the history of rome", "answer": "a"}]
     test = [{"prompt": "Summarize the following short article about the history of rome for me", "answer": "b"},
             {"prompt": "completely different words here", "answer": "c"}]
-    assert data.contamination(train, test) == {"exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "counted": "ngram",
-                                               "fraction": 0.5}
+    assert data.contamination(train, test) == {
+        "exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "counted": "ngram", "fraction": 0.5,
+        "pairs": [{"test": test[0]["prompt"], "train": train[0]["prompt"],
+                   "shared": "summarize the following short article about the history"}]}
     assert data.contamination(train, test, exact_only=True)["fraction"] == 0.0
 
 
@@ -315,9 +321,71 @@ def test_preference_pairs_keep_the_rejected_answer(tmp_path):
     assert len(data.clean(rows, drops)) == 1 and drops == {"empty_field": 1}
 
 
-def test_preference_pair_with_identical_answers_is_an_error(tmp_path):
-    bad(tmp_path, "p.jsonl", json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}),
-        match=r"p.jsonl:1: chosen and rejected are the same \('same'\); a preference pair needs two different")
+def test_a_preference_pair_with_identical_answers_is_dropped_and_counted(tmp_path):
+    pairs = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+              "rejected": "no" if i % 2 == 0 else "yes"} for i in range(12)]
+    pairs[5]["rejected"] = pairs[5]["chosen"]
+    write_jsonl(tmp_path / "p.jsonl", pairs)
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="p.jsonl", max_contamination=1.0))
+    assert figures["drops"] == {"identical_pair": 1}
+    assert sum(len(rows) for rows in splits.values()) == 11
+    assert all(r["answer"] != r["rejected"] for rows in splits.values() for r in rows)
+
+
+def test_too_few_rows_after_cleaning_names_what_was_dropped(tmp_path):
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "Hello!"},
+                                                        {"role": "user", "content": f"Hi {i}"}]} for i in range(5)])
+    with pytest.raises(DataError, match=r"0 examples after cleaning, not enough for a test split of 2 and a train "
+                                        r"split \(cleaning dropped 5: 5 turn_order \(a conversation that is not user "
+                                        r"and assistant turns in turn"):
+        data.build_splits(make_recipe(tmp_path, path="chat.jsonl"))
+
+
+def story_rows(stories, questions=3):
+    """Several questions on one story: stories share no wording, the questions on one story share its text."""
+    return [{"question": " ".join(f"{chr(97 + s % 26)}{s}word{k}" for k in range(10)) + f". Question {q}: how many?",
+             "answer": str(s * q), "story": f"s{s}"}
+            for s in range(stories) for q in range(questions)]
+
+
+@pytest.mark.parametrize("split_by", ["story", "ngram"])
+def test_a_grouped_split_keeps_every_group_on_one_side(tmp_path, split_by):
+    write_jsonl(tmp_path / "d.jsonl", story_rows(20))
+    with pytest.raises(DataError, match="data.split_by"):  # split per question, stories straddle train and test
+        data.build_splits(make_recipe(tmp_path, path="d.jsonl", test_size=6))
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="d.jsonl", test_size=6, validation_size=3,
+                                                    split_by=split_by))
+    side = {}
+    for name, rows in splits.items():
+        for row in rows:
+            story = row["prompt"].split()[0]
+            assert side.setdefault(story, name) == name, f"{story} is in {side[story]} and {name}"
+    assert len(splits["test"]) == 6 and len(splits["validation"]) == 3 and len(splits["train"]) == 51
+    assert figures["contamination"]["ngram_overlaps"] == 0 and figures["split_by"] == split_by
+
+
+@pytest.mark.parametrize("split_by", ["story", "ngram"])
+def test_with_its_own_test_split_train_examples_grouped_with_test_ones_are_dropped(tmp_path, split_by):
+    rows = story_rows(10)
+    write_jsonl(tmp_path / "train.jsonl", rows[:24])
+    write_jsonl(tmp_path / "test.jsonl", rows[21:])  # story 7 on both sides
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
+                                                    split_by=split_by))
+    assert figures["drops"] == {"grouped_with_test": 3} and len(splits["train"]) == 21
+    assert figures["contamination"]["ngram_overlaps"] == 0
+
+
+def test_split_by_a_missing_column_names_it(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", qa_rows(6))
+    with pytest.raises(DataError, match=r"d.jsonl:1: data.split_by names the column 'story', which this row lacks"):
+        data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="story"))
+
+
+def test_split_by_ngram_refuses_boilerplate_that_links_everything(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"question": f"Answer with one word only please and be brief: item {i}?",
+                                        "answer": str(i)} for i in range(12)])
+    with pytest.raises(DataError, match=r"links 12 of 12 examples into one group .* belongs in data.system"):
+        data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="ngram"))
 
 
 def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ftkit"
 LAYERS = {  # module -> layer; a module may import its own layer's modules (without a circle) or lower ones
     **dict.fromkeys(["rundir", "io", "recipe", "rows", "answers", "tasks", "rewards", "metrics", "robustness",
-                    "machine"], 0),
-    **dict.fromkeys(["sources", "models", "preflight", "training", "launch", "generation", "default_model"], 1),
+                    "machine", "sandbox"], 0),
+    **dict.fromkeys(["sources", "models", "preflight", "training", "launch", "generation", "default_model",
+                     "judge"], 1),
     **dict.fromkeys(["data", "sft", "rl", "eval", "export"], 2),
     **dict.fromkeys(["runner", "fingerprints", "cli", "__main__", "report", "display", "compare"], 3),
 }

@@ -7,6 +7,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ftkit import data, display, models, recipe, rewards, rl, rundir, sft, sources
+from ftkit import eval as eval_stage
 from ftkit.rows import DataError
 from ftkit.tasks import Addition
 from tests.conftest import ROOT
@@ -28,7 +29,7 @@ def write_recipe(tmp_path, **sections):
     ("import nonexistent_module\n", "mine.py:mine",
      r"importing .*mine\.py failed: ModuleNotFoundError: No module named 'nonexistent_module'"),
     (None, "exact", r"unknown reward 'exact'; built-in rewards: task, exact_match, numeric_match, format, "
-                    r"length_penalty, json_valid, think_format, or name your own as file\.py:function"),
+                    r"length_penalty, json_valid, think_format, code_tests, or name your own as file\.py:function"),
     (None, "format", r"rl: rewards names format but format_regex is not set"),
 ])
 def test_bad_rewards_fail_at_validation(tmp_path, reward_file, reward, message):
@@ -118,6 +119,73 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
         set(rundir.rl_curves(run_dir))
     assert len([ax for ax in display.plot_rl(run_dir).axes if ax.axison]) == 5, "one plot per DPO curve"
     assert display.rl_samples(run_dir).empty
+    # held-out pairs are measured by preference: how often each model finds the chosen answer likelier
+    rundir.record(run_dir, "rl", result)
+    results = {name: eval_stage.evaluate_model(cfg, run_dir, name) for name in ("base", "sft", "rl")}
+    results = eval_stage.paired_test(cfg, run_dir, results)
+    for name, result in results.items():
+        assert result["metric"] == "preference" and result["n"] == 8
+        records = rundir.load_predictions(run_dir, name)
+        assert result["preference"] == sum(c > r for c, r in (p["log_likelihood"] for p in records)) / 8
+        assert [p["score"] for p in records] == eval_stage.prefers_chosen([p["log_likelihood"] for p in records])
+    assert results["rl"]["vs_sft"]["test"] == "mcnemar_exact"
+    implicit = results["rl"]["implicit_reward"]
+    assert implicit["reference"] == "sft" and implicit["beta"] == 0.1
+    policy, reference = ([p["log_likelihood"] for p in rundir.load_predictions(run_dir, m)] for m in ("rl", "sft"))
+    assert implicit["margin"] == pytest.approx(
+        sum(0.1 * ((pc - rc) - (pr - rr)) for (pc, pr), (rc, rr) in zip(policy, reference)) / 8, abs=1e-5)
+
+
+def test_kto_learns_from_answers_labelled_desirable_or_not(tmp_path, tiny_model_dir):
+    (tmp_path / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().feedback(60, 2)))
+    cfg = recipe.load(write_recipe(
+        tmp_path, stages=["data", "sft", "rl"], model={"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        data={"path": "feedback.jsonl", "test_size": 8},
+        sft={"max_steps": 2, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
+        rl={"method": "kto", "max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}))
+    assert cfg.rl.kl_beta == 0.1
+    run_dir = tmp_path / "run"
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    splits, figures = data.build_splits(cfg, tokenizer)
+    data.save_splits(splits, run_dir, figures, tokenizer)
+    assert {type(r["label"]) for r in splits["train"]} == {bool}
+    sft.train(cfg, run_dir)
+    result = rl.train(cfg, run_dir)
+    train = rundir.load_split(run_dir, "train")
+    assert result["method"] == "kto" and result["start_from"] == "sft" and result["steps"] == 3
+    assert result["desirable"] == sum(r["label"] for r in train) and result["undesirable"] == len(train) - \
+        result["desirable"] > 0
+    before = load_file(run_dir / "sft" / "adapter" / "adapter_model.safetensors")
+    after = load_file(run_dir / "rl" / "adapter" / "adapter_model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before), "KTO changed the weights"
+    assert {"rewards/chosen", "rewards/rejected", "kl", "loss"} <= set(rundir.rl_curves(run_dir))
+
+
+def test_kto_and_dpo_refuse_data_without_their_labels(tmp_path):
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    cfg = recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "kto"}))
+    with pytest.raises(DataError, match="rl.method kto trains on feedback"):
+        rl.feedback_dataset(data.clean(sources.load_files(str(tmp_path / "qa.jsonl"), "auto", {})[0], {}))
+    assert cfg.rl.method == "kto"
+    with pytest.raises(recipe.RecipeError, match="rl.method dpo trains on preference pairs.*rl.method kto"):
+        recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}, rl={"method": "dpo"}))
+    with pytest.raises(recipe.RecipeError, match="use rl.method kto to learn from the labels"):
+        recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}))
+
+
+def test_feedback_labels_are_read_or_refused(tmp_path):
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "c", "label": label}) + "\n"
+                                              for i, label in enumerate([True, "thumbs_down", 1, "good", "maybe"])))
+    with pytest.raises(DataError, match=r"f\.jsonl:5: label 'maybe' is neither desirable nor undesirable"):
+        sources.load_files(str(tmp_path / "f.jsonl"), "auto", {})
+    (tmp_path / "f.jsonl").write_text("".join((tmp_path / "f.jsonl").read_text().splitlines(True)[:4]))
+    rows, _ = sources.load_files(str(tmp_path / "f.jsonl"), "auto", {})
+    assert [r["label"] for _, r in rows] == [True, False, True, True]
+
+
+def test_the_shipped_feedback_is_the_generators():
+    shipped = (ROOT / "recipes" / "data" / "addition_feedback.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in shipped] == Addition().feedback(600, seed=2)
 
 
 def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir):

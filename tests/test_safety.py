@@ -50,6 +50,7 @@ def test_no_secret_from_the_environment_reaches_any_artifact(tiny_recipe, tmp_pa
     printed = capsys.readouterr()
     files = _files(run_dir)
     assert {"recipe.yaml", "env.json", "status.json", "metrics.json", "report.html", "notebooks/03_rl.ipynb"} <= set(files)
+    assert any(path.startswith("rl/tb/events.out.tfevents") for path in files), "TensorBoard's files are scanned too"
     for name, value in CANARIES.items():
         leaks = [path for path, content in files.items() if value.encode() in content]
         assert not leaks, f"{name} found in {leaks}"

@@ -16,7 +16,7 @@ def test_doctests():
     from ftkit import io, machine, recipe, robustness
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe):
+    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
@@ -112,3 +112,29 @@ def test_word_problems_are_disjoint_worked_and_right():
     assert {len(r["answer"].split("\n")) - 1 for r in task.shifted(20, 2)} == {4}
     assert task.score(f"#### {value}", row["answer"]) == 1.0 and task.score(str(value), row["answer"]) == 0.0
     assert task.lenient(f"so the answer is {value}", row["answer"]) == 1.0
+
+
+def test_augmentation_adds_perturbed_train_copies_and_never_touches_held_out_data():
+    plain = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 100, "test_size": 20,
+                                                         "generalization_size": 10}})
+    augmented = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 100, "test_size": 20,
+                                                             "generalization_size": 10,
+                                                             "augment": {"typo": 0.3, "case": 0.2}}})
+    before, _ = data.build_splits(plain)
+    after, figures = data.build_splits(augmented)
+    assert figures["augmented"] == {"typo": 30, "case": 20}
+    assert after["test"] == before["test"] and after["generalization"] == before["generalization"]
+    assert after["train"][:100] == before["train"]
+    copies = after["train"][100:]
+    assert len(copies) == 50 and [r["augmented"] for r in copies] == ["typo"] * 30 + ["case"] * 20
+    originals = {r["answer"] for r in before["train"]}
+    assert all(r["answer"] in originals for r in copies)            # the answer stays, the prompt changes
+    assert all(r["prompt"] not in {o["prompt"] for o in before["train"]} for r in copies[30:])
+    assert not any("augmented" in r for name in ("test", "generalization") for r in after[name])
+
+
+def test_augment_shares_are_checked():
+    with pytest.raises(ValueError, match=r"shares are fractions of the training examples"):
+        Recipe.model_validate({"name": "t", "data": {"augment": {"typo": 1.5}}})
+    with pytest.raises(ValueError, match=r"augment"):
+        Recipe.model_validate({"name": "t", "data": {"augment": {"spelling": 0.5}}})

@@ -1,10 +1,13 @@
 """Built-in tasks. A task owns its examples, its scorer and its reward (the reward reuses the scorer)."""
 
 from ftkit.tasks.addition import Addition
+from ftkit.tasks.code import Code
 from ftkit.tasks.exact_match import ReferenceAnswer
 from ftkit.tasks.word_problems import WordProblems
 
-TASKS = {"addition": Addition, "word_problems": WordProblems}
+__all__ = ["Addition", "Code", "ReferenceAnswer", "WordProblems", "TASKS", "get", "for_data"]
+
+TASKS = {"addition": Addition, "word_problems": WordProblems, "code": Code}
 
 
 def get(name: str, **options):

@@ -62,23 +62,35 @@ class Addition:
         return rng.choice(["Add {a} and {b}.", "{a} + {b} = ?", "Compute the sum of {a} and {b}."]).format(a=a, b=b)
 
     def preference_pairs(self, n: int, seed: int) -> list[dict]:
-        """`n` questions with the right answer (chosen) against a typical mistake (rejected): a dropped or doubled
-        carry (off by ten), off by one, or the right number buried in a sentence when the system prompt asks for
-        the number only. `recipes/data/addition_preferences.jsonl` is `preference_pairs(400, seed=1)`."""
+        """`n` questions with the right answer (chosen) against a typical mistake (rejected, `mistake`).
+        `recipes/data/addition_preferences.jsonl` is `preference_pairs(400, seed=1)`."""
         rng = random.Random(seed)
-        pairs = []
+        return [{"system": self.system, "prompt": self.instruction.format(a=a, b=b), "chosen": str(a + b),
+                 "rejected": self.mistake(a, b, rng)} for a, b in self._pairs(seed)[:n]]
+
+    def feedback(self, n: int, seed: int) -> list[dict]:
+        """`n` questions, each with one answer labelled desirable (the right sum, half the time) or not (a typical
+        mistake): thumbs up or down on single answers, for KTO. `recipes/data/addition_feedback.jsonl` is
+        `feedback(600, seed=2)`."""
+        rng = random.Random(seed)
+        rows = []
         for a, b in self._pairs(seed)[:n]:
-            right = a + b
-            kind = rng.choice(["carry", "off_by_one", "sentence"])
-            if kind == "carry":
-                wrong = str(right - 10 if (a % 10) + (b % 10) >= 10 else right + 10)
-            elif kind == "off_by_one":
-                wrong = str(right + rng.choice([-1, 1]))
-            else:
-                wrong = f"The answer is {right}."
-            pairs.append({"system": self.system, "prompt": self.instruction.format(a=a, b=b), "chosen": str(right),
-                          "rejected": wrong})
-        return pairs
+            good = rng.random() < 0.5
+            rows.append({"system": self.system, "prompt": self.instruction.format(a=a, b=b),
+                         "completion": str(a + b) if good else self.mistake(a, b, rng), "label": good})
+        return rows
+
+    @staticmethod
+    def mistake(a: int, b: int, rng: random.Random) -> str:
+        """A typical wrong answer to a + b: a dropped or doubled carry (off by ten), off by one, or the right number
+        buried in a sentence when the system prompt asks for the number only."""
+        right = a + b
+        kind = rng.choice(["carry", "off_by_one", "sentence"])
+        if kind == "carry":
+            return str(right - 10 if (a % 10) + (b % 10) >= 10 else right + 10)
+        if kind == "off_by_one":
+            return str(right + rng.choice([-1, 1]))
+        return f"The answer is {right}."
 
     @staticmethod
     def score(output: str, answer: str) -> float:
