@@ -59,6 +59,16 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     return columns, rows
 
 
+def _intervals(run: dict, columns: list[str]) -> dict[str, str]:
+    """' [low, high]' after each evaluated model's headline metric: its 95% bootstrap interval."""
+    out = {}
+    for name, m in run["metrics"].get("eval", {}).items():
+        column, ci = f"{name} {metric_name(m)}", m.get("ci95")
+        if column in columns and ci and None not in ci:
+            out[column] = f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+    return out
+
+
 def robustness_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     """Columns and one row per run: each evaluated model's change under each perturbation, with its interval."""
     columns = []
@@ -126,8 +136,10 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
     body = []
     for label, run, row in zip(labels, runs, rows):
         failed = [s for s, v in run["status"].items() if v.get("state") == "failed"]
+        cis = _intervals(run, columns)
         cells = "".join(f"<td>{'<b>' if j in best and v == best[j] else ''}{esc(fmt(v))}"
-                        f"{'</b>' if j in best and v == best[j] else ''}</td>" for j, v in enumerate(row))
+                        f"{'</b>' if j in best and v == best[j] else ''}{esc(cis.get(columns[j], ''))}</td>"
+                        for j, v in enumerate(row))
         body.append(f"<tr><td>{esc(label)}</td><td>{esc(', '.join(failed) or 'ok')}</td>{cells}</tr>")
     table = ("<table id='runs'><thead><tr><th>run</th><th>failed stages</th>"
              + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>" + "".join(body)
@@ -140,8 +152,8 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
         "<p>The runs' recipes are the same (apart from their names).</p>"
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · comparison of {len(runs)} "
             f"runs</title><style>{CSS}</style></head><body><h1>ftkit: {len(runs)} runs compared</h1>"
-            "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set; the best of "
-            "each column in bold (lowest for losses and perplexity).</p>" + table
+            "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set, with its 95% "
+            "bootstrap interval; the best of each column in bold (lowest for losses and perplexity).</p>" + table
             + _robustness(runs, labels) + "<h2>Recipe keys that differ</h2>" + diff
             + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
     return write_atomic(Path(out), page)

@@ -26,9 +26,11 @@ from ftkit.io import atomic_dir
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# For base models that ship no chat template (GPT-Neo, Llama 2 base, Mistral base): "### Role:" headers, each turn
+# For base models that ship no chat template (GPT-Neo, Llama 2 base, Mistral base, Gemma 3 270M from its GGUF): the
+# BOS token, then "### Role:" headers, each turn
 # closed by the tokenizer's EOS token so that a fine-tuned model learns to stop.
-DEFAULT_CHAT_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] | capitalize + ':\\n' + "
+DEFAULT_CHAT_TEMPLATE = ("{% if bos_token %}{{ bos_token }}{% endif %}"  # Llama, Mistral and Gemma expect it first
+                         "{% for message in messages %}{{ '### ' + message['role'] | capitalize + ':\\n' + "
                          "message['content'] + eos_token + '\\n' }}{% endfor %}"
                          "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}")
 

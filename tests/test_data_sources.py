@@ -435,8 +435,8 @@ def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tin
     row = {"system": "Be brief.", "prompt": "Hi", "answer": "Hello"}
     text = tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": "Hello"}],
                                          tokenize=False)
-    eos = tokenizer.eos_token
-    assert text == f"### System:\nBe brief.{eos}\n### User:\nHi{eos}\n### Assistant:\nHello{eos}\n"
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    assert text == f"{bos}### System:\nBe brief.{eos}\n### User:\nHi{eos}\n### Assistant:\nHello{eos}\n"
     assert ends_with_end_of_turn(row, tokenizer)
 
 
