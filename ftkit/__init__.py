@@ -6,8 +6,8 @@ in three layers, and imports run one way, downwards (tests/test_layers.py checks
     above   runner  fingerprints  cli              run the stages' notebooks, decide what is up to date
             report  display  compare               read the run directory only: no torch, no stage module
     stages  data  sft  rl  eval  export            one per recipe section and notebook
-            sources  models  preflight  training  launch  generation  default_model   what the stages share
-    below   rundir  io  recipe  rows  tasks  rewards  metrics  robustness  machine      contracts, no torch
+            sources  models  preflight  training  launch  generation  judge  default_model   what the stages share
+    below   rundir  io  recipe  rows  answers  tasks  rewards  metrics  robustness  machine  sandbox   no torch
 
 Submodules load lazily, so that `ftkit validate` and `ftkit report` answer without importing torch.
 """
@@ -15,9 +15,10 @@ Submodules load lazily, so that `ftkit validate` and `ftkit report` answer witho
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = {"cli", "compare", "data", "default_model", "display", "eval", "export", "fingerprints", "generation",
-               "io", "launch", "machine", "metrics", "models", "preflight", "recipe", "report", "rewards", "robustness",
-               "rows", "rl", "rundir", "runner", "sft", "sources", "tasks", "training"}
+_SUBMODULES = {"answers", "cli", "compare", "data", "default_model", "display", "eval", "export", "fingerprints",
+               "generation", "io", "judge", "launch", "machine", "metrics", "models", "preflight", "recipe", "report",
+               "rewards", "robustness", "rows", "rl", "rundir", "runner", "sandbox", "sft", "sources", "tasks",
+               "training"}
 
 
 def __getattr__(name):

@@ -1,9 +1,10 @@
 """Run model-written Python against its tests without letting it hang the run, reach the network, read the user's
 files or see their secrets.
 
-Each run is a fresh interpreter (`python -I -S`) in its own process group and an empty temporary directory
-(removed afterwards), with an environment of PATH and locale only, and with limits the kernel enforces: address
-space (`memory_mb`), CPU seconds, file size, open files; the wall clock (`timeout`) kills the whole group. Where
+Each run is a fresh interpreter (`python -I -S`) in its own session and process group and an empty temporary
+directory (removed afterwards), with an environment of PATH and locale only, and with limits the kernel enforces,
+set before the code runs and not raisable by it: address space (`memory_mb`), CPU seconds, file size, open files;
+the wall clock (`timeout`) kills the whole group. Where
 the kernel allows unprivileged namespaces (`unshare -rn`), the process has no network at all; in every case an
 audit hook installed before the code runs refuses sockets, new processes, native libraries (ctypes), and opening
 or listing anything outside its directory and Python's standard library.
@@ -26,9 +27,14 @@ import tempfile
 
 MARKER = "FTKIT-SANDBOX-RESULT"
 
-# Runs inside the sandboxed interpreter: guards first, then the program, then each test; prints the tally last.
+# Runs inside the sandboxed interpreter: limits and guards first, then the program, then each test; prints the
+# tally last. The limits are set here rather than before exec (preexec_fn), which is not safe in a threaded parent.
 _HARNESS = r'''
-import json, os, sys
+import json, os, resource, sys
+
+_spec = json.loads(sys.stdin.read())
+for _name, _value in _spec["limits"].items():
+    resource.setrlimit(getattr(resource, _name), (_value, _value))
 
 def _guard():
     root = os.path.realpath(os.getcwd())
@@ -36,7 +42,8 @@ def _guard():
                                                    sys.base_exec_prefix} if p)
     refused = ("socket.", "subprocess.", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork",
                "os.forkpty", "os.kill", "os.killpg", "ctypes.", "gc.get_objects", "gc.get_referrers",
-               "sys.addaudithook", "os.putenv", "os.unsetenv", "shutil.rmtree")
+               "sys.addaudithook", "os.putenv", "os.unsetenv", "shutil.rmtree", "resource.setrlimit",
+               "resource.prlimit")
 
     def inside(path, write):
         if isinstance(path, int):
@@ -63,7 +70,6 @@ def _guard():
 
     sys.addaudithook(hook)
 
-_spec = json.loads(sys.stdin.read())
 _guard()
 _passed, _error = 0, ""
 try:
@@ -108,20 +114,6 @@ def problem() -> str | None:
     return None
 
 
-def _limits(memory_mb: int, cpu_seconds: int):
-    def apply():
-        import resource
-
-        os.setsid()
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
 def run(code: str, tests: list[str], timeout: float = 5.0, memory_mb: int = 512, cpu_seconds: int = 5) -> dict:
     """Run `code`, then each of `tests` (statements, usually asserts), in the sandbox.
 
@@ -129,14 +121,16 @@ def run(code: str, tests: list[str], timeout: float = 5.0, memory_mb: int = 512,
     run stopped}. Whatever happens inside, this returns within about `timeout` seconds.
     """
     marker = MARKER + os.urandom(8).hex()
-    spec = json.dumps({"code": code, "tests": list(tests), "marker": marker})
+    limits = {"RLIMIT_AS": memory_mb * 2**20, "RLIMIT_CPU": cpu_seconds, "RLIMIT_FSIZE": 2**20, "RLIMIT_NOFILE": 64,
+              "RLIMIT_CORE": 0}
+    spec = json.dumps({"code": code, "tests": list(tests), "marker": marker, "limits": limits})
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     folder = tempfile.mkdtemp(prefix="ftkit-sandbox-")
     command = [*network_isolation(), sys.executable, "-I", "-S", "-c", _HARNESS]
     out = {"passed": 0, "total": len(tests), "timed_out": False, "error": ""}
     try:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   cwd=folder, env=env, preexec_fn=_limits(memory_mb, cpu_seconds), text=True)
+                                   cwd=folder, env=env, start_new_session=True, text=True)
         try:
             stdout, stderr = process.communicate(spec, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -46,12 +46,18 @@ def test_every_reference_solution_passes_its_tests():
     ("lists the home folder", "import os\nos.listdir(os.path.expanduser('~'))", "os.listdir"),
     ("starts a process", "import subprocess\nsubprocess.run(['cat', '/etc/hostname'])", "subprocess.Popen"),
     ("calls C directly", "import ctypes\nctypes.CDLL(None).system(b'true')", "ctypes"),
+    ("lifts its own limits", "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit"),
 ])
 def test_harmful_code_is_stopped(name, program, error):
     start = time.perf_counter()
     result = sandbox.run(program + "\ndef add(a, b):\n    return a + b", TESTS.splitlines(), timeout=2)
     assert time.perf_counter() - start < 10, f"{name}: the sandbox did not return in time"
     assert result["passed"] == 0 and error in result["error"], f"{name}: {result}"
+
+
+def test_cpu_time_is_limited_below_the_wall_clock():
+    result = sandbox.run("while True:\n    pass", ["assert True"], timeout=20, cpu_seconds=1)
+    assert not result["timed_out"] and result["error"] == "stopped at the CPU limit (1 s)", result
 
 
 def test_secrets_are_not_in_the_sandbox(monkeypatch):
