@@ -115,8 +115,8 @@ def _data(data: dict) -> str:
             for name, s in data["splits"].items()]
     drops = ", ".join(f"{k}: {v}" for k, v in data.get("drops", {}).items()) or "none"
     overlap = data.get("contamination", {})
-    template = {"ftkit's default": "ftkit's default (### User: / ### Assistant: headers, EOS after each turn: the "
-                                   "model has none of its own)", "the model's own": "the model's own"}.get(
+    template = {"ftkit's default": "ftkit's default (BOS, then ### User: / ### Assistant: headers, EOS after each "
+                                   "turn: the model has none of its own)", "the model's own": "the model's own"}.get(
         data.get("chat_template"))
     text = (f"<h3>Data</h3><p>Source: {esc(data.get('source'))}. Dropped: {esc(drops)}. "
             + (f"Chat template: {esc(template)}. " if template else "") +
