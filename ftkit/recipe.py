@@ -212,9 +212,11 @@ class RLConfig(_Section):
     scale_rewards: Literal["group", "batch", "none"] | None = Field(
         None, description="grpo: advantages divided by the reward std of the group, the batch, or not at all "
         "(Dr. GRPO); default TRL's, group")
-    filter_prompts: bool = Field(False, description="grpo/rloo: before training, sample num_generations completions "
-                                 "for 1.5x the prompts training draws, with the starting model, and train only on "
-                                 "those whose rewards differ (the others, always or never solved, give no signal)")
+    filter_prompts: bool | Literal["hard"] = Field(
+        False, description="grpo/rloo: before training, sample num_generations completions for a pool of train "
+        "prompts with the starting model and train only on those whose rewards differ (true: 1.5x the prompts "
+        "training draws; the others, always or never solved, give no signal), or with hard only on those it mostly "
+        "fails (mean reward in the lower half of its completions' range; a pool of 6x)")
     beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
                                "dpo/kto: pull towards the reference (default 0.1)")
     logging_steps: int = Field(1, gt=0, description="every step: the learning-signal diagnostics are per step")

@@ -164,7 +164,8 @@ def _rl(rl: dict, recipe_rl: dict) -> str:
                                                        f"{fmt(signal.get('update_seconds_per_step'), 2)}"]]
     kept = rl.get("prompt_filter")
     if kept:
-        skipped = ", ".join(f"{n} all scored {v}" for v, n in kept["no_spread"].items()) or "none"
+        skipped = ", ".join(f"{n} {v}" if v == "mostly solved" else f"{n} all scored {v}"
+                            for v, n in kept["no_spread"].items()) or "none"
         rows.append(["prompts kept by rl.filter_prompts", f"{kept['kept']} of {kept['pool']} "
                      f"({kept['samples_per_prompt']} samples each; skipped: {skipped}; {kept['seconds']} s)"])
     warning = signal_warning(rl, recipe_rl)

@@ -159,8 +159,10 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
     """Before training: sample `num_generations` completions for a pool of train prompts with the starting model
     (RL's own sampling settings), score them with the recipe's rewards, and keep the prompts whose completions got
     different rewards; the others (always or never solved) would give no gradient. The pool is 1.5 times the
-    prompts training will draw (the sampling costs 1.5x RL's own), in a seeded order. Returns the kept rows ("rows")
-    and what was counted.
+    prompts training will draw (the sampling costs 1.5x RL's own), in a seeded order. With `filter_prompts: hard`,
+    only the prompts the model mostly fails (mean reward in the lower half of its completions' range; pass rate at
+    most 1/2 for a pass/fail reward) are kept, from a pool of 6 times. Returns the kept rows ("rows") and what was
+    counted.
 
     Training then cycles through the kept prompts; the model changes as it trains, so a kept prompt may come to be
     solved every time (TRL's frac_reward_zero_std shows how often)."""
@@ -170,7 +172,8 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
     needed = cfg.rl.max_steps * (cfg.rl.batch_size // cfg.rl.num_generations)
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
-    pool = [rows[i] for i in order[:min(len(rows), -(-3 * needed // 2))]]
+    hard = cfg.rl.filter_prompts == "hard"
+    pool = [rows[i] for i in order[:min(len(rows), 6 * needed if hard else -(-3 * needed // 2))]]
     k = cfg.rl.num_generations
     outputs = generate(model, tokenizer, [messages(r) for r in pool], cfg.eval.batch_size,
                        cfg.rl.max_completion_length, temperature=cfg.rl.temperature, samples=k)
@@ -181,11 +184,15 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
         totals = [sum(w * v for w, v in zip(weights, values))
                   for values in zip(*(f(completions, **columns) for f in functions))]
         if max(totals) > min(totals):
-            kept.append(row)
+            if not hard or sum(totals) / k <= (max(totals) + min(totals)) / 2:
+                kept.append(row)
+            else:
+                no_spread["mostly solved"] = no_spread.get("mostly solved", 0) + 1
         else:
             key = f"{totals[0]:g}"
             no_spread[key] = no_spread.get(key, 0) + 1
     figures = {"pool": len(pool), "samples_per_prompt": k, "kept": len(kept), "no_spread": no_spread,
+               "mode": "hard" if hard else "spread",
                "seconds": round(time.perf_counter() - start, 1)}
     if len(kept) < cfg.rl.batch_size // k:
         log.warning("only %d of %d prompts gave different rewards; training on the whole pool", len(kept), len(pool))

@@ -157,6 +157,13 @@ def test_filtering_keeps_prompts_whose_rewards_differ(tiny_run, tmp_path):
             assert figures["kept"] > 0 and "fell_back_to_pool" not in figures
         else:  # a random model never answers right: every group scores 0, so it trains on the whole pool
             assert figures["no_spread"] == {"0": 3} and figures["fell_back_to_pool"] is True
+    # hard: a pool of 6x the prompts training draws, keeping those in the lower half of their reward range
+    cfg = recipe.load(copy / "recipe.yaml", ["rl.filter_prompts=hard", "rl.max_steps=1", "rl.save_steps=0",
+                                             "rl.batch_size=4", "rl.num_generations=4",
+                                             f"rl.rewards={json.dumps({f'{copy}/lengths.py:length': 1.0})}"])
+    figures = rl.train(cfg, copy)["prompt_filter"]
+    assert figures["mode"] == "hard" and figures["pool"] == 6 and figures["samples_per_prompt"] == 4
+    assert figures["kept"] + sum(figures["no_spread"].values()) == 6
 
 
 def test_generation_says_which_replies_were_cut(tiny_model_dir):
