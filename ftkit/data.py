@@ -172,19 +172,18 @@ def group_keys(rows: list[dict], split_by: str | None) -> list:
             i = parent[i]
         return i
 
-    owner, link = {}, {}
+    owner, link = {}, Counter()  # link: how often a gram joined two groups, for the error's example
     for i, row in enumerate(rows):
         for gram in _grams(context(row)):
             j = owner.setdefault(gram, i)
             a, b = root(i), root(j)
             if a != b:
                 parent[max(a, b)] = min(a, b)
-                link.setdefault(gram, 0)
                 link[gram] += 1
     keys = [root(i) for i in range(len(rows))]
     largest = Counter(keys).most_common(1)[0][1] if rows else 0
     if len(rows) >= 10 and largest > len(rows) / 2:
-        wording = " ".join(max(link, key=link.get)) if link else ""
+        wording = " ".join(link.most_common(1)[0][0]) if link else ""
         raise DataError(f"data.split_by: ngram links {largest} of {len(rows)} examples into one group through "
                         f"shared wording such as {wording!r}: an instruction every prompt repeats belongs in "
                         "data.system (or a column names the groups: data.split_by: <column>)")

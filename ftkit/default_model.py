@@ -56,7 +56,6 @@ OFFLINE = {
         good_for="a base model (no chat template: ftkit's default one is used), 262k-token vocabulary",
         terms="GEMMA_TERMS.html"),
 }
-PYPI_PACKAGE = OFFLINE[DEFAULT_MODEL].packages[0]
 
 
 class CorruptPart(ValueError):

@@ -258,10 +258,10 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
             raise ValueError("eval.metrics names preference, but the test split holds no preference pairs (prompt, "
                              "chosen, rejected); remove it or use preference data")
         likelihoods = preference_log_likelihoods(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
-        per_example = {"preference": prefers_chosen(likelihoods), **per_example}
-        overall = {"preference": float(np.mean(per_example["preference"])), **overall}
+        per_example["preference"] = prefers_chosen(likelihoods)
+        overall["preference"] = float(np.mean(per_example["preference"]))
         extra = {"log_likelihood": [[round(float(v), 4) for v in pair] for pair in likelihoods]}
-        per_example = {n: per_example[n] for n in metric_names(cfg) if n in per_example}
+        per_example = {n: per_example[n] for n in metric_names(cfg) if n in per_example}  # the headline first
         overall = {n: overall[n] for n in metric_names(cfg) if n in overall}
     write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example, cut, **extra))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}

@@ -60,16 +60,13 @@ def parse_pairwise(text: str) -> str | None:
 
 
 def parse_grade(text: str, low: int = 1, high: int = 5) -> int | None:
-    """The first whole number from `low` to `high` in a judge's reply (None when there is none).
+    """The reply's first whole number, when it is from `low` to `high` (else None: out of range or no number).
 
     >>> parse_grade("4"), parse_grade("Grade: 5/5"), parse_grade("I'd say 7"), parse_grade("good")
     (4, 5, None, None)
     """
-    for number in re.findall(r"(?<![\d.])\d+(?![\d.])", text):
-        if low <= int(number) <= high:
-            return int(number)
-        return None
-    return None
+    first = re.search(r"(?<![\d.])\d+(?![\d.])", text)
+    return int(first.group()) if first and low <= int(first.group()) <= high else None
 
 
 def combine(first: str | None, second: str | None) -> str:

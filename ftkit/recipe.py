@@ -66,6 +66,16 @@ class RecipeError(ValueError):
         super().__init__(f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
+def _regex(why: str, key: str, pattern: str | None, example: str) -> None:
+    """A setting that must hold a regular expression: set, and compiling."""
+    if not pattern:
+        raise ValueError(f"{why} but {key} is not set; e.g. {key}: {example}")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{key} {pattern!r} is not a regular expression: {exc}") from None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -163,12 +173,7 @@ class DataConfig(_Section):
         if self.test_split and not self.hub:
             raise ValueError("test_split needs hub (the dataset id) too")
         if self.extract == "regex":
-            if not self.extract_regex:
-                raise ValueError("extract is regex but extract_regex is not set; e.g. extract_regex: 'Answer: (\\S+)'")
-            try:
-                re.compile(self.extract_regex)
-            except re.error as exc:
-                raise ValueError(f"extract_regex {self.extract_regex!r} is not a regular expression: {exc}") from None
+            _regex("extract is regex", "extract_regex", self.extract_regex, "'Answer: (\\S+)'")
         if self.task and self.extract != "exact":
             raise ValueError(f"extract ({self.extract}) applies to files and hub datasets; task {self.task!r} reads "
                              "its answers itself")
@@ -268,12 +273,7 @@ class RLConfig(_Section):
         if not self.rewards:
             raise ValueError("rewards is empty; name at least one, e.g. {task: 1.0}")
         if "format" in self.rewards:
-            if not self.format_regex:
-                raise ValueError("rewards names format but format_regex is not set; e.g. format_regex: '\\d+'")
-            try:
-                re.compile(self.format_regex)
-            except re.error as exc:
-                raise ValueError(f"format_regex {self.format_regex!r} is not a regular expression: {exc}") from None
+            _regex("rewards names format", "format_regex", self.format_regex, "'\\d+'")
         return self
 
 

@@ -243,23 +243,28 @@ class StepClock:
         return {"generation_seconds_per_step": round(generating, 2), "update_seconds_per_step": round(updating, 2)}
 
 
-def _train_dpo(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
-    from trl import DPOConfig, DPOTrainer
-
-    dataset = preference_dataset(rows)
+def _train_offline(cfg, run_dir: str | Path, dataset, config_cls, trainer_cls) -> tuple[dict, dict, dict]:
+    """DPO or KTO on a fixed dataset from the starting model, the reference being that model: (figures, first and
+    last logged entries with a margin)."""
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    args = training_args(cfg, cfg.rl, run_dir, "rl", DPOConfig,
+    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls,
                          per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
-                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length,
-                         lr_scheduler_type="constant")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length, lr_scheduler_type="constant")
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config)
     figures, history = fit(trainer, tokenizer, run_dir, "rl")
     logged = [h for h in history if "rewards/margins" in h]
     first, last = (logged[0], logged[-1]) if logged else ({}, {})
-    return {"method": "dpo", "start_from": start_from, **figures,
-            "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins"),
-            "first_accuracy": first.get("rewards/accuracies"), "final_accuracy": last.get("rewards/accuracies")}
+    return {"method": cfg.rl.method, "start_from": start_from, **figures,
+            "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins")}, first, last
+
+
+def _train_dpo(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
+    from trl import DPOConfig, DPOTrainer
+
+    figures, first, last = _train_offline(cfg, run_dir, preference_dataset(rows), DPOConfig, DPOTrainer)
+    return {**figures, "first_accuracy": first.get("rewards/accuracies"),
+            "final_accuracy": last.get("rewards/accuracies")}
 
 
 def feedback_dataset(rows: list[dict]):
@@ -270,34 +275,23 @@ def feedback_dataset(rows: list[dict]):
     problem = data_problem(["rl"], "kto", kind(rows))
     if problem:
         raise DataError(f"the train split: {problem}")
-    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    examples = []
+    labelled = []
     for row in rows:
         if "label" in row:
-            examples.append({"prompt": messages(row), "completion": turn(row["answer"]), "label": bool(row["label"])})
+            labelled.append((row, row["answer"], bool(row["label"])))
         else:
-            examples += [{"prompt": messages(row), "completion": turn(row["answer"]), "label": True},
-                         {"prompt": messages(row), "completion": turn(row["rejected"]), "label": False}]
-    return Dataset.from_list(examples)
+            labelled += [(row, row["answer"], True), (row, row["rejected"], False)]
+    return Dataset.from_list([{"prompt": messages(row), "completion": [{"role": "assistant", "content": answer}],
+                               "label": label} for row, answer, label in labelled])
 
 
 def _train_kto(cfg, run_dir: str | Path, rows: list[dict]) -> dict:
     from trl import KTOConfig, KTOTrainer
 
     dataset = feedback_dataset(rows)
-    model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    args = training_args(cfg, cfg.rl, run_dir, "rl", KTOConfig,
-                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
-                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length, lr_scheduler_type="constant")
-    trainer = KTOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
-    figures, history = fit(trainer, tokenizer, run_dir, "rl")
-    logged = [h for h in history if "rewards/margins" in h]
-    first, last = (logged[0], logged[-1]) if logged else ({}, {})
+    figures, _, _ = _train_offline(cfg, run_dir, dataset, KTOConfig, KTOTrainer)
     desirable = sum(dataset["label"])
-    return {"method": "kto", "start_from": start_from, **figures, "desirable": desirable,
-            "undesirable": len(dataset) - desirable,
-            "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins")}
+    return {**figures, "desirable": desirable, "undesirable": len(dataset) - desirable}
 
 
 if __name__ == "__main__":  # one of several processes started by `accelerate launch`
