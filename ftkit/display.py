@@ -175,9 +175,50 @@ def metrics_table(eval_metrics: dict):
 
     rows = [{"model": name, metric_name(m): m[metric_name(m)], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1],
              "n": m["n"], "vs base": versus_base(m, eval_metrics.get("base")), **paired_columns(m),
-             **({"cut at limit": m["cut_at_limit"]} if "cut_at_limit" in m else {})}
+             **({"cut at limit": m["cut_at_limit"]} if "cut_at_limit" in m else {}),
+             **({sampled_label(m): sampled_text(m["sampled"])} if "sampled" in m else {})}
             for name, m in eval_metrics.items()]
     return pd.DataFrame(rows).set_index("model")
+
+
+def sampled_label(model_metrics: dict) -> str:
+    """The column heading of the sampled accuracy, e.g. "sampled (T=1, 4 per prompt)"."""
+    figures = model_metrics["sampled"]
+    return f"sampled (T={figures['temperature']:g}, {figures['k']} per prompt)"
+
+
+def sampled_text(figures: dict) -> str:
+    """A sampled accuracy (or its change) with its 95% interval.
+
+    >>> sampled_text({"value": 0.7194, "ci95": [0.66, 0.77]})
+    '0.719 [0.660, 0.770]'
+    >>> sampled_text({"value": 0.049, "ci95": [0.027, 0.072], "p_value": 2e-05})
+    '+0.049 [+0.027, +0.072], p 2e-05'
+    """
+    lo, hi = figures["ci95"]
+    if "p_value" in figures:
+        return f"{figures['value']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {figures['p_value']:.2g}"
+    return f"{figures['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def sharpening_note(results: dict) -> str | None:
+    """When RL's greedy answers did not change significantly against the model it started from but its sampled
+    accuracy rose (the interval above 0), a sentence saying what RL did: it made the answers the model already gave
+    most of the time more likely, which shows when sampling, not in the greedy reply. None otherwise."""
+    for name, m in results.items():
+        for key, paired in m.items():
+            other = key.removeprefix("vs_")
+            change = paired.get("sampled_change") if key.startswith("vs_") and other != "base" else None
+            if change and paired["p_value"] >= 0.05 and change["ci95"][0] > 0:
+                return (f"{name} against {other}: greedy answers changed within chance ({paired['fail_to_pass']} "
+                        f"gained, {paired['pass_to_fail']} lost, p {paired['p_value']:.2g}) while the sampled "
+                        f"accuracy rose by {100 * change['value']:.1f} points [{100 * change['ci95'][0]:.1f}, "
+                        f"{100 * change['ci95'][1]:.1f}]. RL made the answers {other} already gave most of the time "
+                        "more likely (it sharpened the distribution it samples from) rather than changing the most "
+                        "likely answer on the questions it got wrong. Greedy accuracy moves when that answer "
+                        "changes: where demonstrations exist for every prompt, more SFT steps do it faster; RL pays "
+                        "where the reward says more than the demonstrations (README: RL).")
+    return None
 
 
 def paired_columns(model_metrics: dict) -> dict:
@@ -218,7 +259,8 @@ def all_metrics_table(eval_metrics: dict):
 
 def versus_start(results: dict):
     """Each tuned model against the tuned model it started from (RL against SFT): the headline metric's change, the
-    paired test and the flips each way (a DataFrame; empty when no model started from another)."""
+    paired test, the flips each way and, with eval.sampled, the change in sampled accuracy (a DataFrame; empty when
+    no model started from another)."""
     import pandas as pd
 
     rows = []
@@ -230,7 +272,9 @@ def versus_start(results: dict):
                 rows.append({"model": name, "against": other,
                              f"{metric} change": f"{100 * (m[metric] - results[other][metric]):+.1f} points",
                              "p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
-                             "pass→fail": paired["pass_to_fail"]})
+                             "pass→fail": paired["pass_to_fail"],
+                             **({"sampled change [95% CI], p": sampled_text(paired["sampled_change"])}
+                                if "sampled_change" in paired else {})})
     return pd.DataFrame(rows)
 
 

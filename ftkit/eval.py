@@ -205,6 +205,28 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
     return out
 
 
+def sampled_count(cfg) -> int:
+    """eval.sampled as run: the recipe's, else 4 when an RL stage samples its completions (GRPO, RLOO) and eval is
+    greedy, else 0."""
+    if cfg.eval.sampled is not None:
+        return cfg.eval.sampled
+    return 4 if "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo") and cfg.eval.temperature == 0 else 0
+
+
+def _sampled(cfg, model, tokenizer, rows: list[dict], references: list[str], tick) -> tuple[list[float], dict]:
+    """The headline metric averaged over `sampled_count` completions per prompt sampled at rl.temperature: per
+    prompt, and overall with its 95% bootstrap CI. GRPO and RLOO raise this expectation; greedy decoding changes
+    only where the most likely answer changes."""
+    k, temperature = sampled_count(cfg), cfg.rl.temperature
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    outputs = generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                       temperature, k, cfg.eval.stop, tick)
+    scores = score(cfg, outputs, references)[0][metric_names(cfg)[0]]
+    return scores, {"value": float(np.mean(scores)), "ci95": list(bootstrap_ci(scores, seed=cfg.seed)), "k": k,
+                    "temperature": temperature, "seconds": round(time.perf_counter() - start, 1)}
+
+
 def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> tuple[list, list]:
     """(outputs, whether each was cut at eval.max_new_tokens)."""
     return generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
@@ -223,13 +245,13 @@ def _counter(run_dir: Path, name: str, total: int):
 
 
 def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
-             log_likelihood: list | None = None) -> list[dict]:
+             log_likelihood: list | None = None, sampled: list | None = None) -> list[dict]:
     return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"], "reference": r["answer"],
              **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
              "scores": {name: values[i] for name, values in per_example.items()},
-             "cut": c if isinstance(c, bool) else any(c)}
+             "cut": c if isinstance(c, bool) else any(c), **({"sampled_score": sampled[i]} if sampled else {})}
             for i, (r, o, c) in enumerate(zip(rows, outputs, cut))]
 
 
@@ -246,7 +268,8 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     primary = metric_names(cfg)[0]
     gen_rows = rundir.load_split(run_dir, "generalization") if rundir.has_split(run_dir, "generalization") else []
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
-    tick = _counter(run_dir, name, len(rows) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
+    sampling = sampled_count(cfg) > 0 and primary != "preference"
+    tick = _counter(run_dir, name, len(rows) * (1 + sampling) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     start = time.perf_counter()
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
@@ -263,8 +286,13 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         extra = {"log_likelihood": [[round(float(v), 4) for v in pair] for pair in likelihoods]}
         per_example = {n: per_example[n] for n in metric_names(cfg) if n in per_example}  # the headline first
         overall = {n: overall[n] for n in metric_names(cfg) if n in overall}
-    write_jsonl(rundir.eval_file(run_dir, "predictions", name), _records(rows, outputs, per_example, cut, **extra))
+    sampled, sampled_figures = (_sampled(cfg, model, tokenizer, rows, references, tick)
+                                if sampling and primary in per_example else (None, None))
+    write_jsonl(rundir.eval_file(run_dir, "predictions", name),
+                _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
+    if sampled_figures:
+        result["sampled"] = sampled_figures
     if extra:
         margins = [c - r for c, r in extra["log_likelihood"]]
         result["log_likelihood_margin"] = {"mean": float(np.mean(margins)),
@@ -391,8 +419,26 @@ def compare_predictions(cfg, before: list[dict], after: list[dict], before_name:
     flips = [{"flip": "fail→pass" if gained[i] else "pass→fail", "prompt": b["prompt"], "reference": b["reference"],
               before_name: b["output"], after_name: a["output"]}
              for i, (b, a) in enumerate(zip(before, after)) if gained[i] or lost[i]]
-    return {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
-            "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}, flips
+    paired = {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
+              "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}
+    if all("sampled_score" in p for p in before + after) and before:
+        paired["sampled_change"] = sampled_change([p["sampled_score"] for p in before],
+                                                  [p["sampled_score"] for p in after])
+    return paired, flips
+
+
+def sampled_change(before: list[float], after: list[float], seed: int = 0) -> dict:
+    """The change in sampled accuracy between two models on the same prompts: the mean, its 95% paired bootstrap
+    interval and a Wilcoxon signed-rank p-value.
+
+    >>> sampled_change([0.5, 0.25, 1.0, 0.75], [0.75, 0.5, 1.0, 1.0])["value"]
+    0.1875
+    """
+    from scipy import stats
+
+    changes = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    p_value = float(stats.wilcoxon(changes[changes != 0]).pvalue) if np.count_nonzero(changes) else 1.0
+    return {"value": float(changes.mean()), "ci95": list(bootstrap_ci(changes, seed=seed)), "p_value": p_value}
 
 
 def bootstrap_ci(scores: list[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:

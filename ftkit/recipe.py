@@ -307,6 +307,9 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
     samples: int = Field(1, gt=0, description="completions per prompt (pass@k with temperature > 0)")
+    sampled: int | None = Field(None, ge=0, description="completions per test prompt also sampled at rl.temperature: "
+                                "the sampled accuracy, what GRPO and RLOO maximise, beside the greedy one (default 4 "
+                                "when the recipe trains with GRPO or RLOO and eval is greedy, else 0: none)")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion")
     answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
     robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ftkit import rundir
 from ftkit.display import (all_metrics_table, claims, judge_prompt, judge_table, metric_name, paired_columns,
-                           plot_losses, plot_rl, shown, signal_warning, versus_base, versus_start)
+                           plot_losses, plot_rl, sampled_label, sampled_text, sharpening_note, shown, signal_warning,
+                           versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -179,12 +180,15 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
     if not evaluated:
         return ""
     metric = metric_name(next(iter(evaluated.values())))
+    sampled = [m for m in evaluated.values() if "sampled" in m]
     rows = [[name, fmt(m[metric]), f"[{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}]", m["n"],
              versus_base(m, evaluated.get("base"))] + [fmt(v) for v in paired_columns(m).values()]
+            + ([sampled_text(m["sampled"]) if "sampled" in m else ""] if sampled else [])
             for name, m in evaluated.items()]
     parts = ['<h3>1 · Task performance (held-out test set)</h3><div id="metrics">'
              + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base", "p (paired test)", "fail→pass",
-                       "pass→fail"], rows) + "</div>", _versus_start(evaluated)]
+                       "pass→fail"] + ([f"{sampled_label(sampled[0])} [95% CI]"] if sampled else []), rows)
+             + "</div>", _versus_start(evaluated)]
     others = all_metrics_table(evaluated)
     if len(others.columns) > 1:
         parts.append("<p>Every metric (95% CI) and the loss on the reference answers:</p>"
@@ -224,8 +228,10 @@ def _versus_start(evaluated: dict) -> str:
     table = versus_start(evaluated)
     if table.empty:
         return ""
+    note = sharpening_note(evaluated)
     return ("<p>Each tuned model against the one it started from (same examples, same paired test):</p>"
-            + _table(list(table.columns), table.values.tolist()))
+            + _table(list(table.columns), table.values.tolist())
+            + (f'<p class="warning">{esc(note)}</p>' if note else ""))
 
 
 def _export(exported: dict) -> str:

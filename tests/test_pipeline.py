@@ -41,7 +41,8 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert set(m["robustness"]) == {"clean", "typo", "case", "whitespace", "reword"}
         assert m["robustness"]["typo"]["n"] == 16
         rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
-        assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut"}
+        assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
+                                                                "sampled_score"}  # GRPO trained: eval.sampled is 4
         assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
     for tuned in ("sft", "rl"):
         paired = metrics["eval"][tuned]["vs_base"]

@@ -119,6 +119,14 @@ def test_a_tiny_run_reports_its_signal_and_rl_against_sft(tiny_run):
         assert m["cut_at_limit"] == pytest.approx(sum(r["cut"] for r in records) / len(records), abs=1e-4)
     notebook = rundir.executed_notebook(run_dir, "rl").read_text()
     assert "no-spread share" in notebook and "rl.filter_prompts: true" in notebook
+    # GRPO trained, so eval also sampled 4 replies per prompt at rl.temperature for every model
+    for name, m in metrics["eval"].items():
+        sampled = m["sampled"]
+        assert sampled["k"] == 4 and sampled["temperature"] == 1.0 and 0 <= sampled["value"] <= 1
+        records = rundir.load_predictions(run_dir, name)
+        assert sampled["value"] == pytest.approx(sum(r["sampled_score"] for r in records) / len(records))
+    assert set(vs_sft["sampled_change"]) == {"value", "ci95", "p_value"}
+    assert "sampled (T=1, 4 per prompt)" in page and "sampled change" in page
 
 
 def test_rl_against_sft_on_known_predictions(tmp_path):
@@ -139,6 +147,35 @@ def test_rl_against_sft_on_known_predictions(tmp_path):
     assert results["rl"]["vs_base"]["fail_to_pass"] == 5 and "vs_sft" not in results["sft"]
     flips = rundir.eval_records(run_dir, "flips", "rl_vs_sft")
     assert [(f["prompt"], f["sft"], f["rl"]) for f in flips] == [("q0", "0", "1"), ("q4", "0", "1")]
+
+
+def test_sampled_accuracy_against_the_start_model_and_the_sharpening_note(tmp_path):
+    """RL that leaves the greedy answers as they were but makes the sampled ones right more often is told so."""
+    cfg = recipe.build({"name": "p"})
+    assert eval_stage.sampled_count(cfg) == 4  # the default recipe trains with GRPO
+    assert eval_stage.sampled_count(recipe.build({"name": "p", "stages": ["data", "sft", "eval"]})) == 0
+    assert eval_stage.sampled_count(recipe.build({"name": "p", "eval": {"sampled": 0}})) == 0
+    run_dir = tmp_path / "run"
+    rows = [{"system": "s", "prompt": f"q{i}", "answer": "1"} for i in range(8)]
+    (run_dir / "data").mkdir(parents=True)
+    rundir.split_path(run_dir, "test").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rundir.record(run_dir, "rl", {"start_from": "sft"})
+    greedy = [1, 1, 1, 1, 1, 1, 0, 0]  # the same for sft and rl
+    sampled = {"sft": [0.5, 0.5, 0.75, 0.25, 0.5, 0.75, 0.0, 0.25], "rl": [1.0, 0.75, 1.0, 0.75, 1.0, 1.0, 0.25, 0.25]}
+    (run_dir / "eval").mkdir()
+    for name, values in sampled.items():
+        rundir.eval_file(run_dir, "predictions", name).write_text("".join(
+            json.dumps({"prompt": f"q{i}", "reference": "1", "output": str(g), "score": g, "sampled_score": v}) + "\n"
+            for i, (g, v) in enumerate(zip(greedy, values))))
+    results = eval_stage.paired_test(cfg, run_dir, {m: {"metric": "accuracy", "accuracy": 0.75} for m in sampled})
+    change = results["rl"]["vs_sft"]["sampled_change"]
+    assert change["value"] == pytest.approx(0.3125) and change["ci95"][0] > 0 and change["p_value"] < 0.05
+    note = display.sharpening_note(results)
+    assert note.startswith("rl against sft: greedy answers changed within chance (0 gained, 0 lost, p 1)")
+    assert "sampled accuracy rose by 31.2 points" in note
+    assert display.versus_start(results)["sampled change [95% CI], p"].iloc[0].startswith("+0.312 [")
+    results["rl"]["vs_sft"]["sampled_change"]["ci95"] = [-0.01, 0.5]  # within chance: no note
+    assert display.sharpening_note(results) is None
 
 
 def test_filtering_keeps_prompts_whose_rewards_differ(tiny_run, tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ftkit import data, rewards, rundir
+from ftkit import data, display, rewards, rundir
 from ftkit.recipe import Recipe
 from ftkit.rows import DataError
 from ftkit.tasks import addition, get
@@ -16,7 +16,7 @@ def test_doctests():
     from ftkit import io, machine, recipe, robustness
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data):
+    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data, display):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
