@@ -42,17 +42,20 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
-    """Columns and one row per run: each evaluated model's headline metric, SFT loss, RL reward."""
+    """Columns and one row per run: each evaluated model's headline metric (and sampled accuracy, where eval
+    sampled), SFT loss, RL reward."""
     columns = []
     for run in runs:
         for name, m in run["metrics"].get("eval", {}).items():
-            column = f"{name} {metric_name(m)}"
-            if column not in columns:
-                columns.append(column)
+            for column in (f"{name} {metric_name(m)}", *([f"{name} sampled"] if "sampled" in m else [])):
+                if column not in columns:
+                    columns.append(column)
     columns += ["sft final_loss", "rl final_reward"]
     rows = []
     for run in runs:
         values = {f"{n} {metric_name(m)}": m.get(metric_name(m)) for n, m in run["metrics"].get("eval", {}).items()}
+        values.update({f"{n} sampled": m["sampled"]["value"] for n, m in run["metrics"].get("eval", {}).items()
+                       if "sampled" in m})
         values["sft final_loss"] = run["metrics"].get("sft", {}).get("final_loss")
         values["rl final_reward"] = run["metrics"].get("rl", {}).get("final_reward")
         rows.append([values.get(c) for c in columns])
@@ -60,12 +63,14 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
 
 
 def _intervals(run: dict, columns: list[str]) -> dict[str, str]:
-    """' [low, high]' after each evaluated model's headline metric: its 95% bootstrap interval."""
+    """' [low, high]' after each evaluated model's headline metric and sampled accuracy: its 95% bootstrap
+    interval."""
     out = {}
     for name, m in run["metrics"].get("eval", {}).items():
-        column, ci = f"{name} {metric_name(m)}", m.get("ci95")
-        if column in columns and ci and None not in ci:
-            out[column] = f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+        for column, ci in ((f"{name} {metric_name(m)}", m.get("ci95")),
+                           (f"{name} sampled", m.get("sampled", {}).get("ci95"))):
+            if column in columns and ci and None not in ci:
+                out[column] = f" [{fmt(ci[0])}, {fmt(ci[1])}]"
     return out
 
 

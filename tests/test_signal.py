@@ -218,3 +218,15 @@ def test_generation_says_which_replies_were_cut(tiny_model_dir):
     outputs, cut = generate(model, tokenizer, prompts, 1, 1, return_cut=True)
     assert cut == [token not in ends for token in first] and cut[0] is False
     assert len(outputs) == 6
+
+
+def test_compare_puts_sampled_accuracy_beside_the_headline():
+    from ftkit import compare
+
+    run = {"metrics": {"eval": {"sft": {"metric": "accuracy", "accuracy": 0.8, "ci95": [0.7, 0.9],
+                                        "sampled": {"value": 0.7, "ci95": [0.65, 0.75], "k": 4, "temperature": 1.0}},
+                                "base": {"metric": "accuracy", "accuracy": 0.0, "ci95": [0.0, 0.0]}}}}
+    columns, rows = compare.metrics_rows([run])
+    assert columns == ["sft accuracy", "sft sampled", "base accuracy", "sft final_loss", "rl final_reward"]
+    assert rows[0][:3] == [0.8, 0.7, 0.0]
+    assert compare._intervals(run, columns)["sft sampled"] == " [0.650, 0.750]"
