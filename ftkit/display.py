@@ -205,19 +205,17 @@ def sharpening_note(results: dict) -> str | None:
     """When RL's greedy answers did not change significantly against the model it started from but its sampled
     accuracy rose (the interval above 0), a sentence saying what RL did: it made the answers the model already gave
     most of the time more likely, which shows when sampling, not in the greedy reply. None otherwise."""
-    for name, m in results.items():
-        for key, paired in m.items():
-            other = key.removeprefix("vs_")
-            change = paired.get("sampled_change") if key.startswith("vs_") and other != "base" else None
-            if change and paired["p_value"] >= 0.05 and change["ci95"][0] > 0:
-                return (f"{name} against {other}: greedy answers changed within chance ({paired['fail_to_pass']} "
-                        f"gained, {paired['pass_to_fail']} lost, p {paired['p_value']:.2g}) while the sampled "
-                        f"accuracy rose by {100 * change['value']:.1f} points [{100 * change['ci95'][0]:.1f}, "
-                        f"{100 * change['ci95'][1]:.1f}]. RL made the answers {other} already gave most of the time "
-                        "more likely (it sharpened the distribution it samples from) rather than changing the most "
-                        "likely answer on the questions it got wrong. Greedy accuracy moves when that answer "
-                        "changes: where demonstrations exist for every prompt, more SFT steps do it faster; RL pays "
-                        "where the reward says more than the demonstrations (README: RL).")
+    for name, other, paired in start_comparisons(results):
+        change = paired.get("sampled_change")
+        if change and paired["p_value"] >= 0.05 and change["ci95"][0] > 0:
+            return (f"{name} against {other}: greedy answers changed within chance ({paired['fail_to_pass']} "
+                    f"gained, {paired['pass_to_fail']} lost, p {paired['p_value']:.2g}) while the sampled "
+                    f"accuracy rose by {100 * change['value']:.1f} points [{100 * change['ci95'][0]:.1f}, "
+                    f"{100 * change['ci95'][1]:.1f}]. RL made the answers {other} already gave most of the time "
+                    "more likely (it sharpened the distribution it samples from) rather than changing the most "
+                    "likely answer on the questions it got wrong. Greedy accuracy moves when that answer "
+                    "changes: where demonstrations exist for every prompt, more SFT steps do it faster; RL pays "
+                    "where the reward says more than the demonstrations (README: RL).")
     return None
 
 
@@ -264,18 +262,29 @@ def versus_start(results: dict):
     import pandas as pd
 
     rows = []
+    for name, other, paired in start_comparisons(results):
+        metric = metric_name(results[name])
+        rows.append({"model": name, "against": other,
+                     f"{metric} change": f"{100 * (results[name][metric] - results[other][metric]):+.1f} points",
+                     "p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
+                     "pass→fail": paired["pass_to_fail"],
+                     **({"sampled change [95% CI], p": sampled_text(paired["sampled_change"])}
+                        if "sampled_change" in paired else {})})
+    return pd.DataFrame(rows)
+
+
+def start_comparisons(results: dict):
+    """(model, the model it started from, their paired comparison) for each tuned model evaluated with its start
+    model (RL against SFT); comparisons against the base are left out.
+
+    >>> list(start_comparisons({"sft": {"vs_base": {}}, "rl": {"vs_base": {}, "vs_sft": {"p_value": 0.5}}}))
+    [('rl', 'sft', {'p_value': 0.5})]
+    """
     for name, m in results.items():
-        metric = metric_name(m)
         for key, paired in m.items():
             other = key.removeprefix("vs_")
             if key.startswith("vs_") and other != "base" and other in results:
-                rows.append({"model": name, "against": other,
-                             f"{metric} change": f"{100 * (m[metric] - results[other][metric]):+.1f} points",
-                             "p (paired)": f"{paired['p_value']:.2g}", "fail→pass": paired["fail_to_pass"],
-                             "pass→fail": paired["pass_to_fail"],
-                             **({"sampled change [95% CI], p": sampled_text(paired["sampled_change"])}
-                                if "sampled_change" in paired else {})})
-    return pd.DataFrame(rows)
+                yield name, other, paired
 
 
 def change_text(figures: dict) -> str | float:
