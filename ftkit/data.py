@@ -24,6 +24,7 @@ from ftkit.rows import DataError, context, ends_with_end_of_turn, fields, kind, 
 
 SPLITS = ("train", "test")
 NGRAM = 8
+COMMON_SHARE, COMMON_MIN = 0.1, 10  # an 8-gram in this share of the prompts (and at least this many) is a template's
 DROP_REASONS = {
     "empty_field": "an empty prompt, answer or text",
     "duplicate": "the same example again (data.dedupe)",
@@ -107,16 +108,47 @@ def _grams(text: str) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)]
 
 
+def common_grams(texts: list[str]) -> dict[tuple[str, ...], int]:
+    """Word 8-grams that at least a tenth of the texts (and at least 10) contain, with how many: the wording of an
+    instruction or template every prompt repeats ("... degrees Celsius to Fahrenheit. Give the number only."),
+    not a story told twice. The contamination check and `split_by: ngram` leave them out. A text of 8 words or
+    fewer is its own gram and never common: a repeat of it is an exact duplicate.
+
+    >>> texts = [f"Convert {c} degrees Celsius to Fahrenheit and give the number only" for c in range(20)]
+    >>> common = common_grams(texts + ["a story of nine words that nobody else tells"])
+    >>> sorted(common.items())[0]
+    (('celsius', 'to', 'fahrenheit', 'and', 'give', 'the', 'number', 'only'), 20)
+    >>> len(common), common_grams(texts[:9])
+    (2, {})
+    """
+    counts = Counter()
+    for text in texts:
+        if len(text.split()) > NGRAM:
+            counts.update(set(_grams(text)))
+    floor = max(COMMON_MIN, COMMON_SHARE * len(texts))
+    return {gram: n for gram, n in counts.items() if n >= floor}
+
+
+def _common_figures(common: dict) -> dict:
+    """How many template 8-grams the check left out, and the most frequent one, for the report."""
+    top = max(common.items(), key=lambda item: (item[1], item[0]))[0] if common else None
+    return {"common_ngrams": len(common), "common_example": " ".join(top) if top else None}
+
+
 def contamination(train: list[dict], test: list[dict], exact_only: bool = False, show: int = 5) -> dict:
     """Test examples whose conversation (earlier turns and prompt) also occurs in train: exactly, or sharing a
     word 8-gram (the whole text if shorter). `fraction` counts the n-gram overlaps, or with `exact_only` the exact
     repeats alone: a built-in task's generated problems share their template's wording by design, and the task
-    guarantees that no test problem is a train problem. `pairs`: the first `show` counted ones, side by side."""
+    guarantees that no test problem is a train problem. Wording that a tenth of all the prompts repeat (an
+    instruction, a template: `common_grams`) is not counted as overlap; `common_ngrams` says how many 8-grams that
+    left out, `common_example` the most frequent. `pairs`: the first `show` counted ones, side by side."""
     train_texts = {context(r).strip().lower(): i for i, r in enumerate(train)}
+    common = {} if exact_only else common_grams([context(r) for r in train + test])
     owner = {}
     for i, row in enumerate(train):
         for gram in _grams(context(row)):
-            owner.setdefault(gram, i)
+            if gram not in common:
+                owner.setdefault(gram, i)
     exact = overlap = 0
     pairs = []
     for row in test:
@@ -124,22 +156,25 @@ def contamination(train: list[dict], test: list[dict], exact_only: bool = False,
         same = train_texts.get(text.strip().lower())
         shared = next((g for g in _grams(text) if g in owner), None)
         exact += same is not None
-        overlap += shared is not None
+        overlap += same is not None or shared is not None
         if len(pairs) < show and (same is not None or (shared is not None and not exact_only)):
             partner = same if same is not None else owner[shared]
             pairs.append({"test": text[:400], "train": context(train[partner])[:400],
                           "shared": "the whole prompt" if same is not None else " ".join(shared)})
     counted = exact if exact_only else overlap
     return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM, "counted": "exact" if exact_only
-            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0, "pairs": pairs}
+            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0, **_common_figures(common),
+            "pairs": pairs}
 
 
 def contamination_error(source: str, figures: dict, test_size: int, limit: float) -> DataError:
     """The error for too much train/test overlap: both counts, the first pairs, and the settings that help."""
-    exact, overlap = figures["exact_matches"], figures["ngram_overlaps"]
+    exact, overlap, common = figures["exact_matches"], figures["ngram_overlaps"], figures.get("common_ngrams")
+    template = (f"; wording that a tenth of the prompts repeat, a template's, is not counted: {common} "
+                f"{'8-gram' if common == 1 else '8-grams'} such as {figures['common_example']!r}" if common else "")
     counted = (f"{exact} of {test_size} test prompts also occur in train word for word" if figures["counted"] == "exact"
                else f"{overlap} of {test_size} test prompts share a word {NGRAM}-gram with a train prompt ({exact} of "
-                    "them word for word)")
+                    f"them word for word{template})")
     shown = "".join(f"\n  test:   {p['test'][:160]!r}\n  train:  {p['train'][:160]!r}\n  shared: {p['shared']!r}"
                     for p in figures["pairs"][:3])
     return DataError(
@@ -153,8 +188,8 @@ def contamination_error(source: str, figures: dict, test_size: int, limit: float
 
 def group_keys(rows: list[dict], split_by: str | None) -> list:
     """Each row's group for the split: its own (no split_by), its "group" column value, or with "ngram" the
-    connected set of rows whose prompts share a word 8-gram. Raises DataError when one group would swallow most
-    rows: wording shared by every prompt is an instruction, not a story.
+    connected set of rows whose prompts share a word 8-gram that is not a template's (`common_grams`). Raises
+    DataError when one group would swallow most rows: no held-out split could keep it on one side.
 
     >>> rows = [{"prompt": p, "answer": "x"} for p in ("a b c d e f g h i", "z b c d e f g h i", "q")]
     >>> group_keys(rows, "ngram")
@@ -172,9 +207,12 @@ def group_keys(rows: list[dict], split_by: str | None) -> list:
             i = parent[i]
         return i
 
+    common = common_grams([context(row) for row in rows])
     owner, link = {}, Counter()  # link: how often a gram joined two groups, for the error's example
     for i, row in enumerate(rows):
         for gram in _grams(context(row)):
+            if gram in common:
+                continue
             j = owner.setdefault(gram, i)
             a, b = root(i), root(j)
             if a != b:
@@ -185,8 +223,9 @@ def group_keys(rows: list[dict], split_by: str | None) -> list:
     if len(rows) >= 10 and largest > len(rows) / 2:
         wording = " ".join(link.most_common(1)[0][0]) if link else ""
         raise DataError(f"data.split_by: ngram links {largest} of {len(rows)} examples into one group through "
-                        f"shared wording such as {wording!r}: an instruction every prompt repeats belongs in "
-                        "data.system (or a column names the groups: data.split_by: <column>)")
+                        f"shared wording such as {wording!r}, so no held-out split could keep that group on one "
+                        "side: wording that many prompts repeat belongs in data.system, or a column names the "
+                        "groups (data.split_by: <column>)")
     return keys
 
 
@@ -195,7 +234,8 @@ def apart(train: list[dict], test: list[dict], split_by: str | None, drops: Coun
     if not split_by:
         return train
     if split_by == "ngram":
-        test_grams = {g for row in test for g in _grams(context(row))}
+        common = common_grams([context(row) for row in train + test])
+        test_grams = {g for row in test for g in _grams(context(row)) if g not in common}
         kept = [r for r in train if not any(g in test_grams for g in _grams(context(r)))]
     else:
         test_groups = {row["group"] for row in test}

@@ -122,7 +122,10 @@ def _data(data: dict) -> str:
     text = (f"<h3>Data</h3><p>Source: {esc(data.get('source'))}. Dropped: {esc(drops)}. "
             + (f"Chat template: {esc(template)}. " if template else "") +
             f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
-            f"({esc(overlap.get('exact_matches'))} exact).</p>"
+            f"({esc(overlap.get('exact_matches'))} exact)"
+            + (f"; not counted: wording a tenth of the prompts repeat (a template's), {esc(overlap['common_ngrams'])} "
+               f"8-gram{'s' if overlap['common_ngrams'] != 1 else ''} such as &ldquo;{esc(overlap.get('common_example'))}&rdquo;" if overlap.get("common_ngrams")
+               else "") + ".</p>"
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     if data.get("split_by"):
         text += f"<p>Split by {esc(data['split_by'])}: examples of one group are all on one side.</p>"

@@ -261,7 +261,7 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
             {"prompt": "completely different words here", "answer": "c"}]
     assert data.contamination(train, test) == {
         "exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "counted": "ngram", "fraction": 0.5,
-        "pairs": [{"test": test[0]["prompt"], "train": train[0]["prompt"],
+        "common_ngrams": 0, "common_example": None, "pairs": [{"test": test[0]["prompt"], "train": train[0]["prompt"],
                    "shared": "summarize the following short article about the history"}]}
     assert data.contamination(train, test, exact_only=True)["fraction"] == 0.0
 
@@ -381,11 +381,36 @@ def test_split_by_a_missing_column_names_it(tmp_path):
         data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="story"))
 
 
-def test_split_by_ngram_refuses_boilerplate_that_links_everything(tmp_path):
-    write_jsonl(tmp_path / "d.jsonl", [{"question": f"Answer with one word only please and be brief: item {i}?",
-                                        "answer": str(i)} for i in range(12)])
-    with pytest.raises(DataError, match=r"links 12 of 12 examples into one group .* belongs in data.system"):
+def test_split_by_ngram_refuses_wording_that_links_everything(tmp_path):
+    """One document in overlapping pieces: each piece shares 8-grams with its neighbours only (never a template's
+    tenth of the prompts), yet the chain links every piece into one group."""
+    write_jsonl(tmp_path / "d.jsonl", [{"question": " ".join(f"w{j}" for j in range(i, i + 12)), "answer": str(i)}
+                                       for i in range(20)])
+    with pytest.raises(DataError, match=r"links 20 of 20 examples into one group .* belongs in data.system"):
         data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="ngram"))
+
+
+def temperature_rows(values):
+    return [{"question": f"Convert {c} degrees Celsius to Fahrenheit. Give the number only.",
+             "answer": f"{c * 9 / 5 + 32:g}"} for c in values]
+
+
+def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_twice_is(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", temperature_rows(range(-20, 40)))
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=10))
+    overlap = figures["contamination"]
+    assert overlap["fraction"] == 0.0 and overlap["ngram_overlaps"] == 0 and len(splits["train"]) == 50
+    assert overlap["common_ngrams"] == 1 and overlap["common_example"] == "degrees celsius to fahrenheit. give the number only."
+    assert data.group_keys(splits["train"], "ngram") == list(range(50))  # the template links nothing
+
+    story = "Mara walked her three dogs along the river before the storm came in from the west"
+    write_jsonl(tmp_path / "train.jsonl", temperature_rows(range(30)) + [{"question": f"{story}. How many dogs?", "answer": "3"}])
+    write_jsonl(tmp_path / "test.jsonl", temperature_rows(range(30, 40)) + [{"question": f"{story}. Where?", "answer": "river"}])
+    with pytest.raises(DataError, match=r"1 of 11 test prompts share a word 8-gram with a train prompt \(0 of them word "
+                                        r"for word; wording that a tenth of the prompts repeat, a template's, is not "
+                                        r"counted: 1 8-gram such as 'degrees celsius to fahrenheit") as caught:
+        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+    assert "shared: 'mara walked her three dogs along the river'" in str(caught.value)  # the story, caught
 
 
 def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):

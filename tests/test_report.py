@@ -38,8 +38,9 @@ class LiveParts(HTMLParser):
 
 
 def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_path):
-    rows = [{"question": f"{PAYLOADS[i % len(PAYLOADS)]} question {i}", "answer": f"{PAYLOADS[(i + 1) % 5]} {i}"}
-            for i in range(30)]
+    template = "answer <b>now</b> in one short word only please"  # every prompt's: the report names it, escaped
+    rows = [{"question": f"{PAYLOADS[i % len(PAYLOADS)]} question {i}: {template}",
+             "answer": f"{PAYLOADS[(i + 1) % 5]} {i}"} for i in range(30)]
     (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = tmp_path / "x.yaml"
     recipe.write_text(yaml.safe_dump({
@@ -57,7 +58,9 @@ def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_pa
     parser = LiveParts()
     parser.feed(page)
     assert parser.found == [], parser.found
-    assert "<b>bold</b>" not in page
+    assert "<b>bold</b>" not in page and "<b>now</b>" not in page
+    assert "not counted: wording a tenth of the prompts repeat (a template's), 1 8-gram such as &ldquo;answer " \
+           "&lt;b&gt;now&lt;/b&gt; in one short word only please&rdquo;" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;/textarea&gt;" in page
 
 
