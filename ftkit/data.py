@@ -401,7 +401,27 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         out["augmented"] = added
     if cfg.data.split_by:
         out["split_by"] = cfg.data.split_by
+    warnings = thin_train(splits, dict(drops))
+    if warnings:
+        out["warnings"] = warnings
     return splits, out
+
+
+def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
+    """A warning when the held-out test set takes more examples than are left to train on (the run is valid, but
+    the tuned models learn from little), with what cleaning dropped.
+
+    >>> thin_train({"train": [{}] * 11, "test": [{}] * 50}, {"duplicate": 237})
+    ['train keeps 11 examples, fewer than the 50 held out for test (cleaning dropped 237: duplicate 237); lower data.test_size or add data']
+    >>> thin_train({"train": [{}] * 50, "test": [{}] * 50}, {})
+    []
+    """
+    train, test = len(splits["train"]), len(splits["test"])
+    if train >= test:
+        return []
+    why = f" (cleaning dropped {sum(drops.values())}: {', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""
+    return [f"train keeps {train} examples, fewer than the {test} held out for test{why}; lower data.test_size or "
+            "add data"]
 
 
 def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None) -> None:

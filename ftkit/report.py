@@ -127,6 +127,8 @@ def _data(data: dict) -> str:
                f"8-gram{'s' if overlap['common_ngrams'] != 1 else ''} such as &ldquo;{esc(overlap.get('common_example'))}&rdquo;" if overlap.get("common_ngrams")
                else "") + ".</p>"
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
+    for warning in data.get("warnings", []):
+        text += f'<p class="warning">{esc(warning)}</p>'
     if data.get("split_by"):
         text += f"<p>Split by {esc(data['split_by'])}: examples of one group are all on one side.</p>"
     if data.get("augmented"):

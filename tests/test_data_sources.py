@@ -477,3 +477,13 @@ def test_validation_split_is_held_out_of_train(tmp_path):
     cfg = make_recipe(tmp_path, test_size=10, validation_size=5, train_size=50)
     task, _ = data.build_splits(cfg)
     assert {k: len(v) for k, v in task.items()} == {"validation": 5, "train": 45, "test": 10, "generalization": 100}
+
+
+def test_a_test_split_larger_than_what_is_left_to_train_on_is_warned_about(tmp_path):
+    rows = temperature_rows(range(-20, 40))
+    write_jsonl(tmp_path / "t.jsonl", rows + rows[:5])
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=50))
+    assert len(splits["train"]) == 10
+    assert figures["warnings"] == ["train keeps 10 examples, fewer than the 50 held out for test (cleaning dropped "
+                                   "5: duplicate 5); lower data.test_size or add data"]
+    assert "warnings" not in data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=30))[1]
