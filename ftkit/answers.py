@@ -10,7 +10,8 @@ A recipe says where a reply's answer is with `data.extract` (a built-in task bri
     regex         the first group of `data.extract_regex` (else its whole match)
 
 The reference answer is read the same way when it carries the marker (a GSM8K reference ends with "#### 42"); a
-plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42", "1,000" is "1000").
+plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42", "1,000" is "1000"), and within
+`data.numeric_tolerance` when the recipe sets one (a reply of 77.5 for a reference of 77.4 is right within 0.5).
 
 `strict` scores the answer where the format says it is; `lenient` finds the right answer anywhere in the reply, so
 that a reader can tell learning the format from learning the task.
@@ -22,6 +23,7 @@ import re
 
 MODES = ("exact", "first_number", "last_number", "after_hash", "boxed", "regex")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_VALUE = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")  # a number as `normalize` writes it
 
 
 def numbers(text: str) -> list[str]:
@@ -94,28 +96,41 @@ def normalize(text: str) -> str:
     return text
 
 
-def same(a: str | None, b: str) -> bool:
-    """Whether two answers are the same after `normalize`."""
-    return a is not None and normalize(a) == normalize(b)
+def same(a: str | None, b: str, tolerance: float = 0.0) -> bool:
+    """Whether two answers are the same after `normalize`; two numbers also when they differ by at most
+    `tolerance`.
+
+    >>> same("77.5", "77.4"), same("77.5", "77.4", tolerance=0.5), same("a", "b", tolerance=1)
+    (False, True, False)
+    """
+    if a is None:
+        return False
+    x, y = normalize(a), normalize(b)
+    if x == y:
+        return True
+    return bool(tolerance) and bool(_VALUE.fullmatch(x) and _VALUE.fullmatch(y)) and abs(float(x) - float(y)) <= tolerance
 
 
-def strict(output: str, answer: str, mode: str, pattern: str | None = None) -> float:
-    """1.0 when the answer read from `output` where `mode` says is the reference answer.
+def strict(output: str, answer: str, mode: str, pattern: str | None = None, tolerance: float = 0.0) -> float:
+    """1.0 when the answer read from `output` where `mode` says is the reference answer (numbers within
+    `tolerance`).
 
     >>> strict("12 + 45 = 57", "57", "first_number"), strict("12 + 45 = 57", "57", "last_number")
     (0.0, 1.0)
     """
-    return float(same(extract(output, mode, pattern), reference(answer, mode, pattern)))
+    return float(same(extract(output, mode, pattern), reference(answer, mode, pattern), tolerance))
 
 
-def lenient(output: str, answer: str, mode: str = "exact", pattern: str | None = None) -> float:
-    """1.0 when the reference answer appears anywhere in `output`: as one of its numbers for a numeric answer, else
-    as a whole-word phrase.
+def lenient(output: str, answer: str, mode: str = "exact", pattern: str | None = None, tolerance: float = 0.0) -> float:
+    """1.0 when the reference answer appears anywhere in `output`: as one of its numbers for a numeric answer
+    (within `tolerance`), else as a whole-word phrase.
 
     >>> lenient("12 + 45 = 57", "57"), lenient("I think it is Paris, France.", "paris"), lenient("5700", "57")
     (1.0, 1.0, 0.0)
+    >>> lenient("about 56.8 or so", "57", tolerance=0.5)
+    1.0
     """
     want = normalize(reference(answer, mode, pattern))
-    if re.fullmatch(r"-?\d+(?:\.\d+)?", want):
-        return float(any(normalize(n) == want for n in numbers(output)))
+    if _VALUE.fullmatch(want):
+        return float(any(same(n, want, tolerance) for n in numbers(output)))
     return float(re.search(r"(?<!\w)" + re.escape(want) + r"(?!\w)", normalize(output)) is not None)

@@ -130,6 +130,9 @@ class DataConfig(_Section):
         "exact", description="where a reply's answer is, for scoring, rewards and eval: exact (the whole reply), "
         "first_number, last_number, after_hash (GSM8K's ####), boxed, regex; a built-in task brings its own")
     extract_regex: str | None = Field(None, description="extract: regex, its first group (else the whole match)")
+    numeric_tolerance: float = Field(0.0, ge=0, description="numbers within this absolute difference of the reference "
+                                     "count as right: the scorer, eval's task and lenient metrics, the task and "
+                                     "numeric_match rewards")
     dedupe: bool = True
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
@@ -177,6 +180,9 @@ class DataConfig(_Section):
         if self.task and self.extract != "exact":
             raise ValueError(f"extract ({self.extract}) applies to files and hub datasets; task {self.task!r} reads "
                              "its answers itself")
+        if self.task and self.numeric_tolerance:
+            raise ValueError(f"numeric_tolerance ({self.numeric_tolerance:g}) applies to files and hub datasets; "
+                             f"task {self.task!r} scores its answers itself")
         if self.task and self.split_by:
             raise ValueError(f"split_by ({self.split_by}) applies to files and hub datasets; task {self.task!r} "
                              "never repeats a train problem in test")
@@ -236,7 +242,6 @@ class RLConfig(_Section):
     max_completion_length: int = Field(8, gt=0)
     rewards: dict[str, float] = Field(default_factory=lambda: {"task": 1.0},
                                       description="reward -> weight: built-in names or file.py:function")
-    numeric_tolerance: float = Field(0.0, ge=0, description="numeric_match: allowed absolute difference")
     format_regex: str | None = Field(None, description="format: regular expression the whole completion must match")
     length_target: int = Field(200, gt=0, description="length_penalty: characters allowed before the penalty")
     use_vllm: bool = Field(False, description="generate with vLLM (CUDA + vllm installed)")
@@ -587,6 +592,10 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+# keys that moved to another section, and where (an older recipe then says where to put them)
+MOVED = {("rl", "numeric_tolerance"): "data.numeric_tolerance (it scores eval as well as the rewards)"}
+
+
 def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
     loc = tuple(str(p) for p in error["loc"])
     is_key = loc[-1:] == ("[key]",)  # a mapping key that is not allowed, e.g. data.columns
@@ -599,6 +608,8 @@ def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
         close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
         return f"{where}: {dotted}: unknown key {value!r}; {hint}"
+    if error["type"] == "extra_forbidden" and loc in MOVED:
+        return f"{where}: {dotted} = {value!r}: this key is now {MOVED[loc]}; move it there"
     if error["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)

@@ -208,7 +208,7 @@ def _extraction(cfg, default: str) -> dict:
 BUILT_IN = {
     "task": lambda cfg: (tasks.for_data(cfg.data).reward, {}),
     "exact_match": lambda cfg: (tasks.ReferenceAnswer("exact").reward, {}),
-    "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.rl.numeric_tolerance,
+    "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.data.numeric_tolerance,
                                                   **_extraction(cfg, default="last_number")}),
     "format": lambda cfg: (format_match, {"pattern": cfg.rl.format_regex}),
     "length_penalty": lambda cfg: (length_penalty, {"target": cfg.rl.length_target}),

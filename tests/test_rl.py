@@ -58,15 +58,28 @@ def test_rewards_that_misbehave_stop_training_with_their_name(body, message):
 
 
 def test_built_in_rewards_are_built_with_their_options(tmp_path):
-    cfg = recipe.load(write_recipe(tmp_path, rl={
+    (tmp_path / "d.jsonl").write_text('{"prompt": "What is 23 plus 45?", "completion": "68"}\n')
+    cfg = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl", "extract": "first_number",
+                                                   "numeric_tolerance": 1.0}, rl={
         "rewards": {"task": 1.0, "numeric_match": 0.5, "format": 0.2, "length_penalty": 0.1, "json_valid": 0.1},
-        "numeric_tolerance": 1.0, "format_regex": r"\d+", "length_target": 2}))
+        "format_regex": r"\d+", "length_target": 2}))
     functions, weights = rewards.build(cfg, tmp_path)
     assert [f.__name__ for f in functions] == ["task", "numeric_match", "format", "length_penalty", "json_valid"]
     assert weights == [1.0, 0.5, 0.2, 0.1, 0.1]
-    completions = [[{"role": "assistant", "content": "68"}], [{"role": "assistant", "content": "67 or so"}]]
-    values = [f(completions, answer=["68", "68"]) for f in functions]
-    assert values == [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, -1.0], [1.0, 0.0]]
+    completions = [[{"role": "assistant", "content": "68"}], [{"role": "assistant", "content": "66.5 or so"}],
+                   [{"role": "assistant", "content": "about 67.5"}]]
+    values = [f(completions, answer=["68"] * 3) for f in functions]
+    # the tolerance is the data's: the task scorer (first number) and numeric_match (last number) allow 1.0
+    assert values == [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, -1.0], [1.0, 0.0, 0.0]]
+
+
+def test_numeric_tolerance_moved_to_data_and_applies_to_files_only(tmp_path):
+    with pytest.raises(recipe.RecipeError, match=r"rl.numeric_tolerance = 0.5: this key is now "
+                                                 r"data.numeric_tolerance \(it scores eval as well as the rewards\)"):
+        recipe.load(write_recipe(tmp_path, rl={"numeric_tolerance": 0.5}))
+    with pytest.raises(recipe.RecipeError, match=r"numeric_tolerance \(0.5\) applies to files and hub datasets; "
+                                                 r"task 'addition' scores its answers itself"):
+        recipe.load(write_recipe(tmp_path, data={"task": "addition", "numeric_tolerance": 0.5}))
 
 
 def test_dpo_needs_preference_pairs(tmp_path):

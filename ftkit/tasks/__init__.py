@@ -19,4 +19,5 @@ def get(name: str, **options):
 
 def for_data(data_cfg):
     """The task that scores a recipe's data: its built-in task, else the reference answer where `data.extract` says."""
-    return get(data_cfg.task) if data_cfg.task else ReferenceAnswer(data_cfg.extract, data_cfg.extract_regex)
+    return get(data_cfg.task) if data_cfg.task else ReferenceAnswer(data_cfg.extract, data_cfg.extract_regex,
+                                                                  data_cfg.numeric_tolerance)

@@ -8,9 +8,11 @@ from ftkit.tasks.common import score_all
 
 
 class ReferenceAnswer:
-    def __init__(self, extract: str = "exact", pattern: str | None = None):
-        self.extract, self.pattern = extract, pattern
+    def __init__(self, extract: str = "exact", pattern: str | None = None, tolerance: float = 0.0):
+        self.extract, self.pattern, self.tolerance = extract, pattern, tolerance
         self.name = "exact_match" if extract == "exact" else f"answer ({extract})"
+        if tolerance:
+            self.name += f", numbers within {tolerance:g}"
 
     def score(self, output: str, answer: str) -> float:
         """Strict: the answer where the format puts it.
@@ -19,12 +21,14 @@ class ReferenceAnswer:
         (1.0, 0.0)
         >>> ReferenceAnswer("after_hash").score("3 * 4 = 12 #### 12", "#### 12")
         1.0
+        >>> ReferenceAnswer("first_number", tolerance=0.5).score("77.5 degrees", "77.4")
+        1.0
         """
-        return answers.strict(output, answer, self.extract, self.pattern)
+        return answers.strict(output, answer, self.extract, self.pattern, self.tolerance)
 
     def lenient(self, output: str, answer: str) -> float:
         """The reference answer anywhere in the reply."""
-        return answers.lenient(output, answer, self.extract, self.pattern)
+        return answers.lenient(output, answer, self.extract, self.pattern, self.tolerance)
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:
         return score_all(self.score, completions, answer)
