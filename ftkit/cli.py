@@ -80,6 +80,8 @@ def _print_event(kind, stage, result):
               flush=True)
     elif result.ok:
         print(f"✓ {stage} done in {result.seconds:.1f} s", flush=True)
+        for warning in result.warnings:
+            print(f"  ⚠ {warning}", flush=True)
     else:
         print(f"✗ {stage} failed after {result.seconds:.1f} s: {result.error}", flush=True)
 

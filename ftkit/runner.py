@@ -82,6 +82,7 @@ class StageResult:
     seconds: float
     error: str | None
     notebook: Path
+    warnings: tuple[str, ...] = ()  # the stage's own, from its metrics (e.g. data: a test split larger than train)
 
 
 def _error_text(exc: BaseException, run_dir: Path) -> str:
@@ -189,7 +190,8 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
     rundir.set_status(run_dir, stage, {"state": "failed" if error else "done", "start": started, "end": now(),
                                        "duration_s": round(seconds, 1), "error": error,
                                        "notebook": str(out.relative_to(run_dir)), **record})
-    return StageResult(stage, error is None, seconds, error, out)
+    warnings = tuple(rundir.metrics(run_dir).get(stage, {}).get("warnings", ())) if error is None else ()
+    return StageResult(stage, error is None, seconds, error, out, warnings)
 
 
 def prepare(cfg, run_dir: str | Path | None = None) -> Path:

@@ -487,3 +487,13 @@ def test_a_test_split_larger_than_what_is_left_to_train_on_is_warned_about(tmp_p
     assert figures["warnings"] == ["train keeps 10 examples, fewer than the 50 held out for test (cleaning dropped "
                                    "5: duplicate 5); lower data.test_size or add data"]
     assert "warnings" not in data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=30))[1]
+
+
+def test_ftkit_run_prints_the_data_stage_warning(tmp_path, tiny_model_dir, capsys):
+    write_jsonl(tmp_path / "t.jsonl", temperature_rows(range(-20, 40)))
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"name": "thin", "stages": ["data"], "model": {"id": str(tiny_model_dir)},
+                                    "data": {"path": "t.jsonl", "test_size": 40}}))
+    assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    assert "  ⚠ train keeps 20 examples, fewer than the 40 held out for test; lower data.test_size or add data\n" \
+           in capsys.readouterr().out
