@@ -108,7 +108,8 @@ def same(a: str | None, b: str, tolerance: float = 0.0) -> bool:
     x, y = normalize(a), normalize(b)
     if x == y:
         return True
-    return bool(tolerance) and bool(_VALUE.fullmatch(x) and _VALUE.fullmatch(y)) and abs(float(x) - float(y)) <= tolerance
+    numeric = _VALUE.fullmatch(x) is not None and _VALUE.fullmatch(y) is not None
+    return bool(tolerance) and numeric and abs(float(x) - float(y)) <= tolerance
 
 
 def strict(output: str, answer: str, mode: str, pattern: str | None = None, tolerance: float = 0.0) -> float:

@@ -419,7 +419,8 @@ def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
     train, test = len(splits["train"]), len(splits["test"])
     if train >= test:
         return []
-    why = f" (cleaning dropped {sum(drops.values())}: {', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""
+    listed = ", ".join(f"{k} {v}" for k, v in drops.items())
+    why = f" (cleaning dropped {sum(drops.values())}: {listed})" if drops else ""
     return [f"train keeps {train} examples, fewer than the {test} held out for test{why}; lower data.test_size or "
             "add data"]
 

@@ -400,12 +400,15 @@ def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_t
     splits, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=10))
     overlap = figures["contamination"]
     assert overlap["fraction"] == 0.0 and overlap["ngram_overlaps"] == 0 and len(splits["train"]) == 50
-    assert overlap["common_ngrams"] == 1 and overlap["common_example"] == "degrees celsius to fahrenheit. give the number only."
+    assert overlap["common_ngrams"] == 1
+    assert overlap["common_example"] == "degrees celsius to fahrenheit. give the number only."
     assert data.group_keys(splits["train"], "ngram") == list(range(50))  # the template links nothing
 
     story = "Mara walked her three dogs along the river before the storm came in from the west"
-    write_jsonl(tmp_path / "train.jsonl", temperature_rows(range(30)) + [{"question": f"{story}. How many dogs?", "answer": "3"}])
-    write_jsonl(tmp_path / "test.jsonl", temperature_rows(range(30, 40)) + [{"question": f"{story}. Where?", "answer": "river"}])
+    write_jsonl(tmp_path / "train.jsonl",
+                temperature_rows(range(30)) + [{"question": f"{story}. How many dogs?", "answer": "3"}])
+    write_jsonl(tmp_path / "test.jsonl",
+                temperature_rows(range(30, 40)) + [{"question": f"{story}. Where?", "answer": "river"}])
     with pytest.raises(DataError, match=r"1 of 11 test prompts share a word 8-gram with a train prompt \(0 of them word "
                                         r"for word; wording that a tenth of the prompts repeat, a template's, is not "
                                         r"counted: 1 8-gram such as 'degrees celsius to fahrenheit") as caught:
