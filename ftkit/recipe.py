@@ -592,8 +592,28 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-# keys that moved to another section, and where (an older recipe then says where to put them)
-MOVED = {("rl", "numeric_tolerance"): "data.numeric_tolerance (it scores eval as well as the rewards)"}
+# keys that moved to another section: an older recipe (or a run directory's resolved copy) is read with the key
+# where it now lives
+MOVED = {("rl", "numeric_tolerance"): ("data", "numeric_tolerance")}
+
+
+def _migrate(data: dict) -> None:
+    """Move the keys of `MOVED` where they now live (a value set in both places: the new place wins); a zero or
+    null value, the old default that every resolved recipe carries, is dropped.
+
+    >>> recipe = {"rl": {"numeric_tolerance": 0.5, "max_steps": 3}}
+    >>> _migrate(recipe); recipe
+    {'rl': {'max_steps': 3}, 'data': {'numeric_tolerance': 0.5}}
+    """
+    for (old_section, key), (new_section, new_key) in MOVED.items():
+        section = data.get(old_section)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section.pop(key)
+        if value:
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
 
 
 def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
@@ -608,8 +628,6 @@ def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
         close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
         return f"{where}: {dotted}: unknown key {value!r}; {hint}"
-    if error["type"] == "extra_forbidden" and loc in MOVED:
-        return f"{where}: {dotted} = {value!r}: this key is now {MOVED[loc]}; move it there"
     if error["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
@@ -629,6 +647,7 @@ def build(data: dict, source: str = "<recipe>", overrides: list[str] | None = No
     overridden = set()
     for assignment in overrides or []:
         overridden.add(apply_override(data, assignment))
+    _migrate(data)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

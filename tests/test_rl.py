@@ -74,9 +74,10 @@ def test_built_in_rewards_are_built_with_their_options(tmp_path):
 
 
 def test_numeric_tolerance_moved_to_data_and_applies_to_files_only(tmp_path):
-    with pytest.raises(recipe.RecipeError, match=r"rl.numeric_tolerance = 0.5: this key is now "
-                                                 r"data.numeric_tolerance \(it scores eval as well as the rewards\)"):
-        recipe.load(write_recipe(tmp_path, rl={"numeric_tolerance": 0.5}))
+    (tmp_path / "d.jsonl").write_text('{"prompt": "What is 23 plus 45?", "completion": "68"}\n')
+    older = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl"}, rl={"numeric_tolerance": 0.5}))
+    assert older.data.numeric_tolerance == 0.5  # an older recipe's rl.numeric_tolerance is read where it now lives
+    assert recipe.load(write_recipe(tmp_path, rl={"numeric_tolerance": 0.0})).data.numeric_tolerance == 0.0
     with pytest.raises(recipe.RecipeError, match=r"numeric_tolerance \(0.5\) applies to files and hub datasets; "
                                                  r"task 'addition' scores its answers itself"):
         recipe.load(write_recipe(tmp_path, data={"task": "addition", "numeric_tolerance": 0.5}))
