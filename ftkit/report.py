@@ -109,6 +109,15 @@ def _stages(status: dict) -> str:
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+def _template_note(overlap: dict) -> str:
+    """The contamination check's template wording, left out of its count (`data.common_grams`)."""
+    n = overlap.get("common_ngrams")
+    if not n:
+        return ""
+    return (f" Not counted as overlap: wording a tenth of the prompts repeat (a template's), {esc(n)} "
+            f"8-gram{'s' if n != 1 else ''} such as &ldquo;{esc(overlap.get('common_example'))}&rdquo;")
+
+
 def _data(data: dict) -> str:
     if not data.get("splits"):
         return ""
@@ -122,10 +131,7 @@ def _data(data: dict) -> str:
     text = (f"<h3>Data</h3><p>Source: {esc(data.get('source'))}. Dropped: {esc(drops)}. "
             + (f"Chat template: {esc(template)}. " if template else "") +
             f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
-            f"({esc(overlap.get('exact_matches'))} exact)"
-            + (f"; not counted: wording a tenth of the prompts repeat (a template's), {esc(overlap['common_ngrams'])} "
-               f"8-gram{'s' if overlap['common_ngrams'] != 1 else ''} such as &ldquo;{esc(overlap.get('common_example'))}&rdquo;" if overlap.get("common_ngrams")
-               else "") + ".</p>"
+            f"({esc(overlap.get('exact_matches'))} exact).{_template_note(overlap)}</p>"
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     for warning in data.get("warnings", []):
         text += f'<p class="warning">{esc(warning)}</p>'

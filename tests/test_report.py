@@ -59,8 +59,8 @@ def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_pa
     parser.feed(page)
     assert parser.found == [], parser.found
     assert "<b>bold</b>" not in page and "<b>now</b>" not in page
-    assert "not counted: wording a tenth of the prompts repeat (a template's), 1 8-gram such as &ldquo;answer " \
-           "&lt;b&gt;now&lt;/b&gt; in one short word only please&rdquo;" in page
+    assert "Not counted as overlap: wording a tenth of the prompts repeat (a template's), 1 8-gram such as " \
+           "&ldquo;answer &lt;b&gt;now&lt;/b&gt; in one short word only please&rdquo;" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;/textarea&gt;" in page
 
 
