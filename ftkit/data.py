@@ -401,7 +401,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         out["augmented"] = added
     if cfg.data.split_by:
         out["split_by"] = cfg.data.split_by
-    warnings = thin_train(splits, dict(drops))
+    warnings = thin_train(splits, dict(drops)) + conflicting_answers([r for rows in splits.values() for r in rows])
     if warnings:
         out["warnings"] = warnings
     return splits, out
@@ -423,6 +423,33 @@ def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
     why = f" (cleaning dropped {sum(drops.values())}: {listed})" if drops else ""
     return [f"train keeps {train} examples, fewer than the {test} held out for test{why}; lower data.test_size or "
             "add data"]
+
+
+def conflicting_answers(rows: list[dict], show: int = 2) -> list[str]:
+    """A warning when one prompt (with its earlier turns) comes with different answers (case and spacing aside):
+    a labelling slip where the task has one right answer, and fine where a prompt has several good replies. Preference
+    pairs, feedback rows (answers labelled desirable or not) and plain text are left alone.
+
+    >>> conflicting_answers([{"prompt": "Great!", "answer": "positive"}, {"prompt": "great!", "answer": "Negative"},
+    ...                      {"prompt": "Bad.", "answer": "negative"}, {"prompt": "Bad.", "answer": "negative "}])
+    ["1 prompt comes with different answers, e.g. 'Great!' -> 'Negative' / 'positive'; where the task has one right answer (a label, a number), fix them in the sources (several good replies to one prompt are fine for SFT; eval scores each row against its own)"]
+    """
+    answers: dict[str, set] = {}
+    first: dict[str, str] = {}
+    for row in rows:
+        if "answer" not in row or "rejected" in row or "label" in row:
+            continue
+        key = " ".join(context(row).lower().split())
+        answers.setdefault(key, set()).add(" ".join(row["answer"].split()))
+        first.setdefault(key, context(row))
+    conflicts = [key for key, found in answers.items() if len({a.lower() for a in found}) > 1]
+    if not conflicts:
+        return []
+    shown = "; ".join(f"{first[k][:80]!r} -> {' / '.join(repr(a) for a in sorted(answers[k]))}"
+                      for k in conflicts[:show])
+    return [f"{len(conflicts)} {'prompt comes' if len(conflicts) == 1 else 'prompts come'} with different answers, e.g. "
+            f"{shown}; where the task has one right answer (a label, a number), fix them in the sources (several good "
+            "replies to one prompt are fine for SFT; eval scores each row against its own)"]
 
 
 def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None) -> None:

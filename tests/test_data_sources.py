@@ -500,3 +500,14 @@ def test_ftkit_run_prints_the_data_stage_warning(tmp_path, tiny_model_dir, capsy
     assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
     assert "  ⚠ train keeps 20 examples, fewer than the 40 held out for test; lower data.test_size or add data\n" \
            in capsys.readouterr().out
+
+
+def test_a_prompt_labelled_two_ways_is_warned_about(tmp_path):
+    rows = temperature_rows(range(30))
+    rows.append({**rows[4], "answer": "-40"})  # the same question again with a wrong answer
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    _, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=5))
+    assert figures["warnings"] == [
+        "1 prompt comes with different answers, e.g. 'Convert 4 degrees Celsius to Fahrenheit. Give the number only.' "
+        "-> '-40' / '39.2'; where the task has one right answer (a label, a number), fix them in the sources (several "
+        "good replies to one prompt are fine for SFT; eval scores each row against its own)"]
