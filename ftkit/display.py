@@ -219,6 +219,25 @@ def sharpening_note(results: dict) -> str | None:
     return None
 
 
+def reach_note(results: dict) -> str | None:
+    """For each tuned model's start model (RL's SFT model), how many of its greedy mistakes it ever got right when
+    sampling: what GRPO or RLOO could reinforce from its own samples. None when eval did not sample.
+
+    >>> reach_note({"sft": {"sampled": {"greedy_wrong": 39, "wrong_with_a_right_sample": 25, "k": 8,
+    ...                                 "temperature": 1.0}}, "rl": {"vs_sft": {}}})
+    'Of the 39 test prompts sft answered wrong greedily, 25 drew a right answer among 8 samples at temperature 1: those are the mistakes a sampling RL method can reinforce a right answer for; on the other 14 its samples never found one, so they carried no reward to learn from.'
+    """
+    for _, other, _ in start_comparisons(results):
+        figures = results[other].get("sampled") or {}
+        if "greedy_wrong" in figures:
+            wrong, right = figures["greedy_wrong"], figures["wrong_with_a_right_sample"]
+            return (f"Of the {wrong} test prompts {other} answered wrong greedily, {right} drew a right answer among "
+                    f"{figures['k']} samples at temperature {figures['temperature']:g}: those are the mistakes a "
+                    f"sampling RL method can reinforce a right answer for; on the other {wrong - right} its samples "
+                    "never found one, so they carried no reward to learn from.")
+    return None
+
+
 def paired_columns(model_metrics: dict) -> dict:
     """The paired test against the base model as table columns: p-value and flips each way (empty for the base)."""
     paired = model_metrics.get("vs_base")

@@ -227,6 +227,17 @@ def _sampled(cfg, model, tokenizer, rows: list[dict], references: list[str], tic
                     "temperature": temperature, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def reach(greedy: list[float], sampled: list[float]) -> dict:
+    """Of the prompts the greedy reply got wrong, how many drew a right answer among the sampled ones: those a
+    sampling RL method (GRPO, RLOO) can reinforce; on the rest the model's own samples carry no reward.
+
+    >>> reach([1, 0, 0, 0], [0.75, 0.25, 0.0, 0.0])
+    {'greedy_wrong': 3, 'wrong_with_a_right_sample': 1}
+    """
+    wrong = [s for g, s in zip(greedy, sampled, strict=True) if g < 0.5]
+    return {"greedy_wrong": len(wrong), "wrong_with_a_right_sample": sum(s > 0 for s in wrong)}
+
+
 def _run(cfg, model, tokenizer, rows: list[dict], progress=None) -> tuple[list, list]:
     """(outputs, whether each was cut at eval.max_new_tokens)."""
     return generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
@@ -292,7 +303,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
                 _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
     if sampled_figures:
-        result["sampled"] = sampled_figures
+        result["sampled"] = {**sampled_figures, **(reach(per_example[primary], sampled) if primary in BINARY else {})}
     if extra:
         margins = [c - r for c, r in extra["log_likelihood"]]
         result["log_likelihood_margin"] = {"mean": float(np.mean(margins)),

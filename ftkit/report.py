@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ftkit import rundir
 from ftkit.display import (all_metrics_table, claims, judge_prompt, judge_table, metric_name, paired_columns,
-                           plot_losses, plot_rl, sampled_label, sampled_text, sharpening_note, shown, signal_warning,
-                           versus_base, versus_start)
+                           plot_losses, plot_rl, reach_note, sampled_label, sampled_text, sharpening_note, shown,
+                           signal_warning, versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -239,9 +239,10 @@ def _versus_start(evaluated: dict) -> str:
     table = versus_start(evaluated)
     if table.empty:
         return ""
-    note = sharpening_note(evaluated)
+    note, reached = sharpening_note(evaluated), reach_note(evaluated)
     return ("<p>Each tuned model against the one it started from (same examples, same paired test):</p>"
             + _table(list(table.columns), table.values.tolist())
+            + (f"<p>{esc(reached)}</p>" if reached else "")
             + (f'<p class="warning">{esc(note)}</p>' if note else ""))
 
 

@@ -125,8 +125,12 @@ def test_a_tiny_run_reports_its_signal_and_rl_against_sft(tiny_run):
         assert sampled["k"] == 4 and sampled["temperature"] == 1.0 and 0 <= sampled["value"] <= 1
         records = rundir.load_predictions(run_dir, name)
         assert sampled["value"] == pytest.approx(sum(r["sampled_score"] for r in records) / len(records))
+        wrong = [r for r in records if r["score"] < 0.5]  # the greedy mistakes, and those a sample got right
+        assert sampled["greedy_wrong"] == len(wrong)
+        assert sampled["wrong_with_a_right_sample"] == sum(r["sampled_score"] > 0 for r in wrong)
     assert set(vs_sft["sampled_change"]) == {"value", "ci95", "p_value"}
     assert "sampled (T=1, 4 per prompt)" in page and "sampled change" in page
+    assert f"Of the {metrics['eval']['sft']['sampled']['greedy_wrong']} test prompts sft answered wrong greedily" in page
 
 
 def test_rl_against_sft_on_known_predictions(tmp_path):
