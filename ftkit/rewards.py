@@ -43,7 +43,7 @@ def numeric_match(completions, answer, tolerance: float = 0.0, extract: str = "l
     for completion, reference in zip(completions, answer, strict=True):
         got = answers.numbers(answers.extract(completion_text(completion), extract, pattern) or "")
         want = answers.numbers(answers.reference(reference, extract, pattern))
-        scores.append(float(bool(got and want) and abs(float(got[-1]) - float(want[-1])) <= tolerance))
+        scores.append(float(bool(got and want) and answers.same(got[-1], want[-1], tolerance)))
     return scores
 
 
