@@ -30,6 +30,7 @@ DROP_REASONS = {
     "duplicate": "the same example again (data.dedupe)",
     "turn_order": "a conversation that is not user and assistant turns in turn, ending with the assistant",
     "identical_pair": "a preference pair whose chosen and rejected answers are the same",
+    "unshared_prompt": "chosen and rejected conversations (without a prompt column) that differ before their last turn",
     "too_long": "over sft.max_length tokens (data.too_long: truncate keeps them)",
     "grouped_with_test": "a train example in a data.split_by group that the test split holds",
 }

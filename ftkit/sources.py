@@ -1,15 +1,18 @@
 """Where the data comes from: local files (JSONL, JSON, CSV, TSV, Parquet; globs allowed) and Hugging Face Hub
 datasets, read and normalized from any of the formats below to ftkit's rows (`ftkit.rows`).
 
-Formats: prompt/completion, question/answer, Alpaca (instruction, input, output), chat messages (role/content),
-ShareGPT conversations (from/value), preference pairs (prompt, chosen, rejected) and plain text; `data.columns` maps
-other column names onto these. Every problem raises `DataError` naming the file, the line and the fix.
+Formats: prompt/completion, question/answer, Alpaca (instruction, input, output; also Dolly's instruction, context,
+response), chat messages (role/content, the content a string or a list of text parts), ShareGPT conversations
+(from/value), preference pairs (prompt, chosen, rejected; or chosen and rejected conversations that share their
+beginning, as in Anthropic's HH) and plain text; `data.columns` maps other column names onto these. Every problem
+raises `DataError` naming the file, the line and the fix.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +26,10 @@ FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("qu
 LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
           False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+# beside a text column, a column by one of these names is what the text should be answered with, not noise
+TARGETS = ("label", "labels", "target", "answer", "output", "response", "completion", "summary", "sentiment", "class",
+           "category")
+TRANSCRIPT_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")  # Anthropic HH: "\n\nHuman: ...\n\nAssistant: ..."
 
 
 # ---------------------------------------------------------------- reading files
@@ -98,15 +105,47 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
 
 def detect_format(columns, place: str) -> str:
     keys = set(columns)
-    for name in ("messages", "sharegpt", "preference", "feedback", "alpaca", "prompt_completion", "question_answer"):
+    for name in ("messages", "sharegpt", "preference", "feedback"):
         if set(FIELDS[name]) <= keys:
             return name
-    if {"prompt", "answer"} <= keys:
+    if {"chosen", "rejected"} <= keys:
+        return "preference"  # no prompt column: the prompt is the conversations' shared beginning
+    if keys & {"instruction", "input"} and keys & {"output", "response"}:
+        return "alpaca"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if {"question", "answer"} <= keys or {"prompt", "answer"} <= keys:
         return "question_answer"
     if "text" in keys:
+        target = next((c for c in TARGETS if c in keys), None)
+        if target:
+            raise DataError(f"{place}: a 'text' column and a {target!r} column: is {target!r} what the model should "
+                            f"answer? Then map them: data.columns: {{prompt: text, answer: {target}}} (with data.system "
+                            "saying what to answer); to train on the text alone (continued pre-training), set "
+                            "data.format: text")
         return "text"
     raise DataError(f"{place}: cannot tell the format from the columns {sorted(keys)}; set data.format (one of "
                     f"{', '.join(FORMATS)}) or map your columns, e.g. data.columns: {{prompt: <column>, answer: <column>}}")
+
+
+def _content(content, place: str, i: int) -> str:
+    """A message's text: a string, or a list of parts (OpenAI's `[{"type": "text", "text": ...}]`) whose text parts
+    are joined by a newline; an image or other non-text part is refused, as nothing here can train on it."""
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        return str(content)
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") == "text" and "text" in part:
+            texts.append("" if part["text"] is None else str(part["text"]))
+        else:
+            what = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise DataError(f"{place}: message {i} has a {what!r} part; ftkit trains on text only: drop that part "
+                            "(or the row), or keep only parts of type 'text'")
+    return "\n".join(texts)
 
 
 def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> dict | None:
@@ -122,8 +161,7 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
         if role is None:
             raise DataError(f"{place}: message {i} has role {message[role_key]!r}; allowed roles: "
                             f"{', '.join(ROLES)}; fix the role or set data.format")
-        content = message[content_key]
-        turns.append({"role": role, "content": "" if content is None else str(content)})
+        turns.append({"role": role, "content": _content(message[content_key], place, i)})
     system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
     expected = ["user", "assistant"] * (len(turns) // 2)
     if len(turns) < 2 or len(turns) % 2 or [t["role"] for t in turns] != expected:
@@ -136,11 +174,45 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
     return row
 
 
-def _answer_text(value) -> str:
+def _answer_text(value, place: str) -> str:
     """A preference answer: a string, or a conversation (as in UltraFeedback) whose last message is the answer."""
     if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
-        return str(value[-1]["content"])
+        return _content(value[-1]["content"], place, len(value) - 1)
     return "" if value is None else str(value)
+
+
+def _transcript(text: str, place: str, column: str) -> list[dict]:
+    """An Anthropic HH transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") -> role/content messages.
+
+    >>> _transcript("\\n\\nHuman: Hi?\\n\\nAssistant: Hello.", "x", "chosen")
+    [{'role': 'user', 'content': 'Hi?'}, {'role': 'assistant', 'content': 'Hello.'}]
+    """
+    pieces = TRANSCRIPT_TURN.split(text)
+    if len(pieces) < 3 or pieces[0].strip():
+        raise DataError(f"{place}: there is no prompt column, so {column!r} must be a conversation: a list of "
+                        "role/content messages, or a transcript of 'Human:' and 'Assistant:' turns; this one starts "
+                        f"{text[:60]!r}. Add the prompt (data.columns: {{prompt: <column>}}) or set data.format")
+    return [{"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+            for who, said in zip(pieces[1::2], pieces[2::2])]
+
+
+def _implicit_pair(record: dict, place: str) -> dict | str:
+    """chosen and rejected conversations (message lists or HH transcripts) sharing everything but their last turn ->
+    a preference row whose prompt, history and system are that shared beginning; "turn_order" or "unshared_prompt"
+    when they do not."""
+    conversations = []
+    for column in ("chosen", "rejected"):
+        value = record[column]
+        turns = _transcript(value, place, column) if isinstance(value, str) else value
+        conversations.append(_messages_to_row(turns, place, "role", "content"))
+    chosen, rejected = conversations
+    if chosen is None or rejected is None:
+        return "turn_order"
+    if {k: v for k, v in chosen.items() if k != "answer"} != {k: v for k, v in rejected.items() if k != "answer"}:
+        return "unshared_prompt"
+    if chosen["answer"].strip() and chosen["answer"].strip() == rejected["answer"].strip():
+        return "identical_pair"
+    return {**chosen, "rejected": rejected["answer"]}
 
 
 def _label(value, place: str) -> bool:
@@ -165,6 +237,11 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     fields = FIELDS[fmt]
     if fmt == "question_answer" and "question" not in record and "prompt" in record:
         fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
+    if fmt == "preference" and "prompt" not in record and {"chosen", "rejected"} <= set(record):
+        return _implicit_pair(record, place)
+    if fmt == "alpaca":  # Dolly's names too; the instruction may be missing where an input says it all
+        fields = (next((k for k in ("instruction", "input", "context") if k in record), "instruction"),
+                  "output" if "output" in record or "response" not in record else "response")
     missing = [f for f in fields if f not in record]
     if missing:
         raise DataError(f"{place}: missing column {missing[0]!r} for format {fmt!r}; the columns are "
@@ -177,15 +254,14 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     if fmt == "feedback":
         row = {"prompt": record["prompt"], "answer": record["completion"], "label": _label(record["label"], place)}
     elif fmt == "preference":
-        chosen, rejected = (_answer_text(record[k]) for k in ("chosen", "rejected"))
+        chosen, rejected = (_answer_text(record[k], place) for k in ("chosen", "rejected"))
         if chosen.strip() and chosen.strip() == rejected.strip():
             return "identical_pair"
         row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
     elif fmt == "alpaca":
-        extra = record.get("input")
-        prompt = f"{record['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else \
-            record["instruction"]
-        row = {"prompt": prompt, "answer": record["output"]}
+        instruction, extra = record.get("instruction"), record.get("input", record.get("context"))
+        parts = [p for p in (instruction, extra) if isinstance(p, str) and (p.strip() or p is instruction)]
+        row = {"prompt": "\n\n".join(parts), "answer": record[fields[1]]}
     else:
         first, second = fields
         row = {"prompt": record[first], "answer": record[second]}

@@ -332,6 +332,67 @@ def test_a_preference_pair_with_identical_answers_is_dropped_and_counted(tmp_pat
     assert all(r["answer"] != r["rejected"] for rows in splits.values() for r in rows)
 
 
+def test_chosen_and_rejected_conversations_without_a_prompt_share_it(tmp_path):
+    """Anthropic HH's transcripts and TRL's implicit-prompt message lists: the shared beginning is the prompt (and
+    history); pairs that differ earlier, or whose answers are the same, are dropped and counted."""
+    earlier = "\n\nHuman: Hi.\n\nAssistant: Hello! How can I help?"
+    hh = [{"chosen": f"{earlier}\n\nHuman: Name a fruit.\n\nAssistant: An apple.",
+           "rejected": f"{earlier}\n\nHuman: Name a fruit.\n\nAssistant: No."},
+          {"chosen": "\n\nHuman: 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: 2+3?\n\nAssistant: 4"},
+          {"chosen": "\n\nHuman: Yes?\n\nAssistant: Yes.", "rejected": "\n\nHuman: Yes?\n\nAssistant: Yes."},
+          {"chosen": "\n\nHuman: Only me.", "rejected": "\n\nHuman: Only me."}]
+    rows, drops = sources.load_files(str(write_jsonl(tmp_path / "hh.jsonl", hh)), "auto", {})
+    assert [r for _, r in rows] == [{"prompt": "Name a fruit.", "answer": "An apple.", "rejected": "No.",
+                                     "history": [{"role": "user", "content": "Hi."},
+                                                 {"role": "assistant", "content": "Hello! How can I help?"}]}]
+    assert drops == {"unshared_prompt": 1, "identical_pair": 1, "turn_order": 1}
+    assert "differ before their last turn" in data.dropped(drops)
+    user = {"role": "user", "content": "Name a fruit."}
+    listed = [{"chosen": [{"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "Fig."}],
+               "rejected": [{"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "?"}]}]
+    rows, _ = sources.load_files(str(write_jsonl(tmp_path / "m.jsonl", listed)), "auto", {})
+    assert [r for _, r in rows] == [{"prompt": "Name a fruit.", "answer": "Fig.", "rejected": "?",
+                                     "system": "Be brief."}]
+
+
+def test_chosen_and_rejected_text_that_is_no_conversation_says_what_is_missing(tmp_path):
+    text = bad(tmp_path, "a.jsonl", json.dumps({"chosen": "An apple.", "rejected": "No."}),
+               match="a.jsonl:1: there is no prompt column, so 'chosen' must be a conversation")
+    assert "data.columns: {prompt: <column>}" in text
+
+
+def test_message_content_given_as_text_parts_is_joined_and_an_image_part_refused(tmp_path):
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "text",
+                                                                                          "text": "this."}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]}
+    rows, _ = sources.load_files(str(write_jsonl(tmp_path / "p.jsonl", [row])), "auto", {})
+    assert [r for _, r in rows] == [{"prompt": "Describe\nthis.", "answer": "A cat."}]
+    row["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": "x.png"}})
+    bad(tmp_path, "a.jsonl", json.dumps(row), match="a.jsonl:1: message 0 has a 'image_url' part; ftkit trains on text")
+
+
+def test_dolly_and_input_output_columns_read_as_alpaca(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [
+        {"instruction": "Summarize.", "context": "Ann met Bo.", "response": "They met.", "category": "summarization"},
+        {"instruction": "Name a colour.", "context": "", "response": "Red."}])
+    write_jsonl(tmp_path / "io.jsonl", [{"input": "2+2", "output": "4"}])
+    assert [r for _, r in sources.load_files(str(tmp_path / "d.jsonl"), "auto", {})[0]] == [
+        {"prompt": "Summarize.\n\nAnn met Bo.", "answer": "They met."}, {"prompt": "Name a colour.", "answer": "Red."}]
+    assert [r for _, r in sources.load_files(str(tmp_path / "io.jsonl"), "auto", {})[0]] == [
+        {"prompt": "2+2", "answer": "4"}]
+
+
+def test_text_beside_a_label_is_not_taken_for_plain_text(tmp_path):
+    pd.DataFrame({"text": ["Great film.", "Dull."], "label": [1, 0]}).to_csv(tmp_path / "c.csv", index=False)
+    text = bad(tmp_path, "c.csv", (tmp_path / "c.csv").read_text(),
+               match="c.csv:2: a 'text' column and a 'label' column")
+    assert "data.columns: {prompt: text, answer: label}" in text and "data.format: text" in text
+    rows, _ = sources.load_files(str(tmp_path / "c.csv"), "auto", {"prompt": "text", "answer": "label"})
+    assert [r for _, r in rows] == [{"prompt": "Great film.", "answer": "1"}, {"prompt": "Dull.", "answer": "0"}]
+    rows, _ = sources.load_files(str(tmp_path / "c.csv"), "text", {})
+    assert [r for _, r in rows] == [{"text": "Great film."}, {"text": "Dull."}]
+
+
 def test_too_few_rows_after_cleaning_names_what_was_dropped(tmp_path):
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "Hello!"},
                                                         {"role": "user", "content": f"Hi {i}"}]} for i in range(5)])
