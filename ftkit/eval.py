@@ -123,10 +123,13 @@ def implicit_margins(policy, reference, beta: float) -> list[float]:
 
 def for_rows(cfg, rows: list[dict]):
     """The recipe with the default metrics for its test rows: held-out preference pairs are measured by
-    `preference` (how often a model prefers the chosen answer), not by matching generations to it."""
+    `preference` (how often a model prefers the chosen answer), not by matching free-text generations to it; where
+    the recipe says how an answer is scored (`data.extract`), the replies are also scored against the chosen
+    answer (`task`, `lenient`): a model can come to prefer the right answer and still not say it."""
     if cfg.eval.metrics or not rows or "rejected" not in rows[0]:
         return cfg
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference"]})})
+    scored = ["task", "lenient"] if cfg.data.extract != "exact" or cfg.data.task else []
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference", *scored]})})
 
 
 def metric_names(cfg) -> list[str]:

@@ -150,6 +150,19 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
         sum(0.1 * ((pc - rc) - (pr - rr)) for (pc, pr), (rc, rr) in zip(policy, reference)) / 8, abs=1e-5)
 
 
+def test_preference_pairs_are_also_scored_on_what_the_model_says_where_the_recipe_says_how(tmp_path):
+    pairs = [{"prompt": "2+2?", "answer": "4", "rejected": "5"}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
+    plain = recipe.load(write_recipe(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
+                                     data={"path": "p.jsonl"}))
+    assert eval_stage.metric_names(eval_stage.for_rows(plain, pairs)) == ["preference"]
+    numeric = recipe.load(write_recipe(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
+                                       data={"path": "p.jsonl", "extract": "first_number"}))
+    assert eval_stage.metric_names(eval_stage.for_rows(numeric, pairs)) == ["preference", "task", "lenient"]
+    assert eval_stage.metric_names(eval_stage.for_rows(numeric, [{"prompt": "2+2?", "answer": "4"}])) == [
+        "task", "lenient"]
+
+
 def test_kto_learns_from_answers_labelled_desirable_or_not(tmp_path, tiny_model_dir):
     (tmp_path / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().feedback(60, 2)))
     cfg = recipe.load(write_recipe(
