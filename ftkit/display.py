@@ -161,11 +161,18 @@ def versus_base(model_metrics: dict, base: dict | None) -> str:
 
 
 def shown(prediction: dict) -> str:
-    """A prediction as the comparison tables show it: ✓/✗ and the output, or the text's perplexity and the
-    model's continuation."""
+    """A prediction as the comparison tables show it: ✓/✗ and the output (a score between 0 and 1, such as a
+    reward or F1, as its value), or the text's perplexity and the model's continuation.
+
+    >>> shown({"output": "68", "score": 1.0}), shown({"output": "A fig.", "score": 0.75})
+    ('✓ 68', '0.75 · A fig.')
+    """
     if "perplexity" in prediction:
         return f"ppl {prediction['perplexity']:.1f} · {prediction['output']}"
-    return ("✓ " if prediction["score"] else "✗ ") + prediction["output"]
+    score = prediction["score"]
+    if score is None or score in (0, 1):
+        return ("✓ " if score else "✗ ") + prediction["output"]
+    return f"{score:.2f} · {prediction['output']}"
 
 
 def metrics_table(eval_metrics: dict):
@@ -347,6 +354,8 @@ def side_by_side(run_dir: str | Path, names: list[str], limit: int = 10):
     predictions = {n: rundir.load_predictions(run_dir, n)[:limit] for n in names}
     first = predictions[names[0]]
     frame = pd.DataFrame({"prompt": [p["prompt"] for p in first], "reference": [p["reference"] for p in first]})
+    if not any(frame["reference"]):  # prompts without answers
+        frame = frame.drop(columns="reference")
     for name in names:
         frame[name] = [shown(p) for p in predictions[name]]
     return frame

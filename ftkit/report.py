@@ -298,9 +298,11 @@ def _flips(run_dir: Path, names: list[str], limit: int = 8) -> str:
         for other, file in (("base", name), ("sft", f"{name}_vs_sft")):
             records = rundir.eval_records(run_dir, "flips", file) if other != name else []
             if records:
-                rows = [[r["flip"], r["prompt"], r["reference"], r[other], r[name]] for r in records[:limit]]
+                references = ["reference"] if any(r["reference"] for r in records) else []
+                rows = [[r["flip"], r["prompt"]] + [r[k] for k in references] + [r[other], r[name]]
+                        for r in records[:limit]]
                 parts.append(f"<p>{esc(name)} against {other}: {len(records)} examples flipped (first {len(rows)}):"
-                             "</p>" + _table(["flip", "prompt", "reference", other, name], rows))
+                             "</p>" + _table(["flip", "prompt", *references, other, name], rows))
     return "".join(parts)
 
 
@@ -320,9 +322,10 @@ def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
     if not predictions:
         return ""
     first = next(iter(predictions.values()))
-    rows = [[p["prompt"], p["reference"]] + [shown(predictions[n][i]) for n in predictions]
+    references = ["reference"] if any(p["reference"] for p in first) else []  # none: prompts without answers
+    rows = [[p["prompt"]] + [p[k] for k in references] + [shown(predictions[n][i]) for n in predictions]
             for i, p in enumerate(first)]
-    return "<h3>Example predictions</h3>" + _table(["prompt", "reference"] + list(predictions), rows)
+    return "<h3>Example predictions</h3>" + _table(["prompt", *references] + list(predictions), rows)
 
 
 TEMPLATES = Path(__file__).parent / "templates"
