@@ -379,20 +379,23 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
-    problem = data_problem(cfg.stages, cfg.rl.method, kind(splits["train"]))
+    problem = data_problem(cfg.stages, cfg.rl.method, kind(splits["train"]), list(cfg.rl.rewards))
     if problem:
         raise DataError(f"{source}: {problem}")
     if tokenizer is not None:
         for rows in splits.values():
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
     sample = splits["train"][:20]
-    end_of_turn = all(ends_with_end_of_turn(r, tokenizer) for r in sample) if tokenizer is not None else None
+    answered = "answer" in splits["train"][0] or "text" in splits["train"][0]
+    end_of_turn = (all(ends_with_end_of_turn(r, tokenizer) for r in sample)
+                   if tokenizer is not None and answered else None)
     template = None
     if tokenizer is not None and "text" not in splits["train"][0]:
         from ftkit.models import DEFAULT_CHAT_TEMPLATE
 
         template = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
-    out = {"source": source, "format": "text" if "text" in splits["train"][0] else "prompt_answer",
+    out = {"source": source, "format": kind(splits["train"]) if kind(splits["train"]) in ("text", "prompts")
+           else "prompt_answer",
            "chat_template": template,
            "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
            "answers_end_with_end_of_turn": end_of_turn}

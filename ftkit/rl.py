@@ -17,9 +17,9 @@ from ftkit import launch, models, rewards, rundir
 from ftkit.generation import generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import DataError, kind, messages, scored_against
+from ftkit.rows import DataError, kind, messages, reward_columns
 from ftkit.tasks.common import completion_text
-from ftkit.training import fit, per_process, to_dataset, training_args
+from ftkit.training import fit, per_process, training_args
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,14 @@ def preference_dataset(rows: list[dict]):
                                "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
 
 
+def prompt_dataset(rows: list[dict]):
+    """The prompts GRPO/RLOO sample from, as chat messages, with the columns their rewards read
+    (`rows.reward_columns`: the reference answer where there is one, and data.keep_columns)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": messages(r), **reward_columns(r)} for r in rows])
+
+
 def train(cfg, run_dir: str | Path) -> dict:
     """Run the recipe's RL method on the train split; save the adapter (or model) to `<run_dir>/rl/`."""
     if launch.needed(cfg):
@@ -106,7 +114,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         rows = filtered.pop("rows")
         del sampler
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    dataset = to_dataset(rows).remove_columns("completion").add_column("answer", [scored_against(r) for r in rows])
+    dataset = prompt_dataset(rows)
     samples, clock = SampleLog(cfg.rl.max_steps), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
@@ -179,10 +187,7 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
                        cfg.rl.max_completion_length, temperature=cfg.rl.temperature, samples=k)
     kept, no_spread = [], {}
     for row, texts in zip(pool, outputs):
-        columns = {"answer": [scored_against(row)] * k, "prompts": [messages(row)] * k}
-        completions = [[{"role": "assistant", "content": t}] for t in texts]
-        totals = [sum(w * v for w, v in zip(weights, values))
-                  for values in zip(*(f(completions, **columns) for f in functions))]
+        totals, _ = rewards.score_replies(functions, weights, [row] * k, texts)
         if max(totals) > min(totals):
             if not hard or sum(totals) / k <= (max(totals) + min(totals)) / 2:
                 kept.append(row)

@@ -4,10 +4,11 @@ Every source is normalized (`ftkit.sources`) to rows
 
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
      "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
-     "tests": [str] (code only: asserts a reply's code must pass)}
+     "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns)}
 
 that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
-plain text (continued pre-training) is {"text": str}. The data stage adds "tokens" (the length as trained) and, for
+prompts for RL whose rewards need no reference answer have no "answer"; plain text (continued pre-training) is
+{"text": str}. The data stage adds "tokens" (the length as trained) and, for
 a mix, "source". The helpers here turn a row into chat messages, into the text the trainer sees through the
 tokenizer's chat template, and into its trained tokens. No torch: the tokenizer is passed in.
 """
@@ -23,13 +24,18 @@ def fields(row: dict) -> tuple[str, ...]:
     """The text fields a row must fill: its text (plain text), else prompt and answer (and rejected)."""
     if "text" in row:
         return ("text",)
+    if "answer" not in row:
+        return ("prompt",)
     return ("prompt", "answer", "rejected") if "rejected" in row else ("prompt", "answer")
 
 
 def kind(rows: list[dict]) -> str:
-    """What the rows can train, for `recipe.data_problem`: "text", "pairs", "feedback" or "answers"."""
+    """What the rows can train, for `recipe.data_problem`: "text", "prompts" (no answers), "pairs", "feedback" or
+    "answers"."""
     if rows and "text" in rows[0]:
         return "text"
+    if rows and "answer" not in rows[0]:
+        return "prompts"
     if rows and all("label" in r for r in rows):
         return "feedback"
     return "pairs" if rows and all(r.get("rejected") for r in rows) else "answers"
@@ -47,8 +53,18 @@ def imitated(rows: list[dict]) -> list[dict]:
 
 def scored_against(row: dict) -> str:
     """What a reply to the row is scored against, by eval and by the rewards: its unit tests, one per line, when it
-    carries `tests` (code), else its reference answer."""
-    return "\n".join(row["tests"]) if row.get("tests") else row["answer"]
+    carries `tests` (code), else its reference answer ("" for a prompt without one)."""
+    return "\n".join(row["tests"]) if row.get("tests") else row.get("answer", "")
+
+
+def reward_columns(row: dict) -> dict:
+    """The columns a reward receives for a row besides the completions and prompts: `answer` (what a reply is
+    scored against, where the row has one) and each data.keep_columns column by its name.
+
+    >>> reward_columns({"prompt": "Hi", "answer": "4", "extra": {"topic": "sums"}}), reward_columns({"prompt": "Hi"})
+    ({'answer': '4', 'topic': 'sums'}, {})
+    """
+    return {**({"answer": scored_against(row)} if "answer" in row else {}), **row.get("extra", {})}
 
 
 def messages(row: dict) -> list[dict]:
@@ -66,9 +82,12 @@ def context(row: dict) -> str:
 
 
 def trained_text(row: dict, tokenizer) -> str:
-    """A row as the trainer sees it: chat template over its messages and answer; plain text with EOS appended."""
+    """A row as the trainer sees it: chat template over its messages and answer; plain text with EOS appended; a
+    prompt without an answer as the model is shown it, up to the generation prompt."""
     if "text" in row:
         return row["text"] + tokenizer.eos_token
+    if "answer" not in row:
+        return tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(messages(row) + [{"role": "assistant", "content": row["answer"]}],
                                          tokenize=False)
 
@@ -93,6 +112,8 @@ def trained_tokens(row: dict, tokenizer) -> tuple[list[str], list[str]]:
         return [], tokenizer.convert_ids_to_tokens(tokenizer(trained_text(row, tokenizer),
                                                              add_special_tokens=False)["input_ids"])
     prompt = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
+    if "answer" not in row:  # RL prompts: nothing is imitated
+        return tokenizer.convert_ids_to_tokens(tokenizer(prompt, add_special_tokens=False)["input_ids"]), []
     full = trained_text(row, tokenizer)
     if not full.startswith(prompt) or len(full) == len(prompt):
         raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "

@@ -4,8 +4,9 @@ datasets, read and normalized from any of the formats below to ftkit's rows (`ft
 Formats: prompt/completion, question/answer, Alpaca (instruction, input, output; also Dolly's instruction, context,
 response), chat messages (role/content, the content a string or a list of text parts), ShareGPT conversations
 (from/value), preference pairs (prompt, chosen, rejected; or chosen and rejected conversations that share their
-beginning, as in Anthropic's HH) and plain text; `data.columns` maps other column names onto these. Every problem
-raises `DataError` naming the file, the line and the fix.
+beginning, as in Anthropic's HH), prompts alone (for RL whose rewards need no reference answer) and plain text;
+`data.columns` maps other column names onto these, and `data.keep_columns` carries more of them along on each row
+(as `extra`, for a reward to read). Every problem raises `DataError` naming the file, the line and the fix.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 from ftkit.rows import DataError
 
-FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "feedback", "text")
+FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "feedback", "prompts",
+           "text")
 FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
           "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
           "preference": ("prompt", "chosen", "rejected"), "feedback": ("prompt", "completion", "label"),
-          "text": ("text",)}
+          "prompts": ("prompt",), "text": ("text",)}
 LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
           False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
@@ -116,14 +118,16 @@ def detect_format(columns, place: str) -> str:
         return "prompt_completion"
     if {"question", "answer"} <= keys or {"prompt", "answer"} <= keys:
         return "question_answer"
-    if "text" in keys:
+    for alone, what, mapping, use in (("prompt", "prompts", "answer: {}", "RL with rewards that need no answer"),
+                                      ("text", "text", "prompt: text, answer: {}", "continued pre-training")):
+        if alone not in keys:
+            continue
         target = next((c for c in TARGETS if c in keys), None)
         if target:
-            raise DataError(f"{place}: a 'text' column and a {target!r} column: is {target!r} what the model should "
-                            f"answer? Then map them: data.columns: {{prompt: text, answer: {target}}} (with data.system "
-                            "saying what to answer); to train on the text alone (continued pre-training), set "
-                            "data.format: text")
-        return "text"
+            raise DataError(f"{place}: a {alone!r} column and a {target!r} column: is {target!r} what the model should "
+                            f"answer? Then map it: data.columns: {{{mapping.format(target)}}}; to use the {alone}s "
+                            f"alone ({use}), set data.format: {what}")
+        return what
     raise DataError(f"{place}: cannot tell the format from the columns {sorted(keys)}; set data.format (one of "
                     f"{', '.join(FORMATS)}) or map your columns, e.g. data.columns: {{prompt: <column>, answer: <column>}}")
 
@@ -251,6 +255,11 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         return _messages_to_row(record[keys[0]], place, *keys[1:]) or "turn_order"
     if fmt == "text":
         return {"text": record["text"]}
+    if fmt == "prompts":
+        row = {"prompt": record["prompt"]}
+        if isinstance(record.get("system"), str) and record["system"].strip():
+            row["system"] = record["system"]
+        return row
     if fmt == "feedback":
         row = {"prompt": record["prompt"], "answer": record["completion"], "label": _label(record["label"], place)}
     elif fmt == "preference":
@@ -271,9 +280,10 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
 
 
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
-                      drops: Counter, group: str | None = None) -> list[tuple[str, dict]]:
+                      drops: Counter, group: str | None = None, keep=()) -> list[tuple[str, dict]]:
     """Rename mapped columns, detect the format from the first record, normalize every record to a row; with
-    `group` (data.split_by naming a column) the row keeps that column's value as its "group"."""
+    `group` (data.split_by naming a column) the row keeps that column's value as its "group", and each column named
+    in `keep` (data.keep_columns) goes along in the row's "extra"."""
     if not records:
         return []
     if columns:
@@ -297,6 +307,12 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                 raise DataError(f"{place}: data.split_by names the column {group!r}, which this row lacks or leaves "
                                 f"empty; the columns are {sorted(record)}: fill it, or split_by: ngram")
             row["group"] = str(record[group])
+        if keep:
+            absent = [c for c in keep if c not in record]
+            if absent:
+                raise DataError(f"{place}: data.keep_columns names {absent[0]!r}, which this row lacks; the columns "
+                                f"are {sorted(record)}: add it, or remove it from data.keep_columns")
+            row["extra"] = {c: record[c] for c in keep}
         for field in ("prompt", "answer", "system", "text"):
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])
@@ -304,12 +320,12 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     return rows
 
 
-def load_files(pattern: str, fmt: str, columns: dict[str, str],
-               group: str | None = None) -> tuple[list[tuple[str, dict]], Counter]:
+def load_files(pattern: str, fmt: str, columns: dict[str, str], group: str | None = None,
+               keep=()) -> tuple[list[tuple[str, dict]], Counter]:
     """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
     rows, drops = [], Counter()
     for path in expand(pattern):
-        rows += normalize_records(read_records(path), fmt, columns, drops, group)
+        rows += normalize_records(read_records(path), fmt, columns, drops, group, keep)
     return rows, drops
 
 
@@ -342,5 +358,7 @@ def load_source(name: str, data_cfg, own_test: bool = False) -> tuple[list[tuple
         split_name = data_cfg.test_split if own_test else data_cfg.split
         records = read_hub(name.removeprefix("hub:"), data_cfg.subset, split_name, data_cfg.revision)
         drops = Counter()
-        return normalize_records(records, data_cfg.format, data_cfg.columns, drops, group), drops
-    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns, group)
+        return normalize_records(records, data_cfg.format, data_cfg.columns, drops, group,
+                                 data_cfg.keep_columns), drops
+    return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns, group,
+                      data_cfg.keep_columns)

@@ -382,6 +382,15 @@ def test_dolly_and_input_output_columns_read_as_alpaca(tmp_path):
         {"prompt": "2+2", "answer": "4"}]
 
 
+def test_a_prompt_column_alone_is_prompts_and_beside_a_label_is_refused(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Write a haiku.", "system": "Be brief.", "topic": "rain"}])
+    rows, _ = sources.load_files(str(tmp_path / "p.jsonl"), "auto", {}, keep=["topic"])
+    assert [r for _, r in rows] == [{"prompt": "Write a haiku.", "system": "Be brief.", "extra": {"topic": "rain"}}]
+    text = bad(tmp_path, "q.jsonl", json.dumps({"prompt": "Great film.", "label": "positive"}),
+               match="q.jsonl:1: a 'prompt' column and a 'label' column")
+    assert "data.columns: {answer: label}" in text and "data.format: prompts" in text
+
+
 def test_text_beside_a_label_is_not_taken_for_plain_text(tmp_path):
     pd.DataFrame({"text": ["Great film.", "Dull."], "label": [1, 0]}).to_csv(tmp_path / "c.csv", index=False)
     text = bad(tmp_path, "c.csv", (tmp_path / "c.csv").read_text(),

@@ -227,6 +227,87 @@ def test_rloo_from_the_base_model_with_built_in_rewards(tmp_path, tiny_model_dir
     assert {"length_penalty", "exact_match", "total"} <= set(display.rl_samples(run_dir).columns)
 
 
+def _prompts_recipe(tmp_path, tiny_model_dir, **sections):
+    words = ["river", "stone", "cloud", "bread", "lamp", "piano", "cliff", "tiger", "maple", "ocean", "spoon", "glass"]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"Write a sentence with the word {w} in it, number {i}.", "word": w}) + "\n"
+        for i in range(3) for w in words))
+    (tmp_path / "rw.py").write_text("def mentions(completions, word, **kwargs):\n"
+                                    "    return [float(w in c[-1]['content']) for c, w in zip(completions, word)]\n")
+    return write_recipe(tmp_path, **{
+        "stages": ["data", "rl", "eval"], "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+        "data": {"path": "prompts.jsonl", "keep_columns": ["word"], "test_size": 6, "max_contamination": 1.0},
+        "rl": {"rewards": {"rw.py:mentions": 1.0, "length_penalty": 0.5}, "length_target": 8, "max_steps": 2,
+               "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-2, "max_completion_length": 6},
+        "eval": {"max_new_tokens": 6, "robustness_size": 2, "perturbations": ["case"], "sampled": 2}, **sections})
+
+
+def test_prompts_without_answers_train_with_grpo_and_are_evaluated_by_their_rewards(tmp_path, tiny_model_dir):
+    """Prompts alone (RL where no demonstration exists): a reward reads a kept column; eval scores held-out replies by
+    the same rewards, paired against the base."""
+    from ftkit import cli
+    from ftkit.io import read_json
+
+    path, run_dir = _prompts_recipe(tmp_path, tiny_model_dir), tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["data"]["format"] == "prompts" and metrics["data"]["answers_end_with_end_of_turn"] is None
+    train = rundir.load_split(run_dir, "train")
+    assert all("answer" not in r and r["extra"]["word"] in r["prompt"] for r in train)
+    assert metrics["rl"]["steps"] == 2
+    for name in ("base", "rl"):
+        result, records = metrics["eval"][name], rundir.load_predictions(run_dir, name)
+        assert result["metric"] == "reward" and "answer_loss" not in result
+        assert {"reward", "reward/rw.py:mentions", "reward/length_penalty"} <= set(result["metrics"])
+        by_prompt = {r["prompt"]: r["extra"]["word"] for r in rundir.load_split(run_dir, "test")}
+        for record in records:  # the weighted sum of the rewards on the greedy reply, as training computed it
+            mentions = float(by_prompt[record["prompt"]] in record["output"])
+            penalty = rewards.length_penalty([record["output"]], target=8)[0]
+            assert record["score"] == pytest.approx(mentions + 0.5 * penalty)
+            assert record["reference"] == ""
+        assert result["reward"] == pytest.approx(sum(r["score"] for r in records) / len(records))
+        assert result["sampled"]["k"] == 2 and "robustness" in result
+    assert metrics["eval"]["rl"]["vs_base"]["test"] == "wilcoxon"
+    assert "reward/rw.py:mentions" in (run_dir / "report.html").read_text()
+
+
+def test_prompts_without_answers_refuse_sft_dpo_and_rewards_that_need_an_answer(tmp_path, tiny_model_dir):
+    with pytest.raises(recipe.RecipeError, match="data.format prompts: prompts without answers give SFT nothing to "
+                                                 "imitate: remove sft from stages"):
+        recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, stages=["data", "sft", "rl"],
+                                    data={"path": "prompts.jsonl", "format": "prompts"}))
+    cfg = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, stages=["data", "sft", "eval"]))
+    with pytest.raises(DataError, match="prompts.jsonl: prompts without answers give SFT nothing to imitate"):
+        data.build_splits(cfg)
+    cfg = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, rl={"rewards": {"task": 1.0, "length_penalty": 1.0}}))
+    with pytest.raises(DataError, match="rl.rewards names task, which compares a reply with a reference answer, and "
+                                        "these prompts have none"):
+        data.build_splits(cfg)
+    with pytest.raises(recipe.RecipeError, match="rl.method dpo learns from answers given with the prompts"):
+        recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, rl={"method": "dpo"},
+                                    data={"path": "prompts.jsonl", "format": "prompts"}))
+    with pytest.raises(recipe.RecipeError, match="keep_columns names 'answer', which a reward already receives"):
+        recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, data={"path": "prompts.jsonl", "keep_columns": ["answer"]}))
+    cfg = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, data={"path": "prompts.jsonl", "keep_columns": ["wrd"],
+                                                                      "max_contamination": 1.0}))
+    with pytest.raises(DataError, match=r"prompts.jsonl:1: data.keep_columns names 'wrd', which this row lacks; the "
+                                        r"columns are \['prompt', 'word'\]"):
+        data.build_splits(cfg)
+
+
+def test_the_shipped_writing_prompts_are_the_generators_and_its_reward_is_documented():
+    import doctest
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("writing", ROOT / "recipes" / "rewards" / "writing.py")
+    writing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writing)
+    shipped = (ROOT / "recipes" / "data" / "writing_prompts.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in shipped] == writing.prompts(320, seed=5)
+    result = doctest.testmod(writing)
+    assert result.failed == 0 and result.attempted > 0
+
+
 def test_preference_answers_may_be_conversations():
     row = sources.normalize({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"},
                                                       {"role": "assistant", "content": "Hello."}],

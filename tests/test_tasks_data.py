@@ -13,10 +13,11 @@ from ftkit.tasks import addition, get
 
 def test_doctests():
     from ftkit import eval as eval_stage
-    from ftkit import io, machine, recipe, robustness
+    from ftkit import io, machine, recipe, robustness, rows, sources
     from ftkit.tasks import exact_match
 
-    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data, display):
+    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data, display, rows,
+                   sources):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
