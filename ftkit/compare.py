@@ -59,7 +59,8 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
         values["sft final_loss"] = run["metrics"].get("sft", {}).get("final_loss")
         values["rl final_reward"] = run["metrics"].get("rl", {}).get("final_reward")
         rows.append([values.get(c) for c in columns])
-    return columns, rows
+    kept = [i for i, c in enumerate(columns) if any(row[i] is not None for row in rows)]  # no SFT anywhere: no column
+    return [columns[i] for i in kept], [[row[i] for i in kept] for row in rows]
 
 
 def _intervals(run: dict, columns: list[str]) -> dict[str, str]:

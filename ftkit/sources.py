@@ -28,7 +28,7 @@ FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("qu
 LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
           False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
-# beside a text column, a column by one of these names is what the text should be answered with, not noise
+# beside a text or prompt column alone, a column by one of these names is what should be answered, not noise
 TARGETS = ("label", "labels", "target", "answer", "output", "response", "completion", "summary", "sentiment", "class",
            "category")
 TRANSCRIPT_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")  # Anthropic HH: "\n\nHuman: ...\n\nAssistant: ..."

@@ -231,6 +231,9 @@ def test_compare_puts_sampled_accuracy_beside_the_headline():
                                         "sampled": {"value": 0.7, "ci95": [0.65, 0.75], "k": 4, "temperature": 1.0}},
                                 "base": {"metric": "accuracy", "accuracy": 0.0, "ci95": [0.0, 0.0]}}}}
     columns, rows = compare.metrics_rows([run])
-    assert columns == ["sft accuracy", "sft sampled", "base accuracy", "sft final_loss", "rl final_reward"]
-    assert rows[0][:3] == [0.8, 0.7, 0.0]
+    assert columns == ["sft accuracy", "sft sampled", "base accuracy"], "no run trained: no loss or reward column"
+    assert rows[0] == [0.8, 0.7, 0.0]
+    trained = {"metrics": {**run["metrics"], "sft": {"final_loss": 0.25}}}
+    columns, rows = compare.metrics_rows([run, trained])
+    assert columns[-1] == "sft final_loss" and [r[-1] for r in rows] == [None, 0.25]
     assert compare._intervals(run, columns)["sft sampled"] == " [0.650, 0.750]"
