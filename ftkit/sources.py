@@ -179,7 +179,8 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
 
 
 def _answer_text(value, place: str) -> str:
-    """A preference answer: a string, or a conversation (as in UltraFeedback) whose last message is the answer."""
+    """An answer: a string, or a conversation (UltraFeedback's chosen, TRL's conversational completion) whose last
+    message is the answer."""
     if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
         return _content(value[-1]["content"], place, len(value) - 1)
     return "" if value is None else str(value)
@@ -257,11 +258,9 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         return {"text": record["text"]}
     if fmt == "prompts":
         row = {"prompt": record["prompt"]}
-        if isinstance(record.get("system"), str) and record["system"].strip():
-            row["system"] = record["system"]
-        return row
-    if fmt == "feedback":
-        row = {"prompt": record["prompt"], "answer": record["completion"], "label": _label(record["label"], place)}
+    elif fmt == "feedback":
+        row = {"prompt": record["prompt"], "answer": _answer_text(record["completion"], place),
+               "label": _label(record["label"], place)}
     elif fmt == "preference":
         chosen, rejected = (_answer_text(record[k], place) for k in ("chosen", "rejected"))
         if chosen.strip() and chosen.strip() == rejected.strip():
@@ -273,9 +272,14 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         row = {"prompt": "\n\n".join(parts), "answer": record[fields[1]]}
     else:
         first, second = fields
-        row = {"prompt": record[first], "answer": record[second]}
+        row = {"prompt": record[first], "answer": _answer_text(record[second], place)}
     if isinstance(record.get("system"), str) and record["system"].strip():
         row["system"] = record["system"]
+    if isinstance(row["prompt"], list):  # TRL's conversational prompt: messages ending with the user's turn
+        asked = _messages_to_row(row["prompt"] + [{"role": "assistant", "content": ""}], place, "role", "content")
+        if asked is None:
+            return "turn_order"
+        row.update({k: v for k, v in asked.items() if k != "answer"})
     return row
 
 

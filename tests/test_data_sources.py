@@ -382,6 +382,23 @@ def test_dolly_and_input_output_columns_read_as_alpaca(tmp_path):
         {"prompt": "2+2", "answer": "4"}]
 
 
+def test_trl_conversational_prompts_and_completions_become_turns_not_their_repr(tmp_path):
+    system, user = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}
+    write_jsonl(tmp_path / "pc.jsonl", [
+        {"prompt": [system, user], "completion": [{"role": "assistant", "content": "4"}]},
+        {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, user],
+         "completion": [{"role": "assistant", "content": "Four."}]},
+        {"prompt": [user, {"role": "assistant", "content": "4"}], "completion": [{"role": "assistant", "content": "!"}]}])
+    rows, drops = sources.load_files(str(tmp_path / "pc.jsonl"), "auto", {})
+    assert [r for _, r in rows] == [{"prompt": "2+2?", "answer": "4", "system": "Be brief."},
+                                    {"prompt": "2+2?", "answer": "Four.", "history": [
+                                        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    assert drops == {"turn_order": 1}, "a prompt must end with the user's turn"
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": [system, user]}])
+    assert [r for _, r in sources.load_files(str(tmp_path / "p.jsonl"), "auto", {})[0]] == [
+        {"prompt": "2+2?", "system": "Be brief."}]
+
+
 def test_a_prompt_column_alone_is_prompts_and_beside_a_label_is_refused(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Write a haiku.", "system": "Be brief.", "topic": "rain"}])
     rows, _ = sources.load_files(str(tmp_path / "p.jsonl"), "auto", {}, keep=["topic"])
