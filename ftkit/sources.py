@@ -283,6 +283,21 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     return row
 
 
+def _value_kind(value) -> str | None:
+    """A kept column's value as a type a dataset column can hold (None for a missing value, which any type allows).
+
+    >>> [_value_kind(v) for v in (3, 2.5, "3", True, None, [1])]
+    ['number', 'number', 'string', 'bool', None, 'list']
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
                       drops: Counter, group: str | None = None, keep=()) -> list[tuple[str, dict]]:
     """Rename mapped columns, detect the format from the first record, normalize every record to a row; with
@@ -300,7 +315,7 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     if group and columns:
         group = {v: k for k, v in columns.items()}.get(group, group)
     source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
-    rows = []
+    rows, seen_kinds = [], {}
     for place, record in records:
         row = normalize(record, source_format, place)
         if isinstance(row, str):
@@ -317,6 +332,13 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                 raise DataError(f"{place}: data.keep_columns names {absent[0]!r}, which this row lacks; the columns "
                                 f"are {sorted(record)}: add it, or remove it from data.keep_columns")
             row["extra"] = {c: record[c] for c in keep}
+            for column in keep:  # one type per column: the RL stage hands the columns to TRL as Arrow columns
+                kind_here = _value_kind(record[column])
+                first_kind = seen_kinds.setdefault(column, (kind_here, place)) if kind_here else None
+                if first_kind and first_kind[0] != kind_here:
+                    raise DataError(f"{place}: data.keep_columns column {column!r} holds a {kind_here} here and a "
+                                    f"{first_kind[0]} at {first_kind[1]}; give it one type in every row (e.g. all "
+                                    "strings)")
         for field in ("prompt", "answer", "system", "text"):
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])

@@ -406,6 +406,10 @@ def test_a_prompt_column_alone_is_prompts_and_beside_a_label_is_refused(tmp_path
     text = bad(tmp_path, "q.jsonl", json.dumps({"prompt": "Great film.", "label": "positive"}),
                match="q.jsonl:1: a 'prompt' column and a 'label' column")
     assert "data.columns: {answer: label}" in text and "data.format: prompts" in text
+    write_jsonl(tmp_path / "k.jsonl", [{"prompt": "a", "n": 3}, {"prompt": "b", "n": None}, {"prompt": "c", "n": "x"}])
+    with pytest.raises(DataError, match=r"k.jsonl:3: data.keep_columns column 'n' holds a string here and a number at "
+                                        r".*k.jsonl:1; give it one type in every row"):
+        sources.load_files(str(tmp_path / "k.jsonl"), "auto", {}, keep=["n"])
 
 
 def test_text_beside_a_label_is_not_taken_for_plain_text(tmp_path):
