@@ -302,6 +302,12 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     `<run_dir>/eval/`."""
     rows = imitated(rundir.load_split(run_dir, "test"))  # feedback: scored against the desirable answers
     cfg = for_rows(cfg, rows)
+    unanswerable = [m for m in metric_names(cfg) if m != "reward"] if rows and "prompt" in rows[0] and \
+        "answer" not in rows[0] else []
+    if unanswerable:  # before a model is loaded
+        raise ValueError(f"eval.metrics names {unanswerable[0]}, which compares replies with reference answers, and "
+                         "these test prompts have none; use reward (the recipe's rl.rewards on each reply), or leave "
+                         "eval.metrics out")
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))

@@ -283,6 +283,11 @@ def test_prompts_without_answers_refuse_sft_dpo_and_rewards_that_need_an_answer(
     with pytest.raises(DataError, match="rl.rewards names task, which compares a reply with a reference answer, and "
                                         "these prompts have none"):
         data.build_splits(cfg)
+    cfg = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, eval={"metrics": ["reward", "rouge_l"]}))
+    splits, figures = data.build_splits(cfg)
+    data.save_splits(splits, tmp_path / "run", figures)
+    with pytest.raises(ValueError, match="eval.metrics names rouge_l, which compares replies with reference answers"):
+        eval_stage.evaluate_model(cfg, tmp_path / "run", "base")
     with pytest.raises(recipe.RecipeError, match="rl.method dpo learns from answers given with the prompts"):
         recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, rl={"method": "dpo"},
                                     data={"path": "prompts.jsonl", "format": "prompts"}))
