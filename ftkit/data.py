@@ -379,7 +379,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
-    problem = data_problem(cfg.stages, cfg.rl.method, kind(splits["train"]), list(cfg.rl.rewards))
+    problem = data_problem(cfg.stages, cfg.rl.method, kind(splits["train"]), list(cfg.rl.rewards), cfg.eval.metrics)
     if problem:
         raise DataError(f"{source}: {problem}")
     if tokenizer is not None:

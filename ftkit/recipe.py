@@ -32,14 +32,14 @@ KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_i
 REFERENCE_REWARDS = ("task", "exact_match", "numeric_match", "code_tests")  # built-in rewards that need the answer
 
 
-def data_problem(stages, rl_method: str, kind: str, rewards=()) -> str | None:
+def data_problem(stages, rl_method: str, kind: str, rewards=(), metrics=None) -> str | None:
     """The one rule of which data the training stages can use, checked at validation (from data.format and
     data.task) and again by the data stage (from the rows): what is wrong, or None.
 
     `kind`: "text" (plain text, continued pre-training), "prompts" (prompts without answers, for RL), "pairs"
     (preference pairs), "feedback" (single answers labelled desirable or not), "answers" (prompt/answer rows without
     either, e.g. a built-in task) or "unknown" (not known before the data is read). `rewards`: rl.rewards' names
-    (prompts are scored by them, in RL and in eval).
+    (prompts are scored by them, in RL and in eval); `metrics`: eval.metrics as the recipe sets them.
 
     >>> data_problem(["data", "sft", "rl"], "dpo", "answers")[:60]
     'rl.method dpo trains on preference pairs, and this data has '
@@ -59,6 +59,10 @@ def data_problem(stages, rl_method: str, kind: str, rewards=()) -> str | None:
         if needs and ("rl" in stages or "eval" in stages):
             return (f"rl.rewards names {needs[0]}, which compares a reply with a reference answer, and these prompts "
                     f"have none (eval scores them by rl.rewards too); use {own}, or add the answers")
+        compared = [m for m in metrics or () if m != "reward"]
+        if compared and "eval" in stages:
+            return (f"eval.metrics names {compared[0]}, which compares replies with reference answers, and these "
+                    "prompts have none; use reward (rl.rewards on each reply), or leave eval.metrics out")
         return None
     if "rl" not in stages:
         return None
@@ -506,7 +510,7 @@ class Recipe(_Section):
         kind = ("answers" if self.data.task else "text" if self.data.format == "text"
                 else "pairs" if self.data.format == "preference" else "feedback" if self.data.format == "feedback"
                 else "prompts" if self.data.format == "prompts" else "unknown")
-        problem = data_problem(self.stages, self.rl.method, kind, list(self.rl.rewards))
+        problem = data_problem(self.stages, self.rl.method, kind, list(self.rl.rewards), self.eval.metrics)
         if problem:
             source = f"task {self.data.task!r}" if self.data.task else f"data.format {self.data.format}"
             raise ValueError(f"{source}: {problem}")

@@ -284,10 +284,12 @@ def test_prompts_without_answers_refuse_sft_dpo_and_rewards_that_need_an_answer(
                                         "these prompts have none"):
         data.build_splits(cfg)
     cfg = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, eval={"metrics": ["reward", "rouge_l"]}))
-    splits, figures = data.build_splits(cfg)
+    with pytest.raises(DataError, match="eval.metrics names rouge_l, which compares replies with reference answers"):
+        data.build_splits(cfg)  # before RL trains
+    splits, figures = data.build_splits(recipe.load(_prompts_recipe(tmp_path, tiny_model_dir)))
     data.save_splits(splits, tmp_path / "run", figures)
     with pytest.raises(ValueError, match="eval.metrics names rouge_l, which compares replies with reference answers"):
-        eval_stage.evaluate_model(cfg, tmp_path / "run", "base")
+        eval_stage.evaluate_model(cfg, tmp_path / "run", "base")  # a run directory made before the recipe changed
     with pytest.raises(recipe.RecipeError, match="rl.method dpo learns from answers given with the prompts"):
         recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, rl={"method": "dpo"},
                                     data={"path": "prompts.jsonl", "format": "prompts"}))
