@@ -288,7 +288,8 @@ def _counter(run_dir: Path, name: str, total: int):
 
 def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
              log_likelihood: list | None = None, sampled: list | None = None) -> list[dict]:
-    return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"], "reference": r.get("answer", ""),
+    return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"],
+             "reference": r.get("answer", ""),
              **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
@@ -423,13 +424,13 @@ def judge_models(cfg, run_dir: str | Path, results: dict) -> dict:
     if spec.mode == "pairwise" and spec.against != "reference" and spec.against not in results:
         raise ValueError(f"eval.judge.against is {spec.against!r}, which this eval did not evaluate "
                          f"({', '.join(results)}); add it to eval.models or judge against reference")
+    if spec.mode == "pairwise" and spec.against == "reference" and "answer" not in rows[0]:
+        raise ValueError("eval.judge.against is reference, and these test prompts have no reference answers; compare "
+                         "with a model instead (against: base), or grade the replies (mode: grade)")
     judge_id = cfg.model.id if spec.model == "base" else spec.model
     model, tokenizer = models.load(cfg.model.model_copy(update={"id": judge_id, "adapter": "none",
                                                                 "revision": cfg.model.revision if spec.model == "base"
                                                                 else None}))
-    if spec.mode == "pairwise" and spec.against == "reference" and "answer" not in rows[0]:
-        raise ValueError("eval.judge.against is reference, and these test prompts have no reference answers; compare "
-                         "with a model instead (against: base), or grade the replies (mode: grade)")
     replies = {name: [p["output"] for p in rundir.load_predictions(run_dir, name)[:spec.examples]] for name in results}
     others = [r["answer"] for r in rows[:spec.examples]] if spec.against == "reference" else replies.get(spec.against)
     for name in results:

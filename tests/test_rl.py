@@ -290,6 +290,9 @@ def test_prompts_without_answers_refuse_sft_dpo_and_rewards_that_need_an_answer(
     data.save_splits(splits, tmp_path / "run", figures)
     with pytest.raises(ValueError, match="eval.metrics names rouge_l, which compares replies with reference answers"):
         eval_stage.evaluate_model(cfg, tmp_path / "run", "base")  # a run directory made before the recipe changed
+    judged = recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, eval={"judge": {"model": "base"}}))
+    with pytest.raises(ValueError, match="eval.judge.against is reference, and these test prompts have no reference"):
+        eval_stage.judge_models(judged, tmp_path / "run", {"base": {}})
     with pytest.raises(recipe.RecipeError, match="rl.method dpo learns from answers given with the prompts"):
         recipe.load(_prompts_recipe(tmp_path, tiny_model_dir, rl={"method": "dpo"},
                                     data={"path": "prompts.jsonl", "format": "prompts"}))
