@@ -23,7 +23,8 @@ import torch
 from ftkit import judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
-from ftkit.rows import imitated, messages, scored_against, trained_text
+from ftkit.recipe import data_problem
+from ftkit.rows import imitated, kind, messages, scored_against, trained_text
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
 
@@ -302,13 +303,10 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     """Evaluate model `name` (base/sft/rl or an eval.extra label) for the three claims; write its predictions to
     `<run_dir>/eval/`."""
     rows = imitated(rundir.load_split(run_dir, "test"))  # feedback: scored against the desirable answers
+    problem = data_problem(["eval"], cfg.rl.method, kind(rows), list(cfg.rl.rewards), cfg.eval.metrics)
+    if problem:  # the data stage's rule, again for a run directory made before the recipe changed
+        raise ValueError(f"the test split: {problem}")
     cfg = for_rows(cfg, rows)
-    unanswerable = [m for m in metric_names(cfg) if m != "reward"] if rows and "prompt" in rows[0] and \
-        "answer" not in rows[0] else []
-    if unanswerable:  # before a model is loaded
-        raise ValueError(f"eval.metrics names {unanswerable[0]}, which compares replies with reference answers, and "
-                         "these test prompts have none; use reward (the recipe's rl.rewards on each reply), or leave "
-                         "eval.metrics out")
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
