@@ -29,6 +29,8 @@ DROP_REASONS = {
     "empty_field": "an empty prompt, answer or text",
     "duplicate": "the same example again (data.dedupe)",
     "turn_order": "a conversation that is not user and assistant turns in turn, ending with the assistant",
+    "ends_with_user": "a conversation ending with the user's turn: a prompt without an answer (to use such "
+                      "conversations as RL prompts: data.format: prompts, data.columns: {prompt: <its column>})",
     "identical_pair": "a preference pair whose chosen and rejected answers are the same",
     "unshared_prompt": "chosen and rejected conversations (without a prompt column) that differ before their last turn",
     "too_long": "over sft.max_length tokens (data.too_long: truncate keeps them)",

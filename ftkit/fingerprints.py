@@ -1,5 +1,6 @@
 """Skip what is done: a stage's fingerprint covers the recipe settings it reads, its notebook's source, the ftkit and
-library versions, the content of its input files, and the fingerprints of the stages it builds on. `ftkit run
+library versions, ftkit's own source (an editable install changes without a new version), the content of its input
+files, and the fingerprints of the stages it builds on. `ftkit run
 --run-dir DIR` and `ftkit resume DIR` skip a stage whose fingerprint matches the one recorded when it last completed;
 so changing only `eval:` re-runs only eval, and changing `sft:` re-runs SFT and everything after it. The runner
 records the fingerprint of the stage it runs in status.json; training marks its checkpoints with it
@@ -8,6 +9,7 @@ records the fingerprint of the stage it runs in status.json; training marks its 
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -16,6 +18,7 @@ from pathlib import Path
 from ftkit import default_model, machine, rundir
 
 HASHED_MAX_BYTES = 64 * 2**20  # files up to this size are hashed; larger ones (model weights) by size and mtime
+PACKAGE_DIR = Path(__file__).resolve().parent  # ftkit's own code: its modules and the report's templates
 
 
 def _digest(value) -> str:
@@ -86,6 +89,14 @@ def _input_files(cfg, stage: str) -> list[Path]:
     return []
 
 
+@functools.lru_cache(maxsize=4)
+def code_signature(package: Path) -> str:
+    """The digest of ftkit's Python sources and templates (so that a result made by older code is not reused)."""
+    files = sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in {".py", ".j2", ".json"}
+                   and "__pycache__" not in p.parts)
+    return _digest({str(p.relative_to(package)): file_signature(p) for p in files})
+
+
 def notebook_source(stage: str) -> str:
     """The digest of a stage notebook's cell sources (outputs and metadata left out: running it changes nothing)."""
     notebook = json.loads((rundir.notebooks_dir() / rundir.NOTEBOOKS[stage]).read_text())
@@ -100,6 +111,7 @@ def fingerprint(cfg, run_dir: str | Path, stage: str) -> dict:
         "config": _digest(_settings(cfg, stage)),
         "notebook": notebook_source(stage),
         "versions": _digest(machine.package_versions(machine.RESULT_PACKAGES)),
+        "code": code_signature(PACKAGE_DIR),
         "inputs": _digest([_model_signature(cfg.model), *(file_signature(p) for p in _input_files(cfg, stage))]),
         "upstream": _digest({s: status.get(s, {}).get("fingerprint") for s in rundir.BUILDS_ON[stage]
                              if s in cfg.stages}),

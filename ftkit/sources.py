@@ -238,7 +238,8 @@ def _label(value, place: str) -> bool:
 
 def normalize(record: dict, fmt: str, place: str) -> dict | str:
     """One raw record -> row, or the reason it is dropped: "turn_order" (a conversation that is not user then
-    assistant turns, ending with the assistant) or "identical_pair" (a preference pair whose answers are the same)."""
+    assistant turns, ending with the assistant), "ends_with_user" (one that waits for the assistant's reply) or
+    "identical_pair" (a preference pair whose answers are the same)."""
     fields = FIELDS[fmt]
     if fmt == "question_answer" and "question" not in record and "prompt" in record:
         fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
@@ -252,8 +253,13 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         raise DataError(f"{place}: missing column {missing[0]!r} for format {fmt!r}; the columns are "
                         f"{sorted(record)}; map yours with data.columns: {{{missing[0]}: <column>}}")
     if fmt in ("messages", "sharegpt"):
-        keys = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
-        return _messages_to_row(record[keys[0]], place, *keys[1:]) or "turn_order"
+        column, role, content = ("messages", "role", "content") if fmt == "messages" else \
+            ("conversations", "from", "value")
+        row = _messages_to_row(record[column], place, role, content)
+        if row is None:  # a conversation waiting for the assistant's reply is a prompt, not a demonstration
+            waiting = _messages_to_row([*record[column], {role: "assistant", content: ""}], place, role, content)
+            return "ends_with_user" if waiting is not None else "turn_order"
+        return row
     if fmt == "text":
         return {"text": record["text"]}
     if fmt == "prompts":
@@ -276,7 +282,9 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     if isinstance(record.get("system"), str) and record["system"].strip():
         row["system"] = record["system"]
     if isinstance(row["prompt"], list):  # TRL's conversational prompt: messages ending with the user's turn
-        asked = _messages_to_row(row["prompt"] + [{"role": "assistant", "content": ""}], place, "role", "content")
+        first = row["prompt"][0] if row["prompt"] else {}
+        role, content = ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
+        asked = _messages_to_row(row["prompt"] + [{role: "assistant", content: ""}], place, role, content)
         if asked is None:
             return "turn_order"
         row.update({k: v for k, v in asked.items() if k != "answer"})

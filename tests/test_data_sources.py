@@ -94,7 +94,18 @@ def test_turn_order_problems_are_dropped_and_counted(tmp_path):
                                    {"role": "user", "content": "c"}]}
     write_jsonl(tmp_path / "c.jsonl", [good, two_users, ends_with_user])
     rows, drops = sources.load_files(str(tmp_path / "c.jsonl"), "auto", {})
-    assert len(rows) == 1 and drops == {"turn_order": 2}
+    assert len(rows) == 1 and drops == {"turn_order": 1, "ends_with_user": 1}
+    assert "data.format: prompts" in data.dropped(drops)
+    # ... which is a prompt for RL when asked for: its earlier turns become the history
+    rows, drops = sources.load_files(str(tmp_path / "c.jsonl"), "prompts", {"prompt": "messages"})
+    assert [r for _, r in rows] == [{"prompt": "c", "history": [{"role": "user", "content": "a"},
+                                                                {"role": "assistant", "content": "b"}]}]
+    assert drops == {"turn_order": 2}, "a conversation already answered, or two users in a row, is no prompt"
+    sharegpt = {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "hi"}]}
+    write_jsonl(tmp_path / "s.jsonl", [sharegpt])
+    assert sources.load_files(str(tmp_path / "s.jsonl"), "auto", {})[1] == {"ends_with_user": 1}
+    assert [r for _, r in sources.load_files(str(tmp_path / "s.jsonl"), "prompts", {"prompt": "conversations"})[0]] \
+        == [{"prompt": "hi", "system": "Be kind."}]
 
 
 def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):

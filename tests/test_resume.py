@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ftkit import cli, rundir, runner, training
+from ftkit import cli, fingerprints, rundir, runner, training
 from ftkit.io import read_json
 
 TRAINING = {"sft": {"max_steps": 12, "save_steps": 3}, "rl": {"max_steps": 6, "save_steps": 2}}
@@ -209,6 +209,17 @@ def test_what_reruns_follows_what_changed(reference, tmp_path, monkeypatch):
     (notebooks / "04_eval.ipynb").write_text(json.dumps(eval_nb))
     monkeypatch.setenv("FTKIT_NOTEBOOKS", str(notebooks))
     assert plan() == ["eval"]
+    monkeypatch.delenv("FTKIT_NOTEBOOKS")
+    # so is ftkit's own code: an editable install changes without a new version number
+    package = tmp_path / "package"
+    shutil.copytree(fingerprints.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprints, "PACKAGE_DIR", package)
+    assert plan() == []
+    (package / "eval.py").write_text((package / "eval.py").read_text() + "\n# edited\n")
+    fingerprints.code_signature.cache_clear()
+    assert plan() == stages
+    monkeypatch.setattr(fingerprints, "PACKAGE_DIR", fingerprints.Path(fingerprints.__file__).resolve().parent)
+    assert plan() == []
     # the model's files are an input of every stage
     model_dir = Path(recipes.load(recipe).model.id)
     config = model_dir / "config.json"
