@@ -141,7 +141,8 @@ class DataConfig(_Section):
     format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
                     "preference", "feedback", "prompts", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
-                          "rejected", "label", "system", "messages", "conversations", "text"], str] = Field(default_factory=dict)
+                          "rejected", "label", "system", "messages", "conversations", "text"], str] = Field(
+        default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text)")
     keep_columns: list[str] = Field(default_factory=list, description="more columns each row carries along (as "
                                     "extra), passed to the rewards by name: e.g. the facts a reward checks a reply "
                                     "against")

@@ -178,11 +178,20 @@ def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> d
     return row
 
 
-def _answer_text(value, place: str) -> str:
-    """An answer: a string, or a conversation (UltraFeedback's chosen, TRL's conversational completion) whose last
-    message is the answer."""
+def _answer_text(value, place: str):
+    """An answer: a string, a conversation (UltraFeedback's chosen, TRL's conversational completion) whose last
+    message is the answer, or a list of acceptable answers (SQuAD's `answers.text`), of which the first is the
+    reference (an empty list: no answer). Any other object is returned as it is, for the caller to refuse.
+
+    >>> _answer_text(["Paris", "paris"], "x"), _answer_text([], "x"), _answer_text(4, "x")
+    ('Paris', '', '4')
+    """
     if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
         return _content(value[-1]["content"], place, len(value) - 1)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return str(value[0]) if value else ""
+    if isinstance(value, (dict, list)):
+        return value
     return "" if value is None else str(value)
 
 
@@ -269,13 +278,13 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
                "label": _label(record["label"], place)}
     elif fmt == "preference":
         chosen, rejected = (_answer_text(record[k], place) for k in ("chosen", "rejected"))
-        if chosen.strip() and chosen.strip() == rejected.strip():
+        if isinstance(chosen, str) and chosen.strip() and chosen.strip() == str(rejected).strip():
             return "identical_pair"
         row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
     elif fmt == "alpaca":
         instruction, extra = record.get("instruction"), record.get("input", record.get("context"))
         parts = [p for p in (instruction, extra) if isinstance(p, str) and (p.strip() or p is instruction)]
-        row = {"prompt": "\n\n".join(parts), "answer": record[fields[1]]}
+        row = {"prompt": "\n\n".join(parts), "answer": _answer_text(record[fields[1]], place)}
     else:
         first, second = fields
         row = {"prompt": record[first], "answer": _answer_text(record[second], place)}
@@ -306,6 +315,25 @@ def _value_kind(value) -> str | None:
     return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
+_ABSENT = object()
+
+
+def _nested(record: dict, path: str):
+    """A column, or a field inside one by a dotted path (`answers.text`, SQuAD's); _ABSENT where there is none.
+
+    >>> _nested({"answers": {"text": ["Paris"]}}, "answers.text"), _nested({"a": 1}, "a.b") is _ABSENT
+    (['Paris'], True)
+    """
+    if path in record:
+        return record[path]
+    value = record
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _ABSENT
+        value = value[key]
+    return value
+
+
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
                       drops: Counter, group: str | None = None, keep=()) -> list[tuple[str, dict]]:
     """Rename mapped columns, detect the format from the first record, normalize every record to a row; with
@@ -314,12 +342,14 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     if not records:
         return []
     if columns:
-        absent = [c for c in columns.values() if c not in records[0][1]]
+        absent = [c for c in columns.values() if _nested(records[0][1], c) is _ABSENT]
         if absent:
             raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
-                            f"the columns are {sorted(records[0][1])}")
+                            f"the columns are {sorted(records[0][1])} (a field inside one: <column>.<field>)")
         rename = {v: k for k, v in columns.items()}
-        records = [(p, {rename.get(k, k): v for k, v in r.items()}) for p, r in records]
+        records = [(p, {**{rename.get(k, k): v for k, v in r.items()},
+                        **{name: _nested(r, path) for name, path in columns.items() if path not in r}})
+                   for p, r in records]
     if group and columns:
         group = {v: k for k, v in columns.items()}.get(group, group)
     source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
@@ -347,7 +377,14 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                     raise DataError(f"{place}: data.keep_columns column {column!r} holds a {kind_here} here and a "
                                     f"{first_kind[0]} at {first_kind[1]}; give it one type in every row (e.g. all "
                                     "strings)")
-        for field in ("prompt", "answer", "system", "text"):
+        for field in ("prompt", "answer", "rejected", "system", "text"):
+            if isinstance(row.get(field), (dict, list)):  # never the object's repr as text
+                value, column = row[field], (columns or {}).get(field, field)
+                texts = [k for k, v in value.items() if isinstance(v, str) or isinstance(v, list) and v
+                         and all(isinstance(x, str) for x in v)] if isinstance(value, dict) else []
+                what = f"an object with the fields {sorted(value)}" if isinstance(value, dict) else "a list"
+                raise DataError(f"{place}: the {field} is {what}, not text; name the text inside it with a dotted "
+                                f"path, e.g. data.columns: {{{field}: {column}.{texts[0] if texts else '<field>'}}}")
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])
         rows.append((place, row))

@@ -613,3 +613,30 @@ def test_a_prompt_labelled_two_ways_is_warned_about(tmp_path):
         "1 prompt comes with different answers, e.g. 'Convert 4 degrees Celsius to Fahrenheit. Give the number only.' "
         "-> '-40' / '39.2'; where the task has one right answer (a label, a number), fix them in the sources (several "
         "good replies to one prompt are fine for SFT; eval scores each row against its own)"]
+
+
+def test_nested_answers_are_read_by_a_dotted_path_never_as_an_objects_repr(tmp_path):
+    squad = {"id": "1", "context": "Paris is the capital of France.", "question": "What is the capital of France?",
+             "answers": {"text": ["Paris", "Paris."], "answer_start": [0, 0]}}
+    write_jsonl(tmp_path / "squad.jsonl", [squad])
+    path = str(tmp_path / "squad.jsonl")
+    with pytest.raises(DataError, match=r"squad.jsonl:1: the answer is an object with the fields \['answer_start', "
+                                        r"'text'\], not text; .* data.columns: \{answer: answers.text\}"):
+        sources.load_files(path, "auto", {"prompt": "question", "answer": "answers"})
+    rows, _ = sources.load_files(path, "auto", {"prompt": "question", "answer": "answers.text"})
+    assert [r for _, r in rows] == [{"prompt": "What is the capital of France?", "answer": "Paris"}]  # the first
+    alpaca = {"instruction": "question", "input": "context", "output": "answers.text"}
+    rows, _ = sources.load_files(path, "alpaca", alpaca)
+    assert [r for _, r in rows] == [{"prompt": "What is the capital of France?\n\nParis is the capital of France.",
+                                     "answer": "Paris"}]
+    with pytest.raises(DataError, match=r"data.columns names 'answers.txt', which is not a column here"):
+        sources.load_files(path, "auto", {"prompt": "question", "answer": "answers.txt"})
+    trivia = {"question": "Capital of France?", "answer": {"value": "Paris", "aliases": ["paris"]}}
+    write_jsonl(tmp_path / "trivia.jsonl", [trivia])
+    with pytest.raises(DataError, match=r"data.columns: \{answer: answer.value\}"):
+        sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {})
+    rows, _ = sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {"answer": "answer.value"})
+    assert [r for _, r in rows] == [{"prompt": "Capital of France?", "answer": "Paris"}]
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": {"score": 1}, "rejected": "r"}])
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: the answer is an object"):
+        sources.load_files(str(tmp_path / "pairs.jsonl"), "auto", {})
