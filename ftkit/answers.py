@@ -14,7 +14,8 @@ plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42
 `data.numeric_tolerance` when the recipe sets one (a reply of 77.5 for a reference of 77.4 is right within 0.5).
 
 `strict` scores the answer where the format says it is; `lenient` finds the right answer anywhere in the reply, so
-that a reader can tell learning the format from learning the task.
+that a reader can tell learning the format from learning the task; `distance`, for numeric answers, how far off a
+wrong number is (progress that a right-or-wrong score hides).
 """
 
 from __future__ import annotations
@@ -135,3 +136,26 @@ def lenient(output: str, answer: str, mode: str = "exact", pattern: str | None =
     if _VALUE.fullmatch(want):
         return float(any(same(n, want, tolerance) for n in numbers(output)))
     return float(re.search(r"(?<!\w)" + re.escape(want) + r"(?!\w)", normalize(output)) is not None)
+
+
+def as_number(text: str | None) -> float | None:
+    """A lone number's value (after `normalize`: "$1,000" is 1000), else None.
+
+    >>> as_number("1,250.5"), as_number(" 42. "), as_number("about 4"), as_number(None)
+    (1250.5, 42.0, None, None)
+    """
+    if text is None:
+        return None
+    value = normalize(text)
+    return float(value) if _VALUE.fullmatch(value) else None
+
+
+def distance(output: str, answer: str, mode: str, pattern: str | None = None) -> float | None:
+    """How far the number read from `output` where `mode` says is from the reference answer's; None when the reply
+    has no number there (or the reference is not a number).
+
+    >>> distance("12 + 45 = 57", "60", "last_number"), distance("no idea", "60", "last_number")
+    (3.0, None)
+    """
+    got, want = as_number(extract(output, mode, pattern)), as_number(reference(answer, mode, pattern))
+    return None if got is None or want is None else abs(got - want)

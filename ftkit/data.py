@@ -381,7 +381,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
-    problem = data_problem(cfg.stages, cfg.rl.method, kind(splits["train"]), list(cfg.rl.rewards), cfg.eval.metrics)
+    trains = kind(splits["train"])
+    problem = data_problem(cfg.stages, cfg.rl.method, trains, list(cfg.rl.rewards), cfg.eval.metrics)
     if problem:
         raise DataError(f"{source}: {problem}")
     if tokenizer is not None:
@@ -396,8 +397,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         from ftkit.models import DEFAULT_CHAT_TEMPLATE
 
         template = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
-    out = {"source": source, "format": kind(splits["train"]) if kind(splits["train"]) in ("text", "prompts")
-           else "prompt_answer",
+    out = {"source": source, "format": trains if trains in ("text", "prompts") else "prompt_answer",
            "chat_template": template,
            "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
            "answers_end_with_end_of_turn": end_of_turn}

@@ -254,9 +254,24 @@ def paired_columns(model_metrics: dict) -> dict:
             "pass→fail": paired["pass_to_fail"]}
 
 
+def error_text(figures: dict) -> str:
+    """A numeric error summary in a cell (lower is better).
+
+    >>> error_text({"median": 10.0, "mean": 12.37, "ci95": [9.0, 15.5], "with_a_number": 0.985, "n": 197})
+    '10 · 12.4 [9, 15.5] · 98.5%'
+    >>> error_text({"with_a_number": 0.0, "n": 0})
+    'no reply gave a number'
+    """
+    if not figures["n"]:
+        return "no reply gave a number"
+    lo, hi = figures["ci95"]
+    return (f"{figures['median']:.3g} · {figures['mean']:.3g} [{lo:.3g}, {hi:.3g}] · "
+            f"{100 * figures['with_a_number']:.3g}%")
+
+
 def all_metrics_table(eval_metrics: dict):
-    """DataFrame: every metric of every model (with its 95% CI where it has per-example scores), and the loss and
-    perplexity on the reference answers."""
+    """DataFrame: every metric of every model (with its 95% CI where it has per-example scores), the loss and
+    perplexity on the reference answers and, for numeric answers, how far off the numbers are."""
     import pandas as pd
 
     table = {}
@@ -268,6 +283,8 @@ def all_metrics_table(eval_metrics: dict):
         for key in ("answer_loss", "answer_perplexity", "perplexity"):
             if key in m:
                 row[key] = round(m[key], 3)
+        if "numeric_error" in m:
+            row["numeric |error|: median · mean [95% CI] · replies with a number"] = error_text(m["numeric_error"])
         if "log_likelihood_margin" in m:
             margin = m["log_likelihood_margin"]
             row["log-likelihood margin (chosen - rejected)"] = (f"{margin['mean']:.3f} [{margin['ci95'][0]:.3f}, "

@@ -237,6 +237,31 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
     return out
 
 
+def numeric_error(cfg, outputs: list, references: list[str]) -> dict | None:
+    """For numeric answers, how far off the replies are: the median and mean absolute error (95% bootstrap CI) over
+    the replies that give a number where the task reads it, and the share that do. None where an answer is not a
+    number, or the whole reply is the answer (`data.extract: exact`).
+
+    >>> cfg = type("C", (), {"seed": 0, "data": type("D", (), {"task": "addition"})()})()
+    >>> numeric_error(cfg, ["68", "70", "no idea", "58"], ["68", "68", "68", "68"])
+    {'median': 2.0, 'mean': 4.0, 'ci95': [0.0, 10.0], 'with_a_number': 0.75, 'n': 3}
+    """
+    from ftkit import answers
+
+    task = tasks.for_data(cfg.data)
+    mode, pattern = getattr(task, "extract", "exact"), getattr(task, "pattern", None)
+    if mode == "exact" or not references or any(answers.as_number(answers.reference(r, mode, pattern)) is None
+                                                 for r in references):
+        return None
+    replies = [(o, ref) for outs, ref in zip(outputs, references) for o in (outs if isinstance(outs, list) else [outs])]
+    errors = [e for e in (answers.distance(o, ref, mode, pattern) for o, ref in replies) if e is not None]
+    if not errors:
+        return {"with_a_number": 0.0, "n": 0}
+    return {"median": float(np.median(errors)), "mean": float(np.mean(errors)),
+            "ci95": list(bootstrap_ci(errors, seed=cfg.seed)), "with_a_number": round(len(errors) / len(replies), 4),
+            "n": len(errors)}
+
+
 def sampled_count(cfg) -> int:
     """eval.sampled as run: the recipe's, else 4 when an RL stage samples its completions (GRPO, RLOO) and eval is
     greedy, else 0."""
@@ -309,6 +334,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     cfg = for_rows(cfg, rows)
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
+    rundir.remove_eval_files(run_dir, [k for k in rundir.EVAL_FILES if k != "flips"], name)  # an earlier eval's
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
     if "text" in rows[0]:
         return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
@@ -338,6 +364,9 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     write_jsonl(rundir.eval_file(run_dir, "predictions", name),
                 _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
+    error = numeric_error(cfg, outputs, references) if primary != "preference" else None
+    if error:
+        result["numeric_error"] = error
     if sampled_figures:
         result["sampled"] = {**sampled_figures, **(reach(per_example[primary], sampled) if primary in BINARY else {})}
     if extra:
@@ -371,14 +400,14 @@ def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], r
     with a 95% paired bootstrap interval (the perturbed predictions to eval/robustness_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
     figures, records = {"clean": {"value": float(np.mean(clean)), "n": len(subset)}}, []
-    for kind in cfg.eval.perturbations:
-        perturbed = robustness.perturb(subset, kind, cfg.seed, tasks.for_data(cfg.data))
+    for perturbation in cfg.eval.perturbations:
+        perturbed = robustness.perturb(subset, perturbation, cfg.seed, tasks.for_data(cfg.data))
         outputs, cut = _run(cfg, model, tokenizer, perturbed, tick)
         scores, _ = score(cfg, outputs, [scored_against(r) for r in perturbed], perturbed)
-        records += _records(perturbed, outputs, scores, cut, perturbation=kind)
+        records += _records(perturbed, outputs, scores, cut, perturbation=perturbation)
         value = float(np.mean(scores[primary]))
         changes = [after - before for before, after in zip(clean, scores[primary])]
-        figures[kind] = {"value": value, "change": value - figures["clean"]["value"], "n": len(subset),
+        figures[perturbation] = {"value": value, "change": value - figures["clean"]["value"], "n": len(subset),
                          "change_ci95": list(bootstrap_ci(changes, seed=cfg.seed))}
     write_jsonl(rundir.eval_file(run_dir, "robustness", name), records)
     return figures
@@ -393,6 +422,7 @@ def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
     if "text" in rows[0]:
         return results
     cfg = for_rows(cfg, rows)
+    rundir.remove_eval_files(run_dir, ["flips"])  # an earlier eval's comparisons, of models it may no longer have
     started = rundir.metrics(run_dir).get("rl", {}).get("start_from")
     for name in results:
         against = [m for m in ("base", started if name == "rl" else None) if m and m in results and m != name]

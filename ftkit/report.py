@@ -212,7 +212,7 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
                      "reply is scored as it stands: raise eval.max_new_tokens if the format needs more.</p>")
     parts.append(_judge(run_dir, evaluated))
     parts.append(_claims(evaluated))
-    parts.append(_flips(run_dir, [n for n in evaluated if n != "base"]))
+    parts.append(_flips(run_dir, evaluated))
     return "".join(parts)
 
 
@@ -292,11 +292,12 @@ def _claims(evaluated: dict) -> str:
             + _table(["model", *table.columns], rows))
 
 
-def _flips(run_dir: Path, names: list[str], limit: int = 8) -> str:
+def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:
+    """The flips of each comparison this eval made (its results record the paired test)."""
     parts = []
-    for name in names:
+    for name, results in evaluated.items():
         for other, file in (("base", name), ("sft", f"{name}_vs_sft")):
-            records = rundir.eval_records(run_dir, "flips", file) if other != name else []
+            records = rundir.eval_records(run_dir, "flips", file) if f"vs_{other}" in results else []
             if records:
                 references = ["reference"] if any(r["reference"] for r in records) else []
                 rows = [[r["flip"], r["prompt"]] + [r[k] for k in references] + [r[other], r[name]]

@@ -129,6 +129,16 @@ def eval_file(run_dir: str | Path, kind: str, model: str) -> Path:
     return Path(run_dir) / "eval" / f"{kind}_{model}.jsonl"
 
 
+def remove_eval_files(run_dir: str | Path, kinds=EVAL_FILES, model: str | None = None) -> None:
+    """Delete an earlier eval's eval/<kind>_<model>.jsonl (every model's when `model` is None), so that a re-run eval
+    leaves no result of a model or comparison it no longer makes."""
+    for kind in kinds:
+        _known(kind, EVAL_FILES)
+        stale = [eval_file(run_dir, kind, model)] if model else (Path(run_dir) / "eval").glob(f"{kind}_*.jsonl")
+        for path in stale:
+            path.unlink(missing_ok=True)
+
+
 def export_dir(run_dir: str | Path, kind: str) -> Path:
     _known(kind, EXPORTS)
     return Path(run_dir) / "export" / kind

@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from ftkit import cli, display, report, rundir
+from ftkit import answers, cli, display, report, rundir
 from ftkit.io import read_json
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
@@ -44,6 +45,13 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
                                                                 "sampled_score"}  # GRPO trained: eval.sampled is 4
         assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
+        # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions
+        errors = [answers.distance(r["output"], r["reference"], "first_number") for r in map(json.loads, rows)]
+        found = [e for e in errors if e is not None]
+        assert m["numeric_error"]["n"] == len(found) and m["numeric_error"]["with_a_number"] == len(found) / 16
+        if found:
+            assert m["numeric_error"]["median"] == pytest.approx(float(np.median(found)))
+            assert m["numeric_error"]["ci95"][0] <= m["numeric_error"]["mean"] <= m["numeric_error"]["ci95"][1]
     for tuned in ("sft", "rl"):
         paired = metrics["eval"][tuned]["vs_base"]
         assert paired["test"] == "mcnemar_exact" and 0.0 <= paired["p_value"] <= 1.0

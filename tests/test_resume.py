@@ -174,12 +174,19 @@ def test_unchanged_stages_are_skipped_and_an_eval_change_reruns_only_eval(refere
     after = read_json(run_dir / "status.json")
     assert all(after[s]["start"] == before[s]["start"] and after[s]["reused"] for s in before)
 
-    assert _run(recipe, run_dir, "--set", "eval.max_new_tokens=3") == 0
+    assert (run_dir / "eval" / "flips_rl.jsonl").is_file() and (run_dir / "eval" / "predictions_base.jsonl").is_file()
+    assert _run(recipe, run_dir, "--set", "eval.max_new_tokens=3", "--set", "eval.models=[sft, rl]") == 0
     out = capsys.readouterr().out
     assert "▶ eval ... (changed: config)" in out and out.count("↷") == 3
     after = read_json(run_dir / "status.json")
     assert [s for s in before if after[s]["start"] != before[s]["start"]] == ["eval"]
     assert read_json(run_dir / "metrics.json")["sft"] == read_json(ref / "metrics.json")["sft"]
+    # without the base model this time, no comparison with it survives from the earlier eval
+    assert set(read_json(run_dir / "metrics.json")["eval"]) == {"sft", "rl"}
+    assert not (run_dir / "eval" / "flips_rl.jsonl").exists() and not (run_dir / "eval" / "flips_sft.jsonl").exists()
+    assert (run_dir / "eval" / "flips_rl_vs_sft.jsonl").is_file()
+    page = (run_dir / "report.html").read_text()
+    assert "rl against base" not in page and "sft against base" not in page
 
 
 def test_what_reruns_follows_what_changed(reference, tmp_path, monkeypatch):
