@@ -106,11 +106,10 @@ def same(a: str | None, b: str, tolerance: float = 0.0) -> bool:
     """
     if a is None:
         return False
-    x, y = normalize(a), normalize(b)
-    if x == y:
+    if normalize(a) == normalize(b):
         return True
-    numeric = _VALUE.fullmatch(x) is not None and _VALUE.fullmatch(y) is not None
-    return bool(tolerance) and numeric and abs(float(x) - float(y)) <= tolerance
+    x, y = as_number(a), as_number(b)
+    return bool(tolerance) and x is not None and y is not None and abs(x - y) <= tolerance
 
 
 def strict(output: str, answer: str, mode: str, pattern: str | None = None, tolerance: float = 0.0) -> float:

@@ -291,8 +291,8 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     if isinstance(record.get("system"), str) and record["system"].strip():
         row["system"] = record["system"]
     if isinstance(row["prompt"], list):  # TRL's conversational prompt: messages ending with the user's turn
-        first = row["prompt"][0] if row["prompt"] else {}
-        role, content = ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
+        opening = row["prompt"][0] if row["prompt"] else {}
+        role, content = ("from", "value") if isinstance(opening, dict) and "from" in opening else ("role", "content")
         asked = _messages_to_row(row["prompt"] + [{role: "assistant", content: ""}], place, role, content)
         if asked is None:
             return "turn_order"
