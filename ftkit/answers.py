@@ -15,7 +15,9 @@ plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42
 
 `strict` scores the answer where the format says it is; `lenient` finds the right answer anywhere in the reply, so
 that a reader can tell learning the format from learning the task; `distance`, for numeric answers, how far off a
-wrong number is (progress that a right-or-wrong score hides).
+wrong number is (progress that a right-or-wrong score hides). Each takes one reference answer or a list of acceptable
+ones (SQuAD's several spans, TriviaQA's aliases): a reply is right when it gives any of them, and as far off as the
+nearest.
 """
 
 from __future__ import annotations
@@ -112,25 +114,43 @@ def same(a: str | None, b: str, tolerance: float = 0.0) -> bool:
     return bool(tolerance) and x is not None and y is not None and abs(x - y) <= tolerance
 
 
-def strict(output: str, answer: str, mode: str, pattern: str | None = None, tolerance: float = 0.0) -> float:
-    """1.0 when the answer read from `output` where `mode` says is the reference answer (numbers within
-    `tolerance`).
+def alternatives(answer: str | list[str]) -> list[str]:
+    """The acceptable answers: a list as it is, one answer as a list of one.
+
+    >>> alternatives("57"), alternatives(["Paris", "City of Paris"])
+    (['57'], ['Paris', 'City of Paris'])
+    """
+    return list(answer) if isinstance(answer, (list, tuple)) else [answer]
+
+
+def strict(output: str, answer: str | list[str], mode: str, pattern: str | None = None,
+           tolerance: float = 0.0) -> float:
+    """1.0 when the answer read from `output` where `mode` says is the reference answer, or one of the acceptable
+    ones (numbers within `tolerance`).
 
     >>> strict("12 + 45 = 57", "57", "first_number"), strict("12 + 45 = 57", "57", "last_number")
     (0.0, 1.0)
+    >>> strict("Paris", ["City of Paris", "paris"], "exact"), strict("Lyon", ["City of Paris", "paris"], "exact")
+    (1.0, 0.0)
     """
-    return float(same(extract(output, mode, pattern), reference(answer, mode, pattern), tolerance))
+    got = extract(output, mode, pattern)
+    return float(any(same(got, reference(a, mode, pattern), tolerance) for a in alternatives(answer)))
 
 
-def lenient(output: str, answer: str, mode: str = "exact", pattern: str | None = None, tolerance: float = 0.0) -> float:
-    """1.0 when the reference answer appears anywhere in `output`: as one of its numbers for a numeric answer
-    (within `tolerance`), else as a whole-word phrase.
+def lenient(output: str, answer: str | list[str], mode: str = "exact", pattern: str | None = None,
+            tolerance: float = 0.0) -> float:
+    """1.0 when the reference answer (or one of the acceptable ones) appears anywhere in `output`: as one of its
+    numbers for a numeric answer (within `tolerance`), else as a whole-word phrase.
 
     >>> lenient("12 + 45 = 57", "57"), lenient("I think it is Paris, France.", "paris"), lenient("5700", "57")
     (1.0, 1.0, 0.0)
-    >>> lenient("about 56.8 or so", "57", tolerance=0.5)
-    1.0
+    >>> lenient("about 56.8 or so", "57", tolerance=0.5), lenient("It was Shakespeare.", ["William Shakespeare", "Shakespeare"])
+    (1.0, 1.0)
     """
+    return max((_lenient(output, a, mode, pattern, tolerance) for a in alternatives(answer)), default=0.0)
+
+
+def _lenient(output: str, answer: str, mode: str, pattern: str | None, tolerance: float) -> float:
     want = normalize(reference(answer, mode, pattern))
     if _VALUE.fullmatch(want):
         return float(any(same(n, want, tolerance) for n in numbers(output)))
@@ -149,12 +169,15 @@ def as_number(text: str | None) -> float | None:
     return float(value) if _VALUE.fullmatch(value) else None
 
 
-def distance(output: str, answer: str, mode: str, pattern: str | None = None) -> float | None:
-    """How far the number read from `output` where `mode` says is from the reference answer's; None when the reply
-    has no number there (or the reference is not a number).
+def distance(output: str, answer: str | list[str], mode: str, pattern: str | None = None) -> float | None:
+    """How far the number read from `output` where `mode` says is from the reference answer's (the nearest of the
+    acceptable ones); None when the reply has no number there (or no reference is a number).
 
     >>> distance("12 + 45 = 57", "60", "last_number"), distance("no idea", "60", "last_number")
     (3.0, None)
+    >>> distance("it is 12", ["10", "13"], "first_number")
+    1.0
     """
-    got, want = as_number(extract(output, mode, pattern)), as_number(reference(answer, mode, pattern))
-    return None if got is None or want is None else abs(got - want)
+    got = as_number(extract(output, mode, pattern))
+    wanted = [w for w in (as_number(reference(a, mode, pattern)) for a in alternatives(answer)) if w is not None]
+    return None if got is None or not wanted else min(abs(got - w) for w in wanted)

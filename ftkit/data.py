@@ -407,6 +407,9 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         out["augmented"] = added
     if cfg.data.split_by:
         out["split_by"] = cfg.data.split_by
+    several = {name: sum(bool(r.get("accepted")) for r in rows) for name, rows in splits.items()}
+    if any(several.values()):  # a reply giving any of them counts as right, in eval and the rewards
+        out["several_acceptable_answers"] = several
     warnings = thin_train(splits, dict(drops)) + conflicting_answers([r for rows in splits.values() for r in rows])
     if warnings:
         out["warnings"] = warnings

@@ -175,6 +175,16 @@ def shown(prediction: dict) -> str:
     return f"{score:.2f} · {prediction['output']}"
 
 
+def reference_shown(record: dict) -> str:
+    """A prediction's reference answer as the tables show it, with the other acceptable answers where there are.
+
+    >>> reference_shown({"reference": "68"}), reference_shown({"reference": "Paris", "accepted": ["Paris", "City of Paris"]})
+    ('68', 'Paris (also: City of Paris)')
+    """
+    others = [a for a in record.get("accepted", []) if a != record["reference"]]
+    return record["reference"] + (f" (also: {'; '.join(others)})" if others else "")
+
+
 def metrics_table(eval_metrics: dict):
     """DataFrame: one row per evaluated model with its metric (accuracy, or perplexity for plain text), 95% CI,
     n, the paired test against the base, and the share of replies cut at eval.max_new_tokens."""
@@ -347,7 +357,7 @@ def claims(results: dict):
 
     table = {}
     for name, m in results.items():
-        row = {"task (test)": m.get(metric_name(m))}
+        row = {f"{metric_name(m)} (test)": m.get(metric_name(m))}
         if "generalization" in m:
             row["generalization"] = m["generalization"]["value"]
         for kind, figures in m.get("robustness", {}).items():
@@ -370,7 +380,7 @@ def side_by_side(run_dir: str | Path, names: list[str], limit: int = 10):
 
     predictions = {n: rundir.load_predictions(run_dir, n)[:limit] for n in names}
     first = predictions[names[0]]
-    frame = pd.DataFrame({"prompt": [p["prompt"] for p in first], "reference": [p["reference"] for p in first]})
+    frame = pd.DataFrame({"prompt": [p["prompt"] for p in first], "reference": [reference_shown(p) for p in first]})
     if not any(frame["reference"]):  # prompts without answers
         frame = frame.drop(columns="reference")
     for name in names:

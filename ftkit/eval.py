@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftkit import judge, metrics, models, robustness, rundir, tasks
+from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import imitated, kind, messages, scored_against, trained_text
+from ftkit.rows import acceptable, imitated, kind, messages, trained_text
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
 
@@ -157,7 +157,7 @@ def load_metric(name: str):
     return evaluate.load(str(metrics.path(name)) if name in metrics.LOCAL else name)
 
 
-def score(cfg, outputs: list, references: list[str], rows: list[dict] | None = None
+def score(cfg, outputs: list, references: list, rows: list[dict] | None = None
           ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-example scores of every metric (averaged over samples when there are several per prompt) and each
     metric's overall value (the corpus score for BLEU and chrF, else the mean). `reward` needs the `rows` (their
@@ -180,6 +180,9 @@ def score(cfg, outputs: list, references: list[str], rows: list[dict] | None = N
             continue
         flat = [o for outs in samples for o in outs]
         repeated = [ref for outs, ref in zip(samples, references) for _ in outs]
+        if any(isinstance(ref, list) for ref in repeated):  # several acceptable answers: ftkit's metrics take them
+            repeated = [answers.alternatives(ref) if name in metrics.LOCAL else answers.alternatives(ref)[0]
+                        for ref in repeated]
         result = load_metric(name).compute(predictions=flat, references=repeated)
         key = name if name in result else next(k for k, v in result.items() if isinstance(v, (int, float)))
         overall[name] = float(result[key])
@@ -246,12 +249,10 @@ def numeric_error(cfg, outputs: list, references: list[str]) -> dict | None:
     >>> numeric_error(cfg, ["68", "70", "no idea", "58"], ["68", "68", "68", "68"])
     {'median': 2.0, 'mean': 4.0, 'ci95': [0.0, 10.0], 'with_a_number': 0.75, 'n': 3}
     """
-    from ftkit import answers
-
     task = tasks.for_data(cfg.data)
     mode, pattern = getattr(task, "extract", "exact"), getattr(task, "pattern", None)
-    if mode == "exact" or not references or any(answers.as_number(answers.reference(r, mode, pattern)) is None
-                                                 for r in references):
+    if mode == "exact" or not references or any(answers.as_number(answers.reference(a, mode, pattern)) is None
+                                                 for r in references for a in answers.alternatives(r)):
         return None
     replies = [(o, ref) for outs, ref in zip(outputs, references) for o in (outs if isinstance(outs, list) else [outs])]
     errors = [e for e in (answers.distance(o, ref, mode, pattern) for o, ref in replies) if e is not None]
@@ -315,7 +316,7 @@ def _counter(run_dir: Path, name: str, total: int):
 def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
              log_likelihood: list | None = None, sampled: list | None = None) -> list[dict]:
     return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"],
-             "reference": r.get("answer", ""),
+             "reference": r.get("answer", ""), **({"accepted": r["accepted"]} if r.get("accepted") else {}),
              **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
@@ -346,7 +347,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     start = time.perf_counter()
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
-    references = [scored_against(r) for r in rows]
+    references = [acceptable(r) for r in rows]
     per_example, overall = score(cfg, outputs, references, rows)
     extra = {}
     if "preference" in metric_names(cfg):
@@ -389,7 +390,7 @@ def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str,
     """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
     primary = metric_names(cfg)[0]
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
-    scores, overall = score(cfg, outputs, [scored_against(r) for r in rows], rows)
+    scores, overall = score(cfg, outputs, [acceptable(r) for r in rows], rows)
     write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
     return {"value": overall[primary], "n": len(rows),
             "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
@@ -403,7 +404,7 @@ def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], r
     for perturbation in cfg.eval.perturbations:
         perturbed = robustness.perturb(subset, perturbation, cfg.seed, tasks.for_data(cfg.data))
         outputs, cut = _run(cfg, model, tokenizer, perturbed, tick)
-        scores, _ = score(cfg, outputs, [scored_against(r) for r in perturbed], perturbed)
+        scores, _ = score(cfg, outputs, [acceptable(r) for r in perturbed], perturbed)
         records += _records(perturbed, outputs, scores, cut, perturbation=perturbation)
         value = float(np.mean(scores[primary]))
         changes = [after - before for before, after in zip(clean, scores[primary])]
@@ -497,7 +498,8 @@ def compare_predictions(cfg, before: list[dict], after: list[dict], before_name:
     else:
         p_value = float(stats.wilcoxon(second, first).pvalue) if np.any(second != first) else 1.0
     flips = [{"flip": "fail→pass" if gained[i] else "pass→fail", "prompt": b["prompt"], "reference": b["reference"],
-              before_name: b["output"], after_name: a["output"]}
+              **({"accepted": b["accepted"]} if b.get("accepted") else {}), before_name: b["output"],
+              after_name: a["output"]}
              for i, (b, a) in enumerate(zip(before, after)) if gained[i] or lost[i]]
     paired = {"test": "mcnemar_exact" if binary else "wilcoxon", "p_value": p_value,
               "fail_to_pass": int(gained.sum()), "pass_to_fail": int(lost.sum())}

@@ -28,7 +28,8 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made fr
 
 
 # what TRL passes a reward itself; a kept column by one of these names would clash
-KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "trainer_state")
+KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "accepted",
+                 "trainer_state")
 REFERENCE_REWARDS = ("task", "exact_match", "numeric_match", "code_tests")  # built-in rewards that need the answer
 
 
@@ -141,8 +142,9 @@ class DataConfig(_Section):
     format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
                     "preference", "feedback", "prompts", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
-                          "rejected", "label", "system", "messages", "conversations", "text"], str] = Field(
-        default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text)")
+                          "rejected", "label", "system", "messages", "conversations", "text", "accepted"], str] = Field(
+        default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text); "
+        "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases)")
     keep_columns: list[str] = Field(default_factory=list, description="more columns each row carries along (as "
                                     "extra), passed to the rewards by name: e.g. the facts a reward checks a reply "
                                     "against")

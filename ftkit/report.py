@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ftkit import rundir
 from ftkit.display import (all_metrics_table, claims, judge_prompt, judge_table, metric_name, paired_columns,
-                           plot_losses, plot_rl, reach_note, sampled_label, sampled_text, sharpening_note, shown,
-                           signal_warning, versus_base, versus_start)
+                           plot_losses, plot_rl, reach_note, reference_shown, sampled_label, sampled_text,
+                           sharpening_note, shown, signal_warning, versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -137,6 +137,10 @@ def _data(data: dict) -> str:
         text += f'<p class="warning">{esc(warning)}</p>'
     if data.get("split_by"):
         text += f"<p>Split by {esc(data['split_by'])}: examples of one group are all on one side.</p>"
+    if data.get("several_acceptable_answers"):
+        counts = ", ".join(f"{n} in {split}" for split, n in data["several_acceptable_answers"].items() if n)
+        text += (f"<p>Examples with several acceptable answers: {esc(counts)}; SFT learns the first, and a reply "
+                 "giving any of them counts as right (eval and the built-in rewards).</p>")
     if data.get("augmented"):
         added = ", ".join(f"{n} {kind}" for kind, n in data["augmented"].items())
         text += f"<p>Robustness training (data.augment): train holds perturbed copies of its prompts: {esc(added)}.</p>"
@@ -300,7 +304,7 @@ def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:
             records = rundir.eval_records(run_dir, "flips", file) if f"vs_{other}" in results else []
             if records:
                 references = ["reference"] if any(r["reference"] for r in records) else []
-                rows = [[r["flip"], r["prompt"]] + [r[k] for k in references] + [r[other], r[name]]
+                rows = [[r["flip"], r["prompt"]] + [reference_shown(r) for _ in references] + [r[other], r[name]]
                         for r in records[:limit]]
                 parts.append(f"<p>{esc(name)} against {other}: {len(records)} examples flipped (first {len(rows)}):"
                              "</p>" + _table(["flip", "prompt", *references, other, name], rows))
@@ -324,7 +328,7 @@ def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
         return ""
     first = next(iter(predictions.values()))
     references = ["reference"] if any(p["reference"] for p in first) else []  # none: prompts without answers
-    rows = [[p["prompt"]] + [p[k] for k in references] + [shown(predictions[n][i]) for n in predictions]
+    rows = [[p["prompt"]] + [reference_shown(p) for _ in references] + [shown(predictions[n][i]) for n in predictions]
             for i, p in enumerate(first)]
     return "<h3>Example predictions</h3>" + _table(["prompt", *references] + list(predictions), rows)
 

@@ -31,20 +31,23 @@ class RewardError(ValueError):
 
 
 def numeric_match(completions, answer, tolerance: float = 0.0, extract: str = "last_number", pattern: str | None = None,
-                  **_) -> list[float]:
+                  accepted: list[list[str]] | None = None, **_) -> list[float]:
     """1.0 when the number read from the completion where `extract` says (`ftkit.answers`: by default its last
-    number, where worked solutions end) is the reference's within `tolerance`, else 0.0.
+    number, where worked solutions end) is the reference's (or one of the `accepted` answers') within `tolerance`,
+    else 0.0.
 
     >>> numeric_match(["42", "about 41.5", "none"], answer=["#### 42", "42", "42"], tolerance=0.5)
     [1.0, 1.0, 0.0]
     >>> numeric_match(["3 * 4 = 12, so 12 - 5 = 7"], answer=["7"]), numeric_match(["7 then 9"], ["7"], extract="first_number")
     ([1.0], [1.0])
+    >>> numeric_match(["it is 12", "it is 14"], answer=["12", "12"], accepted=[["12", "twelve"], ["12", "13"]])
+    [1.0, 0.0]
     """
     scores = []
-    for completion, reference in zip(completions, answer, strict=True):
+    for completion, references in zip(completions, accepted or answer, strict=True):
         got = answers.numbers(answers.extract(completion_text(completion), extract, pattern) or "")
-        want = answers.numbers(answers.reference(reference, extract, pattern))
-        scores.append(float(bool(got and want) and answers.same(got[-1], want[-1], tolerance)))
+        wanted = [answers.numbers(answers.reference(r, extract, pattern)) for r in answers.alternatives(references)]
+        scores.append(float(bool(got) and any(want and answers.same(got[-1], want[-1], tolerance) for want in wanted)))
     return scores
 
 
@@ -227,7 +230,7 @@ def score_replies(functions, weights, rows: list[dict], replies: list[str]) -> t
     >>> total, each["think_format"]
     ([1.0, 0.0], [0.0, 0.0])
     """
-    columns = [reward_columns(r) for r in rows]
+    columns = reward_columns(rows)
     keys = {k for c in columns for k in c}
     kwargs = {k: [c.get(k) for c in columns] for k in keys}
     completions = [[{"role": "assistant", "content": reply}] for reply in replies]

@@ -90,7 +90,7 @@ def prompt_dataset(rows: list[dict]):
     (`rows.reward_columns`: the reference answer where there is one, and data.keep_columns)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": messages(r), **reward_columns(r)} for r in rows])
+    return Dataset.from_list([{"prompt": messages(r), **columns} for r, columns in zip(rows, reward_columns(rows))])
 
 
 def train(cfg, run_dir: str | Path) -> dict:

@@ -4,7 +4,8 @@ Every source is normalized (`ftkit.sources`) to rows
 
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
      "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
-     "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns)}
+     "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns),
+     "accepted": [str] (optional: every acceptable answer, the reference first, where a source gives several)}
 
 that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
 prompts for RL whose rewards need no reference answer have no "answer"; plain text (continued pre-training) is
@@ -57,14 +58,31 @@ def scored_against(row: dict) -> str:
     return "\n".join(row["tests"]) if row.get("tests") else row.get("answer", "")
 
 
-def reward_columns(row: dict) -> dict:
-    """The columns a reward receives for a row besides the completions and prompts: `answer` (what a reply is
-    scored against, where the row has one) and each data.keep_columns column by its name.
+def acceptable(row: dict) -> str | list[str]:
+    """What eval scores a reply against: every acceptable answer where the row has several (a reply giving any of
+    them is right), else `scored_against`.
 
-    >>> reward_columns({"prompt": "Hi", "answer": "4", "extra": {"topic": "sums"}}), reward_columns({"prompt": "Hi"})
-    ({'answer': '4', 'topic': 'sums'}, {})
+    >>> acceptable({"answer": "Paris", "accepted": ["Paris", "City of Paris"]}), acceptable({"answer": "4"})
+    (['Paris', 'City of Paris'], '4')
     """
-    return {**({"answer": scored_against(row)} if "answer" in row else {}), **row.get("extra", {})}
+    return row["accepted"] if row.get("accepted") else scored_against(row)
+
+
+def reward_columns(rows: list[dict]) -> list[dict]:
+    """The columns a reward receives for each row besides the completions and prompts: `answer` (what a reply is
+    scored against, where the row has one), `accepted` (every acceptable answer, where any row has several: the
+    built-in rewards take a reply giving any of them) and each data.keep_columns column by its name. Every row gets
+    the same columns (TRL hands them over as Arrow columns).
+
+    >>> reward_columns([{"prompt": "Hi", "answer": "4", "extra": {"topic": "sums"}}]), reward_columns([{"prompt": "Hi"}])
+    ([{'answer': '4', 'topic': 'sums'}], [{}])
+    >>> [c["accepted"] for c in reward_columns([{"answer": "a", "accepted": ["a", "b"]}, {"answer": "c"}])]
+    [['a', 'b'], ['c']]
+    """
+    several = any(r.get("accepted") for r in rows)
+    return [{**({"answer": scored_against(r)} if "answer" in r else {}),
+             **({"accepted": r.get("accepted") or [scored_against(r)]} if several and "answer" in r else {}),
+             **r.get("extra", {})} for r in rows]
 
 
 def messages(row: dict) -> list[dict]:

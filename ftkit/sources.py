@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from ftkit import answers
 from ftkit.rows import DataError
 
 FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "feedback", "prompts",
@@ -188,11 +189,34 @@ def _answer_text(value, place: str):
     """
     if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
         return _content(value[-1]["content"], place, len(value) - 1)
-    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+    if _plain_list(value):
         return str(value[0]) if value else ""
     if isinstance(value, (dict, list)):
         return value
     return "" if value is None else str(value)
+
+
+def _plain_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _accepted(answer: str, *values) -> list[str] | None:
+    """Every acceptable answer, the reference first, from lists of alternatives (SQuAD's `answers.text`, a mapped
+    `accepted` column; a lone string counts as one), duplicates after `answers.normalize` left out; None when there is
+    no answer besides the reference.
+
+    >>> _accepted("Paris", ["Paris", "paris", "City of Paris"]), _accepted("4", ["4"]), _accepted("JFK", None, "Kennedy")
+    (['Paris', 'City of Paris'], None, ['JFK', 'Kennedy'])
+    """
+    found, seen = [answer], {answers.normalize(answer)}
+    for value in values:
+        single = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        for alternative in value if _plain_list(value) else [value] if single else []:
+            text = str(alternative)
+            if text.strip() and answers.normalize(text) not in seen:
+                found.append(text)
+                seen.add(answers.normalize(text))
+    return found if len(found) > 1 else None
 
 
 def _transcript(text: str, place: str, column: str) -> list[dict]:
@@ -288,6 +312,16 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     else:
         first, second = fields
         row = {"prompt": record[first], "answer": _answer_text(record[second], place)}
+    if isinstance(record.get("accepted"), dict) or isinstance(record.get("accepted"), list) and not _plain_list(
+            record["accepted"]):
+        inside = f"an object with the fields {sorted(record['accepted'])}" if isinstance(record["accepted"], dict) \
+            else "a list of objects"
+        raise DataError(f"{place}: the accepted answers are {inside}, not texts; name the list of texts inside with a "
+                        "dotted path, e.g. data.columns: {accepted: <column>.<field>}")
+    if fmt in ("alpaca", "question_answer", "prompt_completion") and isinstance(row["answer"], str):
+        several = _accepted(row["answer"], record[fields[-1]], record.get("accepted"))
+        if several:  # a list of acceptable answers (the first is the reference) or an `accepted` column
+            row["accepted"] = several
     if isinstance(record.get("system"), str) and record["system"].strip():
         row["system"] = record["system"]
     if isinstance(row["prompt"], list):  # TRL's conversational prompt: messages ending with the user's turn

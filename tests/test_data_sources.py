@@ -640,3 +640,52 @@ def test_nested_answers_are_read_by_a_dotted_path_never_as_an_objects_repr(tmp_p
     write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": {"score": 1}, "rejected": "r"}])
     with pytest.raises(DataError, match=r"pairs.jsonl:1: the answer is an object"):
         sources.load_files(str(tmp_path / "pairs.jsonl"), "auto", {})
+
+
+def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
+    # SQuAD: a list of answer spans; TriviaQA: a canonical value and its aliases in another field
+    squad = [{"question": f"Who wrote play {i}?", "answers": {"text": ["William Shakespeare", "Shakespeare",
+                                                                        "shakespeare."]}} for i in range(6)]
+    squad.append({"question": "Who wrote Faust?", "answers": {"text": ["Goethe"]}})
+    write_jsonl(tmp_path / "squad.jsonl", squad)
+    cfg = make_recipe(tmp_path, path="squad.jsonl", test_size=3, split_by=None,
+                      columns={"prompt": "question", "answer": "answers.text"})
+    splits, figures = data.build_splits(cfg)
+    rows = [r for split in splits.values() for r in split]
+    assert {(r["answer"], tuple(r.get("accepted", ()))) for r in rows} == {
+        ("William Shakespeare", ("William Shakespeare", "Shakespeare")), ("Goethe", ())}  # "shakespeare." repeats one
+    assert sum(figures["several_acceptable_answers"].values()) == 6
+    trivia = {"question": "Capital of France?", "answer": {"value": "Paris", "aliases": ["paris", "City of Paris"]}}
+    write_jsonl(tmp_path / "trivia.jsonl", [trivia])
+    loaded, _ = sources.load_files(str(tmp_path / "trivia.jsonl"), "auto",
+                                   {"answer": "answer.value", "accepted": "answer.aliases"})
+    assert [r for _, r in loaded] == [{"prompt": "Capital of France?", "answer": "Paris",
+                                       "accepted": ["Paris", "City of Paris"]}]
+    with pytest.raises(DataError, match=r"trivia.jsonl:1: the accepted answers are an object with the fields "
+                                        r"\['aliases', 'value'\], not texts"):
+        sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {"answer": "answer.value", "accepted": "answer"})
+
+    # eval: a reply giving any acceptable answer is right, by the task (strict and lenient) and by ftkit's metrics
+    from ftkit import eval as eval_stage, rewards, rl
+    from ftkit.rows import acceptable
+
+    test = [{"prompt": "Who wrote Hamlet?", "answer": "William Shakespeare",
+             "accepted": ["William Shakespeare", "Shakespeare"]}, {"prompt": "Who wrote Faust?", "answer": "Goethe"}]
+    scored = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": [
+        "task", "lenient", "f1", "exact_match", "bleu"]})})
+    per_example, _ = eval_stage.score(scored, ["Shakespeare.", "Schiller"], [acceptable(r) for r in test], test)
+    assert per_example["task"] == per_example["exact_match"] == [1.0, 0.0]
+    assert per_example["f1"] == [1.0, 0.0]
+    alone, _ = eval_stage.score(scored, ["Shakespeare."], ["William Shakespeare"])
+    assert alone["f1"][0] == pytest.approx(2 / 3)
+    several = eval_stage.score(scored, ["the cat sat on the mat"] * 2, [["a dog ran off", "the cat sat on the mat"],
+                                                                        "a dog ran off"])[0]["bleu"]
+    assert several[0] == pytest.approx(1.0) and several[1] < 0.1  # BLEU: the references as sacreBLEU's streams
+    per_example, _ = eval_stage.score(scored, ["It was Shakespeare", "Goethe, I think"], [acceptable(r) for r in test])
+    assert per_example["task"] == [0.0, 0.0] and per_example["lenient"] == [1.0, 1.0]
+    # GRPO's rewards see the same: every row gets the `accepted` column, the task reward takes any of them
+    total, _ = rewards.score_replies(*rewards.build(cfg, tmp_path), test, ["shakespeare", "Goethe"])
+    assert total == [1.0, 1.0]
+    prompts = rl.prompt_dataset(test)
+    assert prompts["accepted"] == [["William Shakespeare", "Shakespeare"], ["Goethe"]]
+    assert prompts["answer"] == ["William Shakespeare", "Goethe"]

@@ -12,12 +12,12 @@ from ftkit.tasks import addition, get
 
 
 def test_doctests():
+    from ftkit import answers, io, machine, metrics, recipe, rl, robustness, rows, sources
     from ftkit import eval as eval_stage
-    from ftkit import io, machine, recipe, robustness, rows, sources
-    from ftkit.tasks import exact_match
+    from ftkit.tasks import exact_match, word_problems
 
-    for module in (addition, exact_match, rewards, robustness, eval_stage, io, machine, recipe, data, display, rows,
-                   sources):
+    for module in (addition, exact_match, word_problems, answers, metrics, rewards, robustness, eval_stage, io, machine,
+                   recipe, data, display, rows, sources, rl):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

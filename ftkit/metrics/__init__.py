@@ -4,8 +4,10 @@
     evaluate.load(str(path("rouge_l"))).compute(predictions=["the cat sat"], references=["the cat sat down"])
     # {'rouge_l': 0.857..., 'per_example': [0.857...]}
 
-Each returns its mean and `per_example` scores (for confidence intervals and paired tests). A metric named by a
-hub id (e.g. `evaluate-metric/bertscore`) is loaded from the hub instead, where it can be reached.
+Each returns its mean and `per_example` scores (for confidence intervals and paired tests). A reference is a string
+or a list of acceptable ones (a prediction is scored against the best match: SQuAD's rule for several answer spans;
+BLEU and chrF take them as multiple references). A metric named by a hub id (e.g. `evaluate-metric/bertscore`) is
+loaded from the hub instead, where it can be reached.
 """
 
 from pathlib import Path
@@ -18,14 +20,39 @@ def path(name: str) -> Path:
 
 
 def info(description: str, citation: str = ""):
-    """The `evaluate.MetricInfo` every ftkit metric shares: a prediction string against a reference string."""
+    """The `evaluate.MetricInfo` every ftkit metric shares: a prediction string against a reference string, or
+    against a list of acceptable references."""
     import datasets
     import evaluate
 
+    text = datasets.Value("string")
     return evaluate.MetricInfo(description=description, citation=citation,
-                               inputs_description="predictions and references: lists of strings",
-                               features=datasets.Features({"predictions": datasets.Value("string"),
-                                                           "references": datasets.Value("string")}))
+                               inputs_description="predictions: strings; references: strings, or lists of strings",
+                               features=[datasets.Features({"predictions": text, "references": text}),
+                                         datasets.Features({"predictions": text,
+                                                            "references": datasets.Sequence(text)})])
+
+
+def best(score, prediction: str, reference) -> float:
+    """`score(prediction, reference)`, the best over a list of acceptable references.
+
+    >>> best(lambda p, r: float(p == r), "b", ["a", "b"]), best(lambda p, r: float(p == r), "b", "a")
+    (1.0, 0.0)
+    """
+    references = reference if isinstance(reference, (list, tuple)) else [reference]
+    return max((score(prediction, r) for r in references), default=0.0)
+
+
+def streams(references: list) -> list[list]:
+    """References as sacrebleu's reference streams: stream i holds each prediction's i-th reference (None where it
+    has fewer).
+
+    >>> streams(["a", ["b", "c"]])
+    [['a', 'b'], [None, 'c']]
+    """
+    lists = [r if isinstance(r, (list, tuple)) else [r] for r in references]
+    width = max((len(r) for r in lists), default=1)
+    return [[r[i] if i < len(r) else None for r in lists] for i in range(width)]
 
 
 def result(name: str, scores: list[float], overall: float | None = None) -> dict:

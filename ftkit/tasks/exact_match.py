@@ -14,8 +14,8 @@ class ReferenceAnswer:
         if tolerance:
             self.name += f", numbers within {tolerance:g}"
 
-    def score(self, output: str, answer: str) -> float:
-        """Strict: the answer where the format puts it.
+    def score(self, output: str, answer: str | list[str]) -> float:
+        """Strict: the answer where the format puts it (one of the acceptable answers, given a list).
 
         >>> ReferenceAnswer().score(" Paris.", "paris"), ReferenceAnswer().score("Paris, France", "Paris")
         (1.0, 0.0)
@@ -26,9 +26,14 @@ class ReferenceAnswer:
         """
         return answers.strict(output, answer, self.extract, self.pattern, self.tolerance)
 
-    def lenient(self, output: str, answer: str) -> float:
-        """The reference answer anywhere in the reply."""
+    def lenient(self, output: str, answer: str | list[str]) -> float:
+        """The reference answer (or one of the acceptable ones) anywhere in the reply."""
         return answers.lenient(output, answer, self.extract, self.pattern, self.tolerance)
 
-    def reward(self, completions: list, answer: list[str], **_) -> list[float]:
-        return score_all(self.score, completions, answer)
+    def reward(self, completions: list, answer: list[str], accepted: list[list[str]] | None = None, **_) -> list[float]:
+        """TRL's reward signature; a completion giving any of a row's `accepted` answers is right.
+
+        >>> ReferenceAnswer().reward(["Paris", "paris", "Lyon"], ["Paris"] * 3, [["Paris"], ["City of Paris", "paris"], ["Rome"]])
+        [1.0, 1.0, 0.0]
+        """
+        return score_all(self.score, completions, accepted or answer)

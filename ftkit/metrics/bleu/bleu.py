@@ -3,7 +3,7 @@
 import evaluate
 import sacrebleu
 
-from ftkit.metrics import info, result
+from ftkit.metrics import info, result, streams
 
 
 class Bleu(evaluate.Metric):
@@ -11,6 +11,8 @@ class Bleu(evaluate.Metric):
         return info(__doc__, "Papineni et al., 2002; Post, 2018 (sacreBLEU).")
 
     def _compute(self, predictions, references):
-        scores = [sacrebleu.sentence_bleu(p, [r]).score / 100 for p, r in zip(predictions, references)]
-        corpus = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100 if scores else 0.0
+        refs = streams(references)
+        scores = [sacrebleu.sentence_bleu(p, [s[i] for s in refs if s[i] is not None]).score / 100
+                  for i, p in enumerate(predictions)]
+        corpus = sacrebleu.corpus_bleu(list(predictions), refs).score / 100 if scores else 0.0
         return result("bleu", scores, corpus)

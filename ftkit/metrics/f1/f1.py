@@ -7,7 +7,7 @@ from collections import Counter
 
 import evaluate
 
-from ftkit.metrics import info, result
+from ftkit.metrics import best, info, result
 
 
 def tokens(text: str) -> list[str]:
@@ -31,4 +31,4 @@ class F1(evaluate.Metric):
         return info(__doc__)
 
     def _compute(self, predictions, references):
-        return result("f1", [f1(p, r) for p, r in zip(predictions, references)])
+        return result("f1", [best(f1, p, r) for p, r in zip(predictions, references)])

@@ -3,7 +3,7 @@
 import evaluate
 from rouge_score import rouge_scorer
 
-from ftkit.metrics import info, result
+from ftkit.metrics import best, info, result
 
 
 class RougeL(evaluate.Metric):
@@ -12,4 +12,5 @@ class RougeL(evaluate.Metric):
 
     def _compute(self, predictions, references):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-        return result("rouge_l", [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
+        return result("rouge_l", [best(lambda p, r: scorer.score(r, p)["rougeL"].fmeasure, p, r)
+                                  for p, r in zip(predictions, references)])
