@@ -384,6 +384,8 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
         records = [(p, {**{rename.get(k, k): v for k, v in r.items()},
                         **{name: _nested(r, path) for name, path in columns.items() if path not in r}})
                    for p, r in records]
+    if "accepted" not in (columns or {}):  # a column of the data's own by that name counts only as a list of texts
+        records = [(p, {k: v for k, v in r.items() if k != "accepted" or _plain_list(v)}) for p, r in records]
     if group and columns:
         group = {v: k for k, v in columns.items()}.get(group, group)
     source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt

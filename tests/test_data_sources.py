@@ -661,6 +661,9 @@ def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
                                    {"answer": "answer.value", "accepted": "answer.aliases"})
     assert [r for _, r in loaded] == [{"prompt": "Capital of France?", "answer": "Paris",
                                        "accepted": ["Paris", "City of Paris"]}]
+    write_jsonl(tmp_path / "flag.jsonl", [{"question": "Is it done?", "answer": "yes", "accepted": True}])
+    loaded, _ = sources.load_files(str(tmp_path / "flag.jsonl"), "auto", {})  # the data's own flag, not answers
+    assert [r for _, r in loaded] == [{"prompt": "Is it done?", "answer": "yes"}]
     with pytest.raises(DataError, match=r"trivia.jsonl:1: the accepted answers are an object with the fields "
                                         r"\['aliases', 'value'\], not texts"):
         sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {"answer": "answer.value", "accepted": "answer"})
