@@ -53,8 +53,8 @@ def imitated(rows: list[dict]) -> list[dict]:
 
 
 def scored_against(row: dict) -> str:
-    """What a reply to the row is scored against, by eval and by the rewards: its unit tests, one per line, when it
-    carries `tests` (code), else its reference answer ("" for a prompt without one)."""
+    """What a reply to the row is scored against (the rewards' `answer`; eval reads `acceptable`): its unit tests, one
+    per line, when it carries `tests` (code), else its reference answer ("" for a prompt without one)."""
     return "\n".join(row["tests"]) if row.get("tests") else row.get("answer", "")
 
 

@@ -12,6 +12,8 @@ loaded from the hub instead, where it can be reached.
 
 from pathlib import Path
 
+from ftkit.answers import alternatives
+
 LOCAL = ("exact_match", "accuracy", "f1", "rouge_l", "chrf", "bleu")
 
 
@@ -39,8 +41,7 @@ def best(score, prediction: str, reference) -> float:
     >>> best(lambda p, r: float(p == r), "b", ["a", "b"]), best(lambda p, r: float(p == r), "b", "a")
     (1.0, 0.0)
     """
-    references = reference if isinstance(reference, (list, tuple)) else [reference]
-    return max((score(prediction, r) for r in references), default=0.0)
+    return max((score(prediction, r) for r in alternatives(reference)), default=0.0)
 
 
 def streams(references: list) -> list[list]:
@@ -50,7 +51,7 @@ def streams(references: list) -> list[list]:
     >>> streams(["a", ["b", "c"]])
     [['a', 'b'], [None, 'c']]
     """
-    lists = [r if isinstance(r, (list, tuple)) else [r] for r in references]
+    lists = [alternatives(r) for r in references]
     width = max((len(r) for r in lists), default=1)
     return [[r[i] if i < len(r) else None for r in lists] for i in range(width)]
 
