@@ -359,7 +359,8 @@ def _generalization(cfg) -> list[dict] | None:
         return None
     if shifted:
         return with_system(shifted(data_cfg.generalization_size, cfg.seed), data_cfg.system)
-    rows, _ = sources.load_files(data_cfg.generalization_path, data_cfg.format, data_cfg.columns)
+    rows, _ = sources.load_files(data_cfg.generalization_path, data_cfg.format, data_cfg.columns,
+                                 label_names=data_cfg.label_names)
     return clean(with_system(rows, data_cfg.system), Counter())[:data_cfg.generalization_size]
 
 

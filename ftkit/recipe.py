@@ -145,6 +145,10 @@ class DataConfig(_Section):
                           "rejected", "label", "system", "messages", "conversations", "text", "accepted"], str] = Field(
         default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text); "
         "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases)")
+    label_names: list[str] | dict[int | str, str] | None = Field(
+        None, description="names for answers given as class numbers (0, 1, ...): a list in class order, or number "
+        "-> name, e.g. [negative, positive]; a hub dataset's ClassLabel columns, and Parquet files written by "
+        "datasets, are named without it")
     keep_columns: list[str] = Field(default_factory=list, description="more columns each row carries along (as "
                                     "extra), passed to the rewards by name: e.g. the facts a reward checks a reply "
                                     "against")
@@ -185,6 +189,22 @@ class DataConfig(_Section):
                              "e.g. {typo: 0.3, case: 0.2}")
         return augment
 
+    @field_validator("label_names")
+    @classmethod
+    def _names(cls, names):
+        if names is None:
+            return None
+        pairs = list(enumerate(names)) if isinstance(names, list) else list(names.items())
+        if not pairs:
+            raise ValueError("name at least one class, e.g. [negative, positive] or {0: negative, 1: positive}")
+        blank = [k for k, v in pairs if not v.strip()]
+        if blank:
+            raise ValueError(f"class {blank[0]} has an empty name; give every class a name")
+        if isinstance(names, list) and len(set(names)) < len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"{twice!r} names two classes; a list gives class 0, 1, ... one name each")
+        return {str(k).strip(): v.strip() for k, v in pairs}
+
     @field_validator("mix")
     @classmethod
     def _weights(cls, mix):
@@ -221,6 +241,8 @@ class DataConfig(_Section):
         if self.task and self.max_examples:
             raise ValueError(f"max_examples ({self.max_examples}) applies to files and hub datasets; "
                              "for a task set train_size")
+        if self.task and self.label_names:
+            raise ValueError(f"label_names applies to files and hub datasets; task {self.task!r} names its answers")
         if self.task and self.keep_columns:
             raise ValueError(f"keep_columns applies to files and hub datasets; task {self.task!r} has no other columns")
         taken = [c for c in self.keep_columns if c in KEPT_RESERVED]

@@ -84,6 +84,10 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
         except Exception as exc:
             raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
         records = [(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
+        if b"huggingface" in (table.schema.metadata or {}):  # written by datasets: its ClassLabel names travel along
+            from datasets import Features
+
+            records = named_classes(records, class_names(Features.from_arrow_schema(table.schema)))
     elif suffix in (".csv", ".tsv"):
         import pandas as pd
 
@@ -369,10 +373,12 @@ def _nested(record: dict, path: str):
 
 
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
-                      drops: Counter, group: str | None = None, keep=()) -> list[tuple[str, dict]]:
+                      drops: Counter, group: str | None = None, keep=(),
+                      label_names: dict[str, str] | None = None) -> list[tuple[str, dict]]:
     """Rename mapped columns, detect the format from the first record, normalize every record to a row; with
-    `group` (data.split_by naming a column) the row keeps that column's value as its "group", and each column named
-    in `keep` (data.keep_columns) goes along in the row's "extra"."""
+    `group` (data.split_by naming a column) the row keeps that column's value as its "group", each column named
+    in `keep` (data.keep_columns) goes along in the row's "extra", and with `label_names` (data.label_names) an
+    answer given as a class number becomes its name."""
     if not records:
         return []
     if columns:
@@ -423,17 +429,67 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                                 f"path, e.g. data.columns: {{{field}: {column}.{texts[0] if texts else '<field>'}}}")
             if field in row and not isinstance(row[field], str):
                 row[field] = "" if row[field] is None else str(row[field])
+        if label_names and row.get("answer"):
+            row["answer"] = label_name(row["answer"].strip(), label_names, place)
         rows.append((place, row))
     return rows
 
 
 def load_files(pattern: str, fmt: str, columns: dict[str, str], group: str | None = None,
-               keep=()) -> tuple[list[tuple[str, dict]], Counter]:
+               keep=(), label_names: dict[str, str] | None = None) -> tuple[list[tuple[str, dict]], Counter]:
     """Read and normalize every file matching `pattern`; returns ((place, row) pairs, drop counts)."""
     rows, drops = [], Counter()
     for path in expand(pattern):
-        rows += normalize_records(read_records(path), fmt, columns, drops, group, keep)
+        rows += normalize_records(read_records(path), fmt, columns, drops, group, keep, label_names)
     return rows, drops
+
+
+def class_names(features) -> dict[str, list[str]]:
+    """Column -> class names, for the columns a `datasets` Features declares as ClassLabel (a hub dataset's, or a
+    Parquet file's written by `datasets`): there the data holds class numbers and the names live in the features."""
+    from datasets import ClassLabel
+
+    return {column: list(f.names) for column, f in (features or {}).items() if isinstance(f, ClassLabel)}
+
+
+def named_classes(records: list[tuple[str, dict]], names: dict[str, list[str]]) -> list[tuple[str, dict]]:
+    """Records with each ClassLabel column's class numbers replaced by their names; -1, datasets' "no label" (GLUE's
+    test splits), becomes None, so such a row counts as one without its answer.
+
+    >>> named_classes([("x", {"text": "fine", "label": 1}), ("y", {"text": "?", "label": -1})],
+    ...               {"label": ["negative", "positive"]})
+    [('x', {'text': 'fine', 'label': 'positive'}), ('y', {'text': '?', 'label': None})]
+    """
+    def name(value, classes):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return classes[value] if 0 <= value < len(classes) else None if value == -1 else value
+        return value
+
+    if not names:
+        return records
+    return [(p, {k: name(v, names[k]) if k in names else v for k, v in r.items()}) for p, r in records]
+
+
+def label_name(answer: str, names: dict[str, str], place: str) -> str:
+    """An answer given as a class number, by data.label_names (number -> name); an answer that is already one of
+    the names stays.
+
+    >>> names = {"0": "negative", "1": "positive"}
+    >>> label_name("1", names, "x"), label_name("1.0", names, "x"), label_name("negative", names, "x")
+    ('positive', 'positive', 'negative')
+    """
+    if answer in names:
+        return names[answer]
+    if answer in names.values():
+        return answer
+    try:
+        number = float(answer)
+    except ValueError:
+        number = None
+    if number is not None and number.is_integer() and str(int(number)) in names:
+        return names[str(int(number))]
+    raise DataError(f"{place}: the answer {answer!r} is not a class of data.label_names ({', '.join(names)}, or the "
+                    f"names {', '.join(sorted(set(names.values())))}); fix the row, or add its class to label_names")
 
 
 def read_hub(dataset_id: str, subset: str | None, split_name: str, revision: str | None) -> list[tuple[str, dict]]:
@@ -448,7 +504,8 @@ def read_hub(dataset_id: str, subset: str | None, split_name: str, revision: str
                         f"{type(exc).__name__}: {detail}. If the Hugging Face hub cannot be reached from here, save "
                         "the data where it can (load_dataset(...).to_json('data.jsonl')), copy the file over and set "
                         "data.path to it (and data.hub to null)") from None
-    return [(f"{dataset_id}[{split_name}] row {i}", dict(r)) for i, r in enumerate(dataset)]
+    return named_classes([(f"{dataset_id}[{split_name}] row {i}", dict(r)) for i, r in enumerate(dataset)],
+                         class_names(dataset.features))
 
 
 def sources(data_cfg) -> dict[str, float]:
@@ -466,6 +523,6 @@ def load_source(name: str, data_cfg, own_test: bool = False) -> tuple[list[tuple
         records = read_hub(name.removeprefix("hub:"), data_cfg.subset, split_name, data_cfg.revision)
         drops = Counter()
         return normalize_records(records, data_cfg.format, data_cfg.columns, drops, group,
-                                 data_cfg.keep_columns), drops
+                                 data_cfg.keep_columns, data_cfg.label_names), drops
     return load_files(data_cfg.test_path if own_test else name, data_cfg.format, data_cfg.columns, group,
-                      data_cfg.keep_columns)
+                      data_cfg.keep_columns, data_cfg.label_names)

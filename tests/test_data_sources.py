@@ -692,3 +692,43 @@ def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
     prompts = rl.prompt_dataset(test)
     assert prompts["accepted"] == [["William Shakespeare", "Shakespeare"], ["Goethe"]]
     assert prompts["answer"] == ["William Shakespeare", "Goethe"]
+
+
+def test_class_numbers_become_their_names(tmp_path):
+    # a hub dataset (here a local one, read the same way) and a Parquet file written by datasets name their classes
+    # in the features; the rows hold numbers, and -1 is datasets' "no label" (GLUE's test splits)
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    reviews = datasets.Dataset.from_dict({"sentence": ["A joy.", "Dull.", "Unlabelled."], "label": [1, 0, -1]},
+                                         features=features)
+    (tmp_path / "hub").mkdir()
+    reviews.to_parquet(str(tmp_path / "hub" / "train.parquet"))
+    columns = {"prompt": "sentence", "answer": "label"}
+    records = sources.read_hub(str(tmp_path / "hub"), None, "train", None)
+    assert [r["label"] for _, r in records] == ["positive", "negative", None]
+    drops = __import__("collections").Counter()
+    rows = sources.normalize_records(records, "auto", columns, drops)
+    assert [r["answer"] for _, r in rows] == ["positive", "negative", ""]
+    cleaned = data.clean(rows, drops)
+    assert [r["answer"] for r in cleaned] == ["positive", "negative"] and drops == {"empty_field": 1}
+    loaded, _ = sources.load_files(str(tmp_path / "hub" / "train.parquet"), "auto", columns)
+    assert [r["answer"] for _, r in loaded] == ["positive", "negative", ""]
+
+    # an export that lost the names (to_json, to_csv) gets them back from data.label_names
+    reviews.to_json(str(tmp_path / "reviews.jsonl"))
+    pd.DataFrame({"sentence": ["A joy.", "Dull."], "label": [1, 0]}).to_csv(tmp_path / "reviews.csv", index=False)
+    for name in ("reviews.jsonl", "reviews.csv"):
+        plain, _ = sources.load_files(str(tmp_path / name), "auto", columns)
+        assert [r["answer"] for _, r in plain][:2] == ["1", "0"]
+    for names in (["negative", "positive"], {0: "negative", 1: "positive"}):
+        cfg = make_recipe(tmp_path, path="reviews.csv", test_size=1, label_names=names, columns=columns)
+        splits, _ = data.build_splits(cfg)
+        assert sorted(r["answer"] for split in splits.values() for r in split) == ["negative", "positive"]
+    with pytest.raises(DataError, match=r"reviews.jsonl:3: the answer '-1' is not a class of data.label_names "
+                                        r"\(0, 1, or the names negative, positive\)"):
+        sources.load_files(str(tmp_path / "reviews.jsonl"), "auto", columns, label_names={"0": "negative",
+                                                                                           "1": "positive"})
+    with pytest.raises(ValueError, match="'negative' names two classes"):
+        make_recipe(tmp_path, path="reviews.csv", label_names=["negative", "negative"])
