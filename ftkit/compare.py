@@ -18,7 +18,7 @@ from ftkit.display import change_text, metric_name
 from ftkit.io import write_atomic
 from ftkit.report import CSS, esc, fmt, png
 
-LOWER_IS_BETTER = ("loss", "perplexity")
+LOWER_IS_BETTER = ("loss", "perplexity", "error")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -43,11 +43,12 @@ def load_run(run_dir: str | Path) -> dict:
 
 def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     """Columns and one row per run: each evaluated model's headline metric (and sampled accuracy, where eval
-    sampled), SFT loss, RL reward."""
+    sampled; the mean numeric error, for numeric answers), SFT loss, RL reward."""
     columns = []
     for run in runs:
         for name, m in run["metrics"].get("eval", {}).items():
-            for column in (f"{name} {metric_name(m)}", *([f"{name} sampled"] if "sampled" in m else [])):
+            for column in (f"{name} {metric_name(m)}", *([f"{name} sampled"] if "sampled" in m else []),
+                           *([f"{name} numeric error (mean)"] if m.get("numeric_error", {}).get("n") else [])):
                 if column not in columns:
                     columns.append(column)
     columns += ["sft final_loss", "rl final_reward"]
@@ -56,6 +57,8 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
         values = {f"{n} {metric_name(m)}": m.get(metric_name(m)) for n, m in run["metrics"].get("eval", {}).items()}
         values.update({f"{n} sampled": m["sampled"]["value"] for n, m in run["metrics"].get("eval", {}).items()
                        if "sampled" in m})
+        values.update({f"{n} numeric error (mean)": m["numeric_error"]["mean"]
+                       for n, m in run["metrics"].get("eval", {}).items() if m.get("numeric_error", {}).get("n")})
         values["sft final_loss"] = run["metrics"].get("sft", {}).get("final_loss")
         values["rl final_reward"] = run["metrics"].get("rl", {}).get("final_reward")
         rows.append([values.get(c) for c in columns])
@@ -64,12 +67,13 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
 
 
 def _intervals(run: dict, columns: list[str]) -> dict[str, str]:
-    """' [low, high]' after each evaluated model's headline metric and sampled accuracy: its 95% bootstrap
-    interval."""
+    """' [low, high]' after each evaluated model's headline metric, sampled accuracy and mean numeric error: its 95%
+    bootstrap interval."""
     out = {}
     for name, m in run["metrics"].get("eval", {}).items():
         for column, ci in ((f"{name} {metric_name(m)}", m.get("ci95")),
-                           (f"{name} sampled", m.get("sampled", {}).get("ci95"))):
+                           (f"{name} sampled", m.get("sampled", {}).get("ci95")),
+                           (f"{name} numeric error (mean)", m.get("numeric_error", {}).get("ci95"))):
             if column in columns and ci and None not in ci:
                 out[column] = f" [{fmt(ci[0])}, {fmt(ci[1])}]"
     return out
@@ -159,7 +163,7 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · comparison of {len(runs)} "
             f"runs</title><style>{CSS}</style></head><body><h1>ftkit: {len(runs)} runs compared</h1>"
             "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set, with its 95% "
-            "bootstrap interval; the best of each column in bold (lowest for losses and perplexity).</p>" + table
+            "bootstrap interval; the best of each column in bold (lowest for losses, perplexity and numeric error).</p>" + table
             + _robustness(runs, labels) + "<h2>Recipe keys that differ</h2>" + diff
             + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
     return write_atomic(Path(out), page)

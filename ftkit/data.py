@@ -20,13 +20,14 @@ import numpy as np
 from ftkit import robustness, rundir, sources, tasks
 from ftkit.io import write_atomic, write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import DataError, context, ends_with_end_of_turn, fields, kind, token_lengths
+from ftkit.rows import DataError, class_of, classes, context, ends_with_end_of_turn, fields, kind, token_lengths
 
 SPLITS = ("train", "test")
 NGRAM = 8
 COMMON_SHARE, COMMON_MIN = 0.1, 10  # an 8-gram in this share of the prompts (and at least this many) is a template's
 DROP_REASONS = {
-    "empty_field": "an empty prompt, answer or text",
+    "empty_field": "an empty prompt, answer or text (a class label -1 too: datasets' 'no label', as in GLUE's "
+                   "test splits; take the test examples from a labelled split)",
     "duplicate": "the same example again (data.dedupe)",
     "turn_order": "a conversation that is not user and assistant turns in turn, ending with the assistant",
     "ends_with_user": "a conversation ending with the user's turn: a prompt without an answer (to use such "
@@ -411,10 +412,28 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     several = {name: sum(bool(r.get("accepted")) for r in rows) for name, rows in splits.items()}
     if any(several.values()):  # a reply giving any of them counts as right, in eval and the rewards
         out["several_acceptable_answers"] = several
+    names = classes(splits["train"], splits["test"])
+    if names:  # a classification: eval adds a confusion matrix and macro-F1, the report the commonest-class baseline
+        out["classes"] = class_counts(splits, names)
     warnings = thin_train(splits, dict(drops)) + conflicting_answers([r for rows in splits.values() for r in rows])
     if warnings:
         out["warnings"] = warnings
     return splits, out
+
+
+def class_counts(splits: dict[str, list[dict]], names: list[str]) -> dict:
+    """For a classification: the examples of each class per split (not the shifted set, whose classes may differ),
+    and the baseline a model reaches by always answering train's commonest class, on test.
+
+    >>> splits = {"train": [{"answer": "pos"}] * 3 + [{"answer": "neg"}], "test": [{"answer": "neg"}, {"answer": "pos"}]}
+    >>> class_counts(splits, ["pos", "neg"])
+    {'names': ['pos', 'neg'], 'counts': {'train': {'pos': 3, 'neg': 1}, 'test': {'pos': 1, 'neg': 1}}, 'commonest': {'class': 'pos', 'test_share': 0.5}}
+    """
+    counts = {split: dict(Counter(class_of(r["answer"], names) for r in rows)) for split, rows in splits.items()
+              if split != "generalization"}
+    counts = {split: {n: found.get(n, 0) for n in names} for split, found in counts.items()}
+    return {"names": names, "counts": counts,
+            "commonest": {"class": names[0], "test_share": round(counts["test"][names[0]] / len(splits["test"]), 4)}}
 
 
 def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:

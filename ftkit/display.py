@@ -308,6 +308,46 @@ def all_metrics_table(eval_metrics: dict):
     return pd.DataFrame(table).T
 
 
+def class_summary(results: dict):
+    """For a classification (a few answers, each repeated; `eval.class_figures`): per model, macro-F1 over the
+    classes, the share of replies that give none of them, and how often the class it finds likeliest as its whole
+    reply is right (`eval.likeliest`; a DataFrame; empty otherwise)."""
+    import pandas as pd
+
+    def likeliest(figures):
+        lo, hi = figures["ci95"]
+        return f"{figures['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    return pd.DataFrame({name: {"macro-F1": m["classes"]["macro_f1"], "replies giving no class": m["classes"]["no_class"],
+                                **({"likeliest class right [95% CI]": likeliest(m["classes"]["likeliest"])}
+                                   if "likeliest" in m["classes"] else {})}
+                         for name, m in results.items() if "classes" in m}).T
+
+
+def confusion(model_metrics: dict):
+    """A classification's confusion matrix for one model: a row per reference class, a column per class its replies
+    gave, then the replies that gave none (a DataFrame of counts)."""
+    import pandas as pd
+
+    figures = model_metrics["classes"]
+    return pd.DataFrame(figures["confusion"], index=[f"reference: {n}" for n in figures["names"]],
+                        columns=[*figures["names"], "(none of them)"])
+
+
+def commonest_note(data_metrics: dict) -> str | None:
+    """For a classification, what always answering train's commonest class scores on test: the accuracy to beat.
+
+    >>> commonest_note({"classes": {"names": ["pos", "neg"], "commonest": {"class": "pos", "test_share": 0.52}}})
+    "2 classes (pos, neg). Always answering train's commonest class, 'pos', would score 52.0% on test."
+    """
+    figures = data_metrics.get("classes")
+    if not figures:
+        return None
+    listed = ", ".join(figures["names"])
+    return (f"{len(figures['names'])} classes ({listed}). Always answering train's commonest class, "
+            f"{figures['commonest']['class']!r}, would score {100 * figures['commonest']['test_share']:.1f}% on test.")
+
+
 def versus_start(results: dict):
     """Each tuned model against the tuned model it started from (RL against SFT): the headline metric's change, the
     paired test, the flips each way and, with eval.sampled, the change in sampled accuracy (a DataFrame; empty when
@@ -351,8 +391,8 @@ def change_text(figures: dict) -> str | float:
 
 
 def claims(results: dict):
-    """The three claims side by side, one row per model: the headline metric on the test set, on the shifted set,
-    and its change under each perturbation (a DataFrame)."""
+    """The three claims side by side, one row per model: the headline metric on the test set, on the shifted set
+    (and how far off its numbers are, for numeric answers), and its change under each perturbation (a DataFrame)."""
     import pandas as pd
 
     table = {}
@@ -360,6 +400,9 @@ def claims(results: dict):
         row = {f"{metric_name(m)} (test)": m.get(metric_name(m))}
         if "generalization" in m:
             row["generalization"] = m["generalization"]["value"]
+            if "numeric_error" in m["generalization"]:
+                row["generalization: numeric |error| median · mean [95% CI] · with a number"] = error_text(
+                    m["generalization"]["numeric_error"])
         for kind, figures in m.get("robustness", {}).items():
             if kind != "clean":
                 row[f"robustness: {kind} (change)"] = change_text(figures)

@@ -24,7 +24,7 @@ from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import acceptable, imitated, kind, messages, trained_text
+from ftkit.rows import acceptable, class_of, classes, imitated, kind, messages, trained_text
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
 
@@ -263,6 +263,56 @@ def numeric_error(cfg, outputs: list, references: list[str]) -> dict | None:
             "n": len(errors)}
 
 
+NO_CLASS = "(none of them)"
+
+
+def class_figures(cfg, outputs: list, rows: list[dict], names: list[str]) -> dict:
+    """For a classification (`rows.classes`): which class each reply gives, read as the task reads an answer (the
+    first class it scores right against; none, a reply that gives no class), the confusion matrix (a row per
+    reference class, a column per class given, then none), macro-F1 over the classes, and the share of replies
+    that give none.
+
+    >>> cfg = type("C", (), {"data": type("D", (), {"task": None, "extract": "exact", "extract_regex": None,
+    ...                                            "numeric_tolerance": 0.0})()})()
+    >>> rows = [{"answer": a} for a in ("pos", "pos", "neg", "neg")]
+    >>> class_figures(cfg, ["Pos.", "neg", "neg", "I cannot say"], rows, ["pos", "neg"])
+    {'names': ['pos', 'neg'], 'confusion': [[1, 1, 0], [0, 1, 1]], 'macro_f1': 0.5833, 'no_class': 0.25}
+    """
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    task = tasks.for_data(cfg.data)
+    given = [next((n for n in names if task.score(o if isinstance(o, str) else o[0], n) >= 0.5), NO_CLASS)
+             for o in outputs]
+    wanted = [class_of(r["answer"], names) for r in rows]
+    matrix = confusion_matrix(wanted, given, labels=[*names, NO_CLASS])[:len(names)]
+    macro = f1_score(wanted, given, labels=names, average="macro", zero_division=0)
+    return {"names": names, "confusion": matrix.tolist(), "macro_f1": round(float(macro), 4),
+            "no_class": round(given.count(NO_CLASS) / len(given), 4)}
+
+
+def class_log_likelihoods(model, tokenizer, rows: list[dict], names: list[str], batch_size: int,
+                          max_length: int) -> np.ndarray:
+    """Summed log-likelihood of each class name as the whole reply to each row (its end-of-turn token included),
+    through the chat template: shape (n, classes)."""
+    return -np.stack([answer_losses(model, tokenizer, [{**r, "answer": n} for r in rows], batch_size, max_length)[:, 0]
+                      for n in names], axis=1)
+
+
+def likeliest(log_likelihoods, rows: list[dict], names: list[str], seed: int = 0) -> dict:
+    """How often the class a model finds likeliest as its whole reply is the reference's: its grasp of the task
+    whatever it writes (a base model that answers in sentences scores 0 by exact match and may still know), with a
+    95% bootstrap CI.
+
+    >>> rows = [{"answer": "pos"}, {"answer": "neg"}, {"answer": "neg"}]
+    >>> likeliest([[-1.0, -3.0], [-2.0, -0.5], [-0.2, -0.9]], rows, ["pos", "neg"])["value"]
+    0.6667
+    """
+    picked = np.asarray(log_likelihoods, dtype=float).argmax(axis=1)
+    right = [float(names[int(i)] == class_of(r["answer"], names)) for i, r in zip(picked, rows)]
+    return {"value": round(float(np.mean(right)), 4), "ci95": [round(v, 4) for v in bootstrap_ci(right, seed=seed)],
+            "n": len(right)}
+
+
 def sampled_count(cfg) -> int:
     """eval.sampled as run: the recipe's, else 4 when an RL stage samples its completions (GRPO, RLOO) and eval is
     greedy, else 0."""
@@ -368,6 +418,11 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     error = numeric_error(cfg, outputs, references) if primary != "preference" else None
     if error:
         result["numeric_error"] = error
+    names = classes(rundir.load_split(run_dir, "train"), rows) if primary != "preference" else None
+    if names:
+        result["classes"] = class_figures(cfg, outputs, rows, names)
+        likelihoods = class_log_likelihoods(model, tokenizer, rows, names, cfg.eval.batch_size, cfg.sft.max_length)
+        result["classes"]["likeliest"] = likeliest(likelihoods, rows, names, cfg.seed)
     if sampled_figures:
         result["sampled"] = {**sampled_figures, **(reach(per_example[primary], sampled) if primary in BINARY else {})}
     if extra:
@@ -387,13 +442,16 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
 
 
 def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str, tick) -> dict:
-    """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl)."""
+    """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl), and how far
+    off its numbers are where the answers are numbers."""
     primary = metric_names(cfg)[0]
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     scores, overall = score(cfg, outputs, [acceptable(r) for r in rows], rows)
     write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
+    error = numeric_error(cfg, outputs, [acceptable(r) for r in rows])
     return {"value": overall[primary], "n": len(rows),
-            "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None}
+            "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None,
+            **({"numeric_error": error} if error else {})}
 
 
 def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], run_dir, name: str, tick) -> dict:

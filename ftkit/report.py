@@ -17,9 +17,10 @@ import re
 from pathlib import Path
 
 from ftkit import rundir
-from ftkit.display import (all_metrics_table, claims, judge_prompt, judge_table, metric_name, paired_columns,
-                           plot_losses, plot_rl, reach_note, reference_shown, sampled_label, sampled_text,
-                           sharpening_note, shown, signal_warning, versus_base, versus_start)
+from ftkit.display import (all_metrics_table, class_summary, claims, commonest_note, confusion, judge_prompt,
+                           judge_table, metric_name, paired_columns, plot_losses, plot_rl, reach_note, reference_shown,
+                           sampled_label, sampled_text, sharpening_note, shown, signal_warning, versus_base,
+                           versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -141,6 +142,11 @@ def _data(data: dict) -> str:
         counts = ", ".join(f"{n} in {split}" for split, n in data["several_acceptable_answers"].items() if n)
         text += (f"<p>Examples with several acceptable answers: {esc(counts)}; SFT learns the first, and a reply "
                  "giving any of them counts as right (eval and the built-in rewards).</p>")
+    if data.get("classes"):
+        found = data["classes"]
+        rows = [[split, *(counts[n] for n in found["names"])] for split, counts in found["counts"].items()]
+        text += ("<p>A classification: the answers take a few values, each repeated. Examples per class:</p>"
+                 + _table(["split", *found["names"]], rows))
     if data.get("augmented"):
         added = ", ".join(f"{n} {kind}" for kind, n in data["augmented"].items())
         text += f"<p>Robustness training (data.augment): train holds perturbed copies of its prompts: {esc(added)}.</p>"
@@ -189,9 +195,10 @@ def _rl(rl: dict, recipe_rl: dict) -> str:
             + (f'<p class="warning"><b>RL had little to learn from.</b> {esc(warning)}</p>' if warning else ""))
 
 
-def _evaluation(run_dir: Path, evaluated: dict) -> str:
+def _evaluation(run_dir: Path, evaluated: dict, data: dict | None = None) -> str:
     """1 · the headline metric with its interval and paired test, each tuned model against the one it started from,
-    every metric, the replies cut at the length limit, 2 and 3 · the claims, the flips."""
+    every metric, for a classification its classes, the replies cut at the length limit, 2 and 3 · the claims, the
+    flips."""
     if not evaluated:
         return ""
     metric = metric_name(next(iter(evaluated.values())))
@@ -209,6 +216,7 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
         parts.append("<p>Every metric (95% CI) and the loss on the reference answers:</p>"
                      + _table(["model", *others.columns], [[n, *(fmt(v) for v in r)]
                                                            for n, r in zip(others.index, others.values)]))
+    parts.append(_classes(evaluated, data or {}))
     cut = {name: m["cut_at_limit"] for name, m in evaluated.items() if m.get("cut_at_limit")}
     if cut:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in cut.items())
@@ -217,6 +225,26 @@ def _evaluation(run_dir: Path, evaluated: dict) -> str:
     parts.append(_judge(run_dir, evaluated))
     parts.append(_claims(evaluated))
     parts.append(_flips(run_dir, evaluated))
+    return "".join(parts)
+
+
+def _classes(evaluated: dict, data: dict) -> str:
+    """A classification's classes: the baseline of the commonest class, macro-F1 per model, and each model's
+    confusion matrix."""
+    summary = class_summary(evaluated)
+    if summary.empty:
+        return ""
+    note = commonest_note(data)
+    parts = [f"<h4>Classes</h4><p>{esc(note or '')} A reply counts as the first class it gives as the task reads an "
+             "answer; one that gives none is counted apart. The likeliest class is the one the model gives the "
+             "highest likelihood as its whole reply: what it knows, whatever it writes.</p>",
+             _table(["model", *summary.columns], [[n, *(fmt(v) for v in r)] for n, r in zip(summary.index,
+                                                                                             summary.values)])]
+    for name, m in evaluated.items():
+        if "classes" in m:
+            matrix = confusion(m)
+            parts.append(f"<p>{esc(name)}: reference class (rows) against the class given (columns)</p>"
+                         + _table(["", *matrix.columns], [[i, *r] for i, r in zip(matrix.index, matrix.values.tolist())]))
     return "".join(parts)
 
 
@@ -275,7 +303,7 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict, env: dict
     evaluated = metrics.get("eval", {})
     return "\n".join([_header(recipe, status, metrics, env), _stages(status), _data(metrics.get("data", {})),
                       _training(metrics), _rl(metrics.get("rl", {}), recipe.get("rl", {})),
-                      _evaluation(run_dir, evaluated), _export(metrics.get("export", {})),
+                      _evaluation(run_dir, evaluated, metrics.get("data", {})), _export(metrics.get("export", {})),
                       _curves(run_dir), _rl_samples(run_dir), _examples(run_dir, list(evaluated))])
 
 

@@ -16,6 +16,12 @@ tokenizer's chat template, and into its trained tokens. No torch: the tokenizer 
 
 from __future__ import annotations
 
+from collections import Counter
+
+from ftkit import answers
+
+MOST_CLASSES = 20  # more distinct answers than this: not a classification
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the place and the fix."""
@@ -83,6 +89,39 @@ def reward_columns(rows: list[dict]) -> list[dict]:
     return [{**({"answer": scored_against(r)} if "answer" in r else {}),
              **({"accepted": r.get("accepted") or [scored_against(r)]} if several and "answer" in r else {}),
              **r.get("extra", {})} for r in rows]
+
+
+def classes(train: list[dict], test: list[dict]) -> list[str] | None:
+    """The classes, where the data is a classification: its answers take 2 to MOST_CLASSES distinct values (as ftkit
+    compares them: "Positive." is "positive"), each seen 5 times in train on average, and every test answer is one
+    of train's. Each class is named as train writes it most often, the commonest class first. None otherwise (a
+    task whose answers are free text or numbers, or rows with several acceptable answers).
+
+    >>> rows = [{"answer": a} for a in ["pos"] * 6 + ["neg"] * 4 + ["Neg."]]
+    >>> classes(rows, [{"answer": "neg"}]), classes(rows, [{"answer": "neutral"}]), classes(rows[:3], rows[:1])
+    (['pos', 'neg'], None, None)
+    """
+    if not train or not test or any("answer" not in r or r.get("accepted") or r.get("tests") for r in train + test):
+        return None
+    written: dict[str, Counter] = {}
+    for r in train:
+        written.setdefault(answers.normalize(r["answer"]), Counter())[r["answer"].strip()] += 1
+    if not 2 <= len(written) <= MOST_CLASSES or len(train) < 5 * len(written):
+        return None
+    if any(answers.normalize(r["answer"]) not in written for r in test):
+        return None
+    commonest = sorted(written, key=lambda k: -sum(written[k].values()))
+    return [written[k].most_common(1)[0][0] for k in commonest]
+
+
+def class_of(answer: str, names: list[str]) -> str | None:
+    """Which of the class names an answer is (compared as ftkit compares answers), or None.
+
+    >>> class_of(" Positive.", ["negative", "positive"]), class_of("meh", ["negative", "positive"])
+    ('positive', None)
+    """
+    key = answers.normalize(answer)
+    return next((n for n in names if answers.normalize(n) == key), None)
 
 
 def messages(row: dict) -> list[dict]:

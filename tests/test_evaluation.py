@@ -125,3 +125,57 @@ def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path)
     with pytest.raises(recipe.RecipeError, match=r"eval\.extra\.old = 'nowhere': .* holds no adapter_config\.json or "
                                                  r"config\.json"):
         recipe.load(path)
+
+
+def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_baseline(tiny_recipe, tmp_path):
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    from ftkit import cli
+    from ftkit.io import read_json
+    from ftkit.rows import class_of
+
+    # an export that lost its class names: labels 0, 1, 2, named by data.label_names (one name needs escaping)
+    names = ["negative", "positive", "mixed <b>"]
+    labels = [i % 3 if i % 5 else 1 for i in range(90)]
+    pd.DataFrame({"review": [f"Review number {i} of the film." for i in range(90)], "label": labels}).to_csv(
+        tmp_path / "reviews.csv", index=False)
+    path = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
+                                                      "columns": {"prompt": "review", "answer": "label"},
+                                                      "label_names": names},
+                       eval={"models": ["base"], "robustness_size": 0})
+    run_dir = tmp_path / "out"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    metrics = read_json(run_dir / "metrics.json")
+    found = metrics["data"]["classes"]
+    assert found["names"][0] == "positive" and sorted(found["names"]) == sorted(names)  # the commonest first
+    for split in ("train", "test"):
+        rows = rundir.load_split(run_dir, split)
+        assert sum(found["counts"][split].values()) == len(rows) and {r["answer"] for r in rows} <= set(names)
+    test = rundir.load_split(run_dir, "test")
+    assert found["commonest"]["test_share"] == pytest.approx(sum(r["answer"] == "positive" for r in test) / 30)
+    figures = metrics["eval"]["base"]["classes"]
+    matrix = figures["confusion"]
+    assert [sum(row) for row in matrix] == [found["counts"]["test"][n] for n in found["names"]]
+    # the same figures from the predictions: a reply is the class it gives (here exactly), else none of them
+    predictions = rundir.eval_records(run_dir, "predictions", "base")
+    given = [class_of(p["output"], found["names"]) or "none" for p in predictions]
+    wanted = [p["reference"] for p in predictions]
+    assert figures["no_class"] == pytest.approx(given.count("none") / 30)
+    assert sum(row[-1] for row in matrix) == given.count("none")
+    assert figures["macro_f1"] == pytest.approx(f1_score(wanted, given, labels=found["names"], average="macro",
+                                                         zero_division=0), abs=1e-4)
+    # the likeliest class as the whole reply, recomputed from the base model: what it knows whatever it writes
+    from ftkit import models
+
+    model, tokenizer = models.load(recipe.load(path).model)
+    likelihoods = eval_stage.class_log_likelihoods(model, tokenizer, test, found["names"], 8, 256)
+    assert likelihoods.shape == (30, 3)
+    picked = [found["names"][i] for i in likelihoods.argmax(axis=1)]
+    assert figures["likeliest"]["value"] == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, test)) / 30,
+                                                          abs=1e-4)
+    page = (run_dir / "report.html").read_text()
+    assert "likeliest class right" in page
+    assert "<h4>Classes</h4>" in page and "Always answering train&#x27;s commonest class" in page
+    assert "mixed &lt;b&gt;" in page and "mixed <b>" not in page
+    assert "reference: positive" in page

@@ -32,6 +32,7 @@ def test_metrics_are_present_and_in_range(tiny_run):
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["data"]["splits"]["train"]["examples"] == 48 and metrics["data"]["splits"]["test"]["examples"] == 16
     assert metrics["data"]["splits"]["train"]["tokens_max"] > 0
+    assert "classes" not in metrics["data"], "sums are not classes: no confusion matrix for addition"
     assert metrics["sft"]["steps"] == 3 and metrics["sft"]["final_loss"] > 0
     assert metrics["rl"]["steps"] == 2 and metrics["rl"]["start_from"] == "sft"
     assert set(metrics["eval"]) == {"base", "sft", "rl"}
@@ -52,6 +53,12 @@ def test_metrics_are_present_and_in_range(tiny_run):
         if found:
             assert m["numeric_error"]["median"] == pytest.approx(float(np.median(found)))
             assert m["numeric_error"]["ci95"][0] <= m["numeric_error"]["mean"] <= m["numeric_error"]["ci95"][1]
+        shifted = (run_dir / "eval" / f"generalization_{name}.jsonl").read_text().splitlines()
+        found = [e for e in (answers.distance(r["output"], r["reference"], "first_number")
+                             for r in map(json.loads, shifted)) if e is not None]
+        assert m["generalization"]["numeric_error"]["n"] == len(found), "the shifted set's numbers too"
+        if found:
+            assert m["generalization"]["numeric_error"]["mean"] == pytest.approx(float(np.mean(found)))
     for tuned in ("sft", "rl"):
         paired = metrics["eval"][tuned]["vs_base"]
         assert paired["test"] == "mcnemar_exact" and 0.0 <= paired["p_value"] <= 1.0

@@ -237,3 +237,11 @@ def test_compare_puts_sampled_accuracy_beside_the_headline():
     columns, rows = compare.metrics_rows([run, trained])
     assert columns[-1] == "sft final_loss" and [r[-1] for r in rows] == [None, 0.25]
     assert compare._intervals(run, columns)["sft sampled"] == " [0.650, 0.750]"
+    numeric = {"metrics": {"eval": {name: {**m, "numeric_error": {"median": 1.0, "mean": mean, "ci95": [0.5, 2 * mean],
+                                                                 "with_a_number": 1.0, "n": 200}}
+                                    for (name, m), mean in zip(run["metrics"]["eval"].items(), (2.5, 60.0))}}}
+    columns, rows = compare.metrics_rows([numeric])
+    assert columns == ["sft accuracy", "sft sampled", "sft numeric error (mean)", "base accuracy",
+                       "base numeric error (mean)"] and rows[0] == [0.8, 0.7, 2.5, 0.0, 60.0]
+    assert compare._intervals(numeric, columns)["sft numeric error (mean)"] == " [0.500, 5.000]"
+    assert any(word in "sft numeric error (mean)" for word in compare.LOWER_IS_BETTER), "bold is the lowest error"
