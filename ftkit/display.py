@@ -319,7 +319,9 @@ def class_summary(results: dict):
         return f"{figures['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     return pd.DataFrame({name: {"macro-F1": m["classes"]["macro_f1"], "replies giving no class": m["classes"]["no_class"],
-                                **({"likeliest class right [95% CI]": likeliest(m["classes"]["likeliest"])}
+                                **({"likeliest class right [95% CI]": likeliest(m["classes"]["likeliest"]),
+                                    "likeliest class picked": " · ".join(
+                                        f"{n} {k}" for n, k in m["classes"]["likeliest"]["picked"].items())}
                                    if "likeliest" in m["classes"] else {})}
                          for name, m in results.items() if "classes" in m}).T
 

@@ -301,16 +301,18 @@ def class_log_likelihoods(model, tokenizer, rows: list[dict], names: list[str], 
 def likeliest(log_likelihoods, rows: list[dict], names: list[str], seed: int = 0) -> dict:
     """How often the class a model finds likeliest as its whole reply is the reference's: its grasp of the task
     whatever it writes (a base model that answers in sentences scores 0 by exact match and may still know), with a
-    95% bootstrap CI.
+    95% bootstrap CI, and how often it picked each class (a model that picks one class for nearly every prompt
+    shows a prior for that name, not a reading of the prompt).
 
     >>> rows = [{"answer": "pos"}, {"answer": "neg"}, {"answer": "neg"}]
-    >>> likeliest([[-1.0, -3.0], [-2.0, -0.5], [-0.2, -0.9]], rows, ["pos", "neg"])["value"]
-    0.6667
+    >>> found = likeliest([[-1.0, -3.0], [-2.0, -0.5], [-0.2, -0.9]], rows, ["pos", "neg"])
+    >>> found["value"], found["picked"]
+    (0.6667, {'pos': 2, 'neg': 1})
     """
-    picked = np.asarray(log_likelihoods, dtype=float).argmax(axis=1)
-    right = [float(names[int(i)] == class_of(r["answer"], names)) for i, r in zip(picked, rows)]
+    picked = [names[int(i)] for i in np.asarray(log_likelihoods, dtype=float).argmax(axis=1)]
+    right = [float(p == class_of(r["answer"], names)) for p, r in zip(picked, rows)]
     return {"value": round(float(np.mean(right)), 4), "ci95": [round(v, 4) for v in bootstrap_ci(right, seed=seed)],
-            "n": len(right)}
+            "n": len(right), "picked": {n: picked.count(n) for n in names}}
 
 
 def sampled_count(cfg) -> int:

@@ -175,7 +175,8 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert figures["likeliest"]["value"] == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, test)) / 30,
                                                           abs=1e-4)
     page = (run_dir / "report.html").read_text()
-    assert "likeliest class right" in page
+    assert figures["likeliest"]["picked"] == {n: picked.count(n) for n in found["names"]}
+    assert "likeliest class right" in page and "likeliest class picked" in page
     assert "<h4>Classes</h4>" in page and "Always answering train&#x27;s commonest class" in page
     assert "mixed &lt;b&gt;" in page and "mixed <b>" not in page
     assert "reference: positive" in page
