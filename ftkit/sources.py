@@ -431,6 +431,8 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
                 row[field] = "" if row[field] is None else str(row[field])
         if label_names and row.get("answer"):
             row["answer"] = label_name(row["answer"].strip(), label_names, place)
+            if row.get("accepted"):  # a multi-label row's numbers
+                row["accepted"] = list(dict.fromkeys(label_name(a, label_names, place) for a in row["accepted"]))
         rows.append((place, row))
     return rows
 
@@ -445,22 +447,32 @@ def load_files(pattern: str, fmt: str, columns: dict[str, str], group: str | Non
 
 
 def class_names(features) -> dict[str, list[str]]:
-    """Column -> class names, for the columns a `datasets` Features declares as ClassLabel (a hub dataset's, or a
-    Parquet file's written by `datasets`): there the data holds class numbers and the names live in the features."""
+    """Column -> class names, for the columns a `datasets` Features declares as ClassLabel, or a list of them
+    (multi-label: GoEmotions' labels), in a hub dataset or a Parquet file written by `datasets`: there the data holds
+    class numbers and the names live in the features."""
     from datasets import ClassLabel
 
-    return {column: list(f.names) for column, f in (features or {}).items() if isinstance(f, ClassLabel)}
+    def labels(feature):
+        inner = getattr(feature, "feature", None)  # a List (Sequence) of ClassLabel
+        return feature if isinstance(feature, ClassLabel) else inner if isinstance(inner, ClassLabel) else None
+
+    return {column: list(labels(f).names) for column, f in (features or {}).items() if labels(f) is not None}
 
 
 def named_classes(records: list[tuple[str, dict]], names: dict[str, list[str]]) -> list[tuple[str, dict]]:
-    """Records with each ClassLabel column's class numbers replaced by their names; -1, datasets' "no label" (GLUE's
-    test splits), becomes None, so such a row counts as one without its answer.
+    """Records with each ClassLabel column's class numbers replaced by their names (in a list of them too: a
+    multi-label row's labels become several acceptable answers); -1, datasets' "no label" (GLUE's test splits),
+    becomes None, so such a row counts as one without its answer.
 
     >>> named_classes([("x", {"text": "fine", "label": 1}), ("y", {"text": "?", "label": -1})],
     ...               {"label": ["negative", "positive"]})
     [('x', {'text': 'fine', 'label': 'positive'}), ('y', {'text': '?', 'label': None})]
+    >>> named_classes([("x", {"labels": [2, 0]})], {"labels": ["joy", "anger", "fear"]})
+    [('x', {'labels': ['fear', 'joy']})]
     """
     def name(value, classes):
+        if isinstance(value, list):
+            return [n for n in (name(v, classes) for v in value) if n is not None]
         if isinstance(value, int) and not isinstance(value, bool):
             return classes[value] if 0 <= value < len(classes) else None if value == -1 else value
         return value

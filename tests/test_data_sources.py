@@ -716,6 +716,20 @@ def test_class_numbers_become_their_names(tmp_path):
     loaded, _ = sources.load_files(str(tmp_path / "hub" / "train.parquet"), "auto", columns)
     assert [r["answer"] for _, r in loaded] == ["positive", "negative", ""]
 
+    # multi-label (GoEmotions): a list of class numbers becomes its names, several acceptable answers
+    emotions = datasets.Dataset.from_dict(
+        {"text": ["Wow, thanks!"], "labels": [[2, 0]]},
+        features=datasets.Features({"text": datasets.Value("string"),
+                                    "labels": datasets.Sequence(datasets.ClassLabel(names=["joy", "anger", "fear"]))}))
+    emotions.to_parquet(str(tmp_path / "emotions.parquet"))
+    loaded, _ = sources.load_files(str(tmp_path / "emotions.parquet"), "auto", {"prompt": "text", "answer": "labels"})
+    assert [r for _, r in loaded] == [{"prompt": "Wow, thanks!", "answer": "fear", "accepted": ["fear", "joy"]}]
+
+    emotions.to_json(str(tmp_path / "emotions.jsonl"))
+    loaded, _ = sources.load_files(str(tmp_path / "emotions.jsonl"), "auto", {"prompt": "text", "answer": "labels"},
+                                   label_names={"0": "joy", "1": "anger", "2": "fear"})
+    assert [r for _, r in loaded] == [{"prompt": "Wow, thanks!", "answer": "fear", "accepted": ["fear", "joy"]}]
+
     # an export that lost the names (to_json, to_csv) gets them back from data.label_names
     reviews.to_json(str(tmp_path / "reviews.jsonl"))
     pd.DataFrame({"sentence": ["A joy.", "Dull."], "label": [1, 0]}).to_csv(tmp_path / "reviews.csv", index=False)
