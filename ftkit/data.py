@@ -426,14 +426,16 @@ def class_counts(splits: dict[str, list[dict]], names: list[str]) -> dict:
     and the baseline a model reaches by always answering train's commonest class, on test.
 
     >>> splits = {"train": [{"answer": "pos"}] * 3 + [{"answer": "neg"}], "test": [{"answer": "neg"}, {"answer": "pos"}]}
-    >>> class_counts(splits, ["pos", "neg"])
-    {'names': ['pos', 'neg'], 'counts': {'train': {'pos': 3, 'neg': 1}, 'test': {'pos': 1, 'neg': 1}}, 'commonest': {'class': 'pos', 'test_share': 0.5}}
+    >>> found = class_counts(splits, ["neg", "pos"])
+    >>> found["counts"], found["commonest"]
+    ({'train': {'neg': 1, 'pos': 3}, 'test': {'neg': 1, 'pos': 1}}, {'class': 'pos', 'test_share': 0.5})
     """
     counts = {split: dict(Counter(class_of(r["answer"], names) for r in rows)) for split, rows in splits.items()
               if split != "generalization"}
     counts = {split: {n: found.get(n, 0) for n in names} for split, found in counts.items()}
+    commonest = max(names, key=lambda n: counts["train"][n])
     return {"names": names, "counts": counts,
-            "commonest": {"class": names[0], "test_share": round(counts["test"][names[0]] / len(splits["test"]), 4)}}
+            "commonest": {"class": commonest, "test_share": round(counts["test"][commonest] / len(splits["test"]), 4)}}
 
 
 def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:

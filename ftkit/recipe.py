@@ -139,10 +139,11 @@ class DataConfig(_Section):
     split: str = Field("train", description="hub split to train on")
     test_split: str | None = Field(None, description="the hub dataset's own test split")
     revision: str | None = None
-    format: Literal["auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt",
+    format: Literal["auto", "prompt_completion", "question_answer", "multiple_choice", "alpaca", "messages", "sharegpt",
                     "preference", "feedback", "prompts", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
-                          "rejected", "label", "system", "messages", "conversations", "text", "accepted"], str] = Field(
+                          "rejected", "label", "system", "messages", "conversations", "text", "accepted",
+                          "choices"], str] = Field(
         default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text); "
         "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases)")
     label_names: list[str] | dict[int | str, str] | None = Field(

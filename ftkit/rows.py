@@ -5,7 +5,8 @@ Every source is normalized (`ftkit.sources`) to rows
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
      "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
      "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns),
-     "accepted": [str] (optional: every acceptable answer, the reference first, where a source gives several)}
+     "accepted": [str] (optional: every acceptable answer, the reference first, where a source gives several),
+     "question": str (multiple choice only: the question without its options, which the prompt lists)}
 
 that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
 prompts for RL whose rewards need no reference answer have no "answer"; plain text (continued pre-training) is
@@ -94,12 +95,14 @@ def reward_columns(rows: list[dict]) -> list[dict]:
 def classes(train: list[dict], test: list[dict]) -> list[str] | None:
     """The classes, where the data is a classification: its answers take 2 to MOST_CLASSES distinct values (as ftkit
     compares them: "Positive." is "positive"), each seen 5 times in train on average, and every test answer is one
-    of train's. Each class is named as train writes it most often, the commonest class first. None otherwise (a
-    task whose answers are free text or numbers, or rows with several acceptable answers).
+    of train's. Each class is named as train writes it most often; in order (numbers by value: star ratings read 1 to
+    5). None otherwise (a task whose answers are free text or numbers, or rows with several acceptable answers).
 
     >>> rows = [{"answer": a} for a in ["pos"] * 6 + ["neg"] * 4 + ["Neg."]]
     >>> classes(rows, [{"answer": "neg"}]), classes(rows, [{"answer": "neutral"}]), classes(rows[:3], rows[:1])
-    (['pos', 'neg'], None, None)
+    (['neg', 'pos'], None, None)
+    >>> classes([{"answer": str(n)} for n in [10, 2, 1] * 5], [{"answer": "2"}])
+    ['1', '2', '10']
     """
     if not train or not test or any("answer" not in r or r.get("accepted") or r.get("tests") for r in train + test):
         return None
@@ -110,8 +113,8 @@ def classes(train: list[dict], test: list[dict]) -> list[str] | None:
         return None
     if any(answers.normalize(r["answer"]) not in written for r in test):
         return None
-    commonest = sorted(written, key=lambda k: -sum(written[k].values()))
-    return [written[k].most_common(1)[0][0] for k in commonest]
+    names = [written[k].most_common(1)[0][0] for k in written]
+    return sorted(names, key=lambda n: (answers.as_number(n) is None, answers.as_number(n) or 0, n.lower()))
 
 
 def class_of(answer: str, names: list[str]) -> str | None:
@@ -132,10 +135,11 @@ def messages(row: dict) -> list[dict]:
 
 def context(row: dict) -> str:
     """The conversation a row asks about (earlier turns and the prompt) as one text. The system prompt is left
-    out: datasets share one, and it says nothing about leaked questions. Plain text: the text."""
+    out: datasets share one, and it says nothing about leaked questions; so are a multiple-choice question's
+    options, which other questions share. Plain text: the text."""
     if "text" in row:
         return row["text"]
-    return "\n".join([m["content"] for m in row.get("history", [])] + [row["prompt"]])
+    return "\n".join([m["content"] for m in row.get("history", [])] + [row.get("question") or row["prompt"]])
 
 
 def trained_text(row: dict, tokenizer) -> str:

@@ -1,7 +1,7 @@
 """Where the data comes from: local files (JSONL, JSON, CSV, TSV, Parquet; globs allowed) and Hugging Face Hub
 datasets, read and normalized from any of the formats below to ftkit's rows (`ftkit.rows`).
 
-Formats: prompt/completion, question/answer, Alpaca (instruction, input, output; also Dolly's instruction, context,
+Formats: prompt/completion, question/answer, multiple choice (a question, its options and the right one), Alpaca (instruction, input, output; also Dolly's instruction, context,
 response), chat messages (role/content, the content a string or a list of text parts), ShareGPT conversations
 (from/value), preference pairs (prompt, chosen, rejected; or chosen and rejected conversations that share their
 beginning, as in Anthropic's HH), prompts alone (for RL whose rewards need no reference answer) and plain text;
@@ -20,12 +20,14 @@ from pathlib import Path
 from ftkit import answers
 from ftkit.rows import DataError
 
-FORMATS = ("prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "preference", "feedback", "prompts",
-           "text")
+FORMATS = ("prompt_completion", "question_answer", "multiple_choice", "alpaca", "messages", "sharegpt", "preference",
+           "feedback", "prompts", "text")
 FIELDS = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
           "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
           "preference": ("prompt", "chosen", "rejected"), "feedback": ("prompt", "completion", "label"),
-          "prompts": ("prompt",), "text": ("text",)}
+          "prompts": ("prompt",), "text": ("text",), "multiple_choice": ("question", "choices", "answer")}
+CHOICE_ANSWERS = ("answer", "answerKey", "label")  # MMLU, ARC, HellaSwag
+CHOOSE = "Answer with the letter of the right option."
 LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
           False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
@@ -119,6 +121,8 @@ def detect_format(columns, place: str) -> str:
         return "preference"  # no prompt column: the prompt is the conversations' shared beginning
     if keys & {"instruction", "input"} and keys & {"output", "response"}:
         return "alpaca"
+    if "choices" in keys and keys & {"question", "prompt"} and keys & set(CHOICE_ANSWERS):
+        return "multiple_choice"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
     if {"question", "answer"} <= keys or {"prompt", "answer"} <= keys:
@@ -282,6 +286,9 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         fields = ("prompt", "answer")  # ftkit's own rows: prompt + answer
     if fmt == "preference" and "prompt" not in record and {"chosen", "rejected"} <= set(record):
         return _implicit_pair(record, place)
+    if fmt == "multiple_choice":  # the question may be a prompt; ARC's answer is answerKey, HellaSwag's a label
+        fields = ("question" if "question" in record or "prompt" not in record else "prompt", "choices",
+                  next((k for k in CHOICE_ANSWERS if k in record), "answer"))
     if fmt == "alpaca":  # Dolly's names too; the instruction may be missing where an input says it all
         fields = (next((k for k in ("instruction", "input", "context") if k in record), "instruction"),
                   "output" if "output" in record or "response" not in record else "response")
@@ -309,6 +316,8 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
         if isinstance(chosen, str) and chosen.strip() and chosen.strip() == str(rejected).strip():
             return "identical_pair"
         row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
+    elif fmt == "multiple_choice":
+        row = multiple_choice(record[fields[0]], record["choices"], record[fields[2]], place)
     elif fmt == "alpaca":
         instruction, extra = record.get("instruction"), record.get("input", record.get("context"))
         parts = [p for p in (instruction, extra) if isinstance(p, str) and (p.strip() or p is instruction)]
@@ -336,6 +345,55 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
             return "turn_order"
         row.update({k: v for k, v in asked.items() if k != "answer"})
     return row
+
+
+def multiple_choice(question, choices, answer, place: str) -> dict:
+    """A multiple-choice question -> a row: the prompt lists the options, lettered (or labelled as the data labels
+    them: ARC's {"text": [...], "label": [...]}), and asks for the letter; the answer is the right option's letter.
+    The right one may be given by its index (from 0: MMLU, HellaSwag), its letter or label (ARC), or its text. The
+    row keeps the question alone too: the options repeat across questions, and the contamination check compares
+    questions.
+
+    >>> row = multiple_choice("2 + 2?", ["3", "4"], 1, "x")
+    >>> print(row["prompt"]); row["answer"]
+    2 + 2?
+    <BLANKLINE>
+    A. 3
+    B. 4
+    <BLANKLINE>
+    Answer with the letter of the right option.
+    'B'
+    >>> [multiple_choice("?", {"text": ["no", "yes"], "label": ["1", "2"]}, a, "x")["answer"] for a in ("2", "yes")]
+    ['2', '2']
+    """
+    labels = None
+    if isinstance(choices, dict) and "text" in choices:
+        choices, labels = choices["text"], choices.get("label")
+    if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)):
+        raise DataError(f"{place}: the choices must be a list of at least two texts (or {{text: [...], label: "
+                        f"[...]}}), not {str(choices)[:80]!r}")
+    if len(choices) > 26 and labels is None:
+        raise DataError(f"{place}: {len(choices)} choices; ftkit letters at most 26 (A to Z)")
+    labels = [str(label).strip() for label in labels] if labels else [chr(ord("A") + i) for i in range(len(choices))]
+    if len(labels) != len(choices) or len(set(labels)) < len(labels):
+        raise DataError(f"{place}: the choices' labels {labels} must name each of the {len(choices)} choices once")
+    given = answer.strip() if isinstance(answer, str) else answer
+    if given in labels:
+        right = given
+    elif isinstance(given, str) and given.upper() in labels:
+        right = given.upper()
+    elif (isinstance(given, int) and not isinstance(given, bool)) or (isinstance(given, str) and given.isdigit()):
+        index = int(given)
+        right = labels[index] if 0 <= index < len(labels) else None
+    else:
+        right = next((label for label, text in zip(labels, choices) if isinstance(given, str)
+                      and text.strip() == given), None)
+    if right is None:
+        raise DataError(f"{place}: the answer {answer!r} is not one of the {len(choices)} choices: give its index "
+                        f"(0 to {len(choices) - 1}), its label ({', '.join(labels)}) or its text")
+    options = "\n".join(f"{label}. {text.strip()}" for label, text in zip(labels, choices))
+    return {"prompt": f"{str(question).strip()}\n\n{options}\n\n{CHOOSE}", "answer": right,
+            "question": str(question).strip()}
 
 
 def _value_kind(value) -> str | None:

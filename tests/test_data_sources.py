@@ -746,3 +746,43 @@ def test_class_numbers_become_their_names(tmp_path):
                                                                                            "1": "positive"})
     with pytest.raises(ValueError, match="'negative' names two classes"):
         make_recipe(tmp_path, path="reviews.csv", label_names=["negative", "negative"])
+
+
+def test_multiple_choice_questions_list_their_options_and_are_answered_by_letter(tmp_path):
+    import datasets
+
+    # MMLU: choices and the right one's index, a ClassLabel named A to D
+    mmlu = datasets.Dataset.from_dict(
+        {"question": [f"Which planet is number {i} from the sun?" for i in range(40)],
+         "subject": ["astronomy"] * 40,
+         "choices": [["Mercury", "Venus", "Earth", "Mars"]] * 40, "answer": [i % 4 for i in range(40)]},
+        features=datasets.Features({"question": datasets.Value("string"), "subject": datasets.Value("string"),
+                                    "choices": datasets.Sequence(datasets.Value("string")),
+                                    "answer": datasets.ClassLabel(names=["A", "B", "C", "D"])}))
+    mmlu.to_parquet(str(tmp_path / "mmlu.parquet"))
+    rows = [r for _, r in sources.load_files(str(tmp_path / "mmlu.parquet"), "auto", {})[0]]
+    assert rows[2] == {"prompt": "Which planet is number 2 from the sun?\n\nA. Mercury\nB. Venus\nC. Earth\nD. Mars"
+                                 "\n\nAnswer with the letter of the right option.", "answer": "C",
+                       "question": "Which planet is number 2 from the sun?"}
+    cfg = make_recipe(tmp_path, path="mmlu.parquet", test_size=12, split_by=None)
+    splits, figures = data.build_splits(cfg)
+    assert set(figures["classes"]["names"]) == set("ABCD"), "letters are classes: eval reads them as such"
+    assert sum(figures["classes"]["counts"]["train"].values()) == len(splits["train"]) == 28
+    # ARC: options labelled by the data, the right one by its label
+    write_jsonl(tmp_path / "arc.jsonl", [{"question": "Which is a gas?", "answerKey": "2",
+                                          "choices": {"text": ["ice", "steam"], "label": ["1", "2"]}}])
+    assert [r["answer"] for _, r in sources.load_files(str(tmp_path / "arc.jsonl"), "auto", {})[0]] == ["2"]
+    # HellaSwag: a context, its endings and the right one's index as a string, mapped by name
+    write_jsonl(tmp_path / "hs.jsonl", [{"ctx": "She picks up the bow and", "endings": ["eats it.", "plays."],
+                                         "label": "1"}])
+    loaded, _ = sources.load_files(str(tmp_path / "hs.jsonl"), "auto", {"prompt": "ctx", "choices": "endings"})
+    assert loaded[0][1]["answer"] == "B" and "A. eats it.\nB. plays." in loaded[0][1]["prompt"]
+    # the right one given by its text; a bad answer or bad choices name the row and the fix
+    write_jsonl(tmp_path / "t.jsonl", [{"question": "Pick yes", "choices": ["no", "yes"], "answer": "yes"},
+                                       {"question": "Pick", "choices": ["no", "yes"], "answer": 5}])
+    with pytest.raises(DataError, match=r"t.jsonl:2: the answer 5 is not one of the 2 choices: give its index "
+                                        r"\(0 to 1\), its label \(A, B\) or its text"):
+        sources.load_files(str(tmp_path / "t.jsonl"), "auto", {})
+    write_jsonl(tmp_path / "c.jsonl", [{"question": "Pick", "choices": "no, yes", "answer": 0}])
+    with pytest.raises(DataError, match=r"c.jsonl:1: the choices must be a list of at least two texts"):
+        sources.load_files(str(tmp_path / "c.jsonl"), "auto", {})

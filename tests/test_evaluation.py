@@ -148,7 +148,7 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     metrics = read_json(run_dir / "metrics.json")
     found = metrics["data"]["classes"]
-    assert found["names"][0] == "positive" and sorted(found["names"]) == sorted(names)  # the commonest first
+    assert found["names"] == sorted(names) and found["commonest"]["class"] == "positive"
     for split in ("train", "test"):
         rows = rundir.load_split(run_dir, split)
         assert sum(found["counts"][split].values()) == len(rows) and {r["answer"] for r in rows} <= set(names)
