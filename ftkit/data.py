@@ -415,7 +415,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     names = classes(splits["train"], splits["test"])
     if names:  # a classification: eval adds a confusion matrix and macro-F1, the report the commonest-class baseline
         out["classes"] = class_counts(splits, names)
-    warnings = thin_train(splits, dict(drops)) + conflicting_answers([r for rows in splits.values() for r in rows])
+    warnings = (thin_train(splits, dict(drops)) + (unnamed_classes(splits["test"], names) if names else [])
+                + conflicting_answers([r for rows in splits.values() for r in rows]))
     if warnings:
         out["warnings"] = warnings
     return splits, out
@@ -454,6 +455,24 @@ def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
     why = f" (cleaning dropped {sum(drops.values())}: {listed})" if drops else ""
     return [f"train keeps {train} examples, fewer than the {test} held out for test{why}; lower data.test_size or "
             "add data"]
+
+
+def unnamed_classes(rows: list[dict], names: list[str]) -> list[str]:
+    """A warning when a classification's prompts (with their system prompt) do not name its classes: a model that
+    has not been tuned cannot know which words to answer with, and scores by exact match say little about it.
+
+    >>> unnamed_classes([{"prompt": "Great film!"}], ["negative", "positive"])[0][:60]
+    'the answers are 2 classes (negative, positive), and the prom'
+    >>> unnamed_classes([{"prompt": "Great film!", "system": "Answer positive or negative."}], ["negative", "positive"])
+    []
+    """
+    sample = rows[:50]
+    said = [all(n.lower() in f"{r.get('system', '')} {r['prompt']}".lower() for n in names) for r in sample]
+    if not sample or sum(said) >= len(sample) / 2:
+        return []
+    listed = ", ".join(names)
+    return [f"the answers are {len(names)} classes ({listed}), and the prompts do not name them: an untuned model "
+            f"cannot know which words to answer with; say so in data.system, e.g. \"Answer with one of: {listed}.\""]
 
 
 def conflicting_answers(rows: list[dict], show: int = 2) -> list[str]:

@@ -149,6 +149,7 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     metrics = read_json(run_dir / "metrics.json")
     found = metrics["data"]["classes"]
     assert found["names"] == sorted(names) and found["commonest"]["class"] == "positive"
+    assert any("the prompts do not name them" in w for w in metrics["data"]["warnings"]), "no system prompt names them"
     for split in ("train", "test"):
         rows = rundir.load_split(run_dir, split)
         assert sum(found["counts"][split].values()) == len(rows) and {r["answer"] for r in rows} <= set(names)
