@@ -30,6 +30,7 @@ color:#1a1a1a;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+td{white-space:pre-wrap}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
 img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.8em;border-radius:4px}
 .warning{background:#fff6e0;border:1px solid #e0c070;padding:.6em .8em;border-radius:4px}
