@@ -423,8 +423,9 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     names = classes(rundir.load_split(run_dir, "train"), rows) if primary != "preference" else None
     if names:
         result["classes"] = class_figures(cfg, outputs, rows, names)
-        likelihoods = class_log_likelihoods(model, tokenizer, rows, names, cfg.eval.batch_size, cfg.sft.max_length)
-        result["classes"]["likeliest"] = likeliest(likelihoods, rows, names, cfg.seed)
+        if cfg.eval.likeliest_class:
+            likelihoods = class_log_likelihoods(model, tokenizer, rows, names, cfg.eval.batch_size, cfg.sft.max_length)
+            result["classes"]["likeliest"] = likeliest(likelihoods, rows, names, cfg.seed)
     if sampled_figures:
         result["sampled"] = {**sampled_figures, **(reach(per_example[primary], sampled) if primary in BINARY else {})}
     if extra:

@@ -379,6 +379,8 @@ class EvalConfig(_Section):
                                 "when the recipe trains with GRPO or RLOO and eval is greedy, else 0: none)")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion")
     answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
+    likeliest_class: bool = Field(True, description="for a classification: the class each model finds likeliest as "
+                                  "its whole reply (one scoring pass per class and test prompt)")
     robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
     perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
     n_examples_shown: int = Field(10, ge=0)

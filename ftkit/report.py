@@ -236,9 +236,11 @@ def _classes(evaluated: dict, data: dict) -> str:
     if summary.empty:
         return ""
     note = commonest_note(data)
+    likely = (" The likeliest class is the one the model gives the highest likelihood as its whole reply: what it "
+              "knows, whatever it writes." if any("likeliest" in m.get("classes", {}) for m in evaluated.values())
+              else "")
     parts = [f"<h4>Classes</h4><p>{esc(note or '')} A reply counts as the first class it gives as the task reads an "
-             "answer; one that gives none is counted apart. The likeliest class is the one the model gives the "
-             "highest likelihood as its whole reply: what it knows, whatever it writes.</p>",
+             f"answer; one that gives none is counted apart.{likely}</p>",
              _table(["model", *summary.columns], [[n, *(fmt(v) for v in r)] for n, r in zip(summary.index,
                                                                                              summary.values)])]
     for name, m in evaluated.items():

@@ -181,3 +181,12 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert "<h4>Classes</h4>" in page and "Always answering train&#x27;s commonest class" in page
     assert "mixed &lt;b&gt;" in page and "mixed <b>" not in page
     assert "reference: positive" in page
+
+    # eval.likeliest_class: false skips the scoring passes; the rest of the classes' figures stay
+    skip = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
+                                                      "columns": {"prompt": "review", "answer": "label"},
+                                                      "label_names": names},
+                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False})
+    assert cli.main(["run", str(skip), "--run-dir", str(tmp_path / "skip")]) == 0
+    skipped = read_json(tmp_path / "skip" / "metrics.json")["eval"]["base"]["classes"]
+    assert "likeliest" not in skipped and skipped["confusion"] == matrix
