@@ -1,12 +1,13 @@
 """Where the data comes from: local files (JSONL, JSON, CSV, TSV, Parquet; globs allowed) and Hugging Face Hub
 datasets, read and normalized from any of the formats below to ftkit's rows (`ftkit.rows`).
 
-Formats: prompt/completion, question/answer, multiple choice (a question, its options and the right one), Alpaca (instruction, input, output; also Dolly's instruction, context,
-response), chat messages (role/content, the content a string or a list of text parts), ShareGPT conversations
-(from/value), preference pairs (prompt, chosen, rejected; or chosen and rejected conversations that share their
-beginning, as in Anthropic's HH), prompts alone (for RL whose rewards need no reference answer) and plain text;
-`data.columns` maps other column names onto these, and `data.keep_columns` carries more of them along on each row
-(as `extra`, for a reward to read). Every problem raises `DataError` naming the file, the line and the fix.
+Formats: prompt/completion, question/answer, multiple choice (a question, its options and the right one), Alpaca
+(instruction, input, output; also Dolly's instruction, context, response), chat messages (role/content, the content
+a string or a list of text parts), ShareGPT conversations (from/value), preference pairs (prompt, chosen, rejected;
+or chosen and rejected conversations that share their beginning, as in Anthropic's HH), prompts alone (for RL whose
+rewards need no reference answer) and plain text; `data.columns` maps other column names onto these, and
+`data.keep_columns` carries more of them along on each row (as `extra`, for a reward to read). Every problem raises
+`DataError` naming the file, the line and the fix.
 """
 
 from __future__ import annotations
