@@ -163,7 +163,8 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · comparison of {len(runs)} "
             f"runs</title><style>{CSS}</style></head><body><h1>ftkit: {len(runs)} runs compared</h1>"
             "<h2>Metrics</h2><p>Headline metric of each evaluated model on its run's held-out test set, with its 95% "
-            "bootstrap interval; the best of each column in bold (lowest for losses, perplexity and numeric error).</p>" + table
+            "bootstrap interval; the best of each column in bold (lowest for losses, perplexity and numeric "
+            "error).</p>" + table
             + _robustness(runs, labels) + "<h2>Recipe keys that differ</h2>" + diff
             + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
     return write_atomic(Path(out), page)
