@@ -465,14 +465,19 @@ def unnamed_classes(rows: list[dict], names: list[str]) -> list[str]:
     'the answers are 2 classes (negative, positive), and the prom'
     >>> unnamed_classes([{"prompt": "Great film!", "system": "Answer positive or negative."}], ["negative", "positive"])
     []
+    >>> unnamed_classes([{"prompt": "Great film!"}], ["0", "1"])[0].endswith("give them with data.label_names")
+    True
     """
     sample = rows[:50]
     said = [all(n.lower() in f"{r.get('system', '')} {r['prompt']}".lower() for n in names) for r in sample]
     if not sample or sum(said) >= len(sample) / 2:
         return []
     listed = ", ".join(names)
+    numbers = all(n.isdigit() for n in names)
     return [f"the answers are {len(names)} classes ({listed}), and the prompts do not name them: an untuned model "
-            f"cannot know which words to answer with; say so in data.system, e.g. \"Answer with one of: {listed}.\""]
+            f"cannot know which words to answer with; say so in data.system, e.g. \"Answer with one of: {listed}.\""
+            + ("; if the numbers stand for names (0: negative, ...), give them with data.label_names" if numbers
+               else "")]
 
 
 def conflicting_answers(rows: list[dict], show: int = 2) -> list[str]:
