@@ -43,12 +43,13 @@ def load_run(run_dir: str | Path) -> dict:
 
 def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     """Columns and one row per run: each evaluated model's headline metric (and sampled accuracy, where eval
-    sampled; the mean numeric error, for numeric answers), SFT loss, RL reward."""
+    sampled; the mean numeric error, for numeric answers; macro-F1, for a classification), SFT loss, RL reward."""
     columns = []
     for run in runs:
         for name, m in run["metrics"].get("eval", {}).items():
             for column in (f"{name} {metric_name(m)}", *([f"{name} sampled"] if "sampled" in m else []),
-                           *([f"{name} numeric error (mean)"] if m.get("numeric_error", {}).get("n") else [])):
+                           *([f"{name} numeric error (mean)"] if m.get("numeric_error", {}).get("n") else []),
+                           *([f"{name} macro-F1"] if "classes" in m else [])):
                 if column not in columns:
                     columns.append(column)
     columns += ["sft final_loss", "rl final_reward"]
@@ -59,6 +60,8 @@ def metrics_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
                        if "sampled" in m})
         values.update({f"{n} numeric error (mean)": m["numeric_error"]["mean"]
                        for n, m in run["metrics"].get("eval", {}).items() if m.get("numeric_error", {}).get("n")})
+        values.update({f"{n} macro-F1": m["classes"]["macro_f1"] for n, m in run["metrics"].get("eval", {}).items()
+                       if "classes" in m})
         values["sft final_loss"] = run["metrics"].get("sft", {}).get("final_loss")
         values["rl final_reward"] = run["metrics"].get("rl", {}).get("final_reward")
         rows.append([values.get(c) for c in columns])

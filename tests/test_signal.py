@@ -245,3 +245,6 @@ def test_compare_puts_sampled_accuracy_beside_the_headline():
                        "base numeric error (mean)"] and rows[0] == [0.8, 0.7, 2.5, 0.0, 60.0]
     assert compare._intervals(numeric, columns)["sft numeric error (mean)"] == " [0.500, 5.000]"
     assert any(word in "sft numeric error (mean)" for word in compare.LOWER_IS_BETTER), "bold is the lowest error"
+    classified = {"metrics": {"eval": {"sft": {**run["metrics"]["eval"]["sft"], "classes": {"macro_f1": 0.61}}}}}
+    columns, rows = compare.metrics_rows([classified])
+    assert columns[-1] == "sft macro-F1" and rows[0][-1] == 0.61
