@@ -271,12 +271,15 @@ def error_text(figures: dict) -> str:
     '10 · 12.4 [9, 15.5] · 98.5%'
     >>> error_text({"with_a_number": 0.0, "n": 0})
     'no reply gave a number'
+    >>> error_text({"median": 2.0, "mean": 3.0, "ci95": [1.0, 5.0], "with_a_number": 0.4, "n": 80, "echoes": 120})
+    '2 · 3 [1, 5] · 40% (120 more echo the question)'
     """
+    echoes = f" ({figures['echoes']} more echo the question)" if figures.get("echoes") else ""
     if not figures["n"]:
-        return "no reply gave a number"
+        return "no reply gave a number" + echoes
     lo, hi = figures["ci95"]
     return (f"{figures['median']:.3g} · {figures['mean']:.3g} [{lo:.3g}, {hi:.3g}] · "
-            f"{100 * figures['with_a_number']:.3g}%")
+            f"{100 * figures['with_a_number']:.3g}%{echoes}")
 
 
 def all_metrics_table(eval_metrics: dict):

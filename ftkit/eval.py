@@ -240,27 +240,41 @@ def _summary(cfg, per_example: dict, overall: dict, outputs: list, references: l
     return out
 
 
-def numeric_error(cfg, outputs: list, references: list[str]) -> dict | None:
+def numeric_error(cfg, outputs: list, references: list[str], prompts: list[str] | None = None) -> dict | None:
     """For numeric answers, how far off the replies are: the median and mean absolute error (95% bootstrap CI) over
-    the replies that give a number where the task reads it, and the share that do. None where an answer is not a
-    number, or the whole reply is the answer (`data.extract: exact`).
+    the replies that give a number where the task reads it, and the share that do. A wrong number the reply copies
+    from its prompt (`prompts`: "To add 964 ..." read as 964) is an echo, not an estimate: it counts as no number
+    (`echoes` says how many), so a model that restates the question is not credited with being close. None where an
+    answer is not a number, or the whole reply is the answer (`data.extract: exact`).
 
     >>> cfg = type("C", (), {"seed": 0, "data": type("D", (), {"task": "addition"})()})()
     >>> numeric_error(cfg, ["68", "70", "no idea", "58"], ["68", "68", "68", "68"])
     {'median': 2.0, 'mean': 4.0, 'ci95': [0.0, 10.0], 'with_a_number': 0.75, 'n': 3}
+    >>> numeric_error(cfg, ["23 + 45", "68", "70"], ["68"] * 3, ["What is 23 plus 45?"] * 3)
+    {'median': 1.0, 'mean': 1.0, 'ci95': [0.0, 2.0], 'with_a_number': 0.6667, 'n': 2, 'echoes': 1}
     """
     task = tasks.for_data(cfg.data)
     mode, pattern = getattr(task, "extract", "exact"), getattr(task, "pattern", None)
     if mode == "exact" or not references or any(answers.as_number(answers.reference(a, mode, pattern)) is None
                                                  for r in references for a in answers.alternatives(r)):
         return None
-    replies = [(o, ref) for outs, ref in zip(outputs, references) for o in (outs if isinstance(outs, list) else [outs])]
-    errors = [e for e in (answers.distance(o, ref, mode, pattern) for o, ref in replies) if e is not None]
+    asked = prompts or [""] * len(references)
+    replies = [(o, ref, prompt) for outs, ref, prompt in zip(outputs, references, asked)
+               for o in (outs if isinstance(outs, list) else [outs])]
+    errors, echoes = [], 0
+    for output, ref, prompt in replies:
+        error = answers.distance(output, ref, mode, pattern)
+        copied = error and answers.as_number(answers.extract(output, mode, pattern)) in {
+            answers.as_number(n) for n in answers.numbers(prompt)}
+        echoes += bool(copied)
+        if error is not None and not copied:
+            errors.append(error)
+    extra = {"echoes": echoes} if echoes else {}
     if not errors:
-        return {"with_a_number": 0.0, "n": 0}
+        return {"with_a_number": 0.0, "n": 0, **extra}
     return {"median": float(np.median(errors)), "mean": float(np.mean(errors)),
             "ci95": list(bootstrap_ci(errors, seed=cfg.seed)), "with_a_number": round(len(errors) / len(replies), 4),
-            "n": len(errors)}
+            "n": len(errors), **extra}
 
 
 NO_CLASS = "(none of them)"
@@ -417,7 +431,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     write_jsonl(rundir.eval_file(run_dir, "predictions", name),
                 _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
-    error = numeric_error(cfg, outputs, references) if primary != "preference" else None
+    error = numeric_error(cfg, outputs, references, [r["prompt"] for r in rows]) if primary != "preference" else None
     if error:
         result["numeric_error"] = error
     names = classes(rundir.load_split(run_dir, "train"), rows) if primary != "preference" else None
@@ -451,7 +465,7 @@ def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str,
     outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     scores, overall = score(cfg, outputs, [acceptable(r) for r in rows], rows)
     write_jsonl(rundir.eval_file(run_dir, "generalization", name), _records(rows, outputs, scores, cut))
-    error = numeric_error(cfg, outputs, [acceptable(r) for r in rows])
+    error = numeric_error(cfg, outputs, [acceptable(r) for r in rows], [r["prompt"] for r in rows])
     return {"value": overall[primary], "n": len(rows),
             "ci95": list(bootstrap_ci(scores[primary], seed=cfg.seed)) if scores.get(primary) else None,
             **({"numeric_error": error} if error else {})}

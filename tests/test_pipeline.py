@@ -46,16 +46,25 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
                                                                 "sampled_score"}  # GRPO trained: eval.sampled is 4
         assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
-        # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions
-        errors = [answers.distance(r["output"], r["reference"], "first_number") for r in map(json.loads, rows)]
-        found = [e for e in errors if e is not None]
+        # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions;
+        # a wrong number copied from the question is an echo, not an estimate
+        def off(records):
+            found, echoes = [], 0
+            for r in records:
+                error = answers.distance(r["output"], r["reference"], "first_number")
+                copied = bool(error) and answers.as_number(answers.extract(r["output"], "first_number")) in {
+                    answers.as_number(n) for n in answers.numbers(r["prompt"])}
+                echoes += copied
+                found += [error] if error is not None and not copied else []
+            return found, echoes
+
+        found, echoes = off(map(json.loads, rows))
         assert m["numeric_error"]["n"] == len(found) and m["numeric_error"]["with_a_number"] == len(found) / 16
+        assert m["numeric_error"].get("echoes", 0) == echoes
         if found:
             assert m["numeric_error"]["median"] == pytest.approx(float(np.median(found)))
             assert m["numeric_error"]["ci95"][0] <= m["numeric_error"]["mean"] <= m["numeric_error"]["ci95"][1]
-        shifted = (run_dir / "eval" / f"generalization_{name}.jsonl").read_text().splitlines()
-        found = [e for e in (answers.distance(r["output"], r["reference"], "first_number")
-                             for r in map(json.loads, shifted)) if e is not None]
+        found, _ = off(map(json.loads, (run_dir / "eval" / f"generalization_{name}.jsonl").read_text().splitlines()))
         assert m["generalization"]["numeric_error"]["n"] == len(found), "the shifted set's numbers too"
         if found:
             assert m["generalization"]["numeric_error"]["mean"] == pytest.approx(float(np.mean(found)))
