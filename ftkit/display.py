@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from ftkit import rundir
-from ftkit.rows import trained_tokens
+from ftkit.rows import NO_CLASS, trained_tokens
 
 
 def plot_curve(steps, values, title: str, ylabel: str, spread=None):
@@ -336,7 +336,7 @@ def confusion(model_metrics: dict):
 
     figures = model_metrics["classes"]
     return pd.DataFrame(figures["confusion"], index=[f"reference: {n}" for n in figures["names"]],
-                        columns=[*figures["names"], "(none of them)"])
+                        columns=[*figures["names"], NO_CLASS])
 
 
 def commonest_note(data_metrics: dict) -> str | None:

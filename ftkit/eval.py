@@ -24,7 +24,7 @@ from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import acceptable, class_of, classes, imitated, kind, messages, trained_text
+from ftkit.rows import NO_CLASS, acceptable, class_of, classes, imitated, kind, messages, trained_text
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
 
@@ -275,9 +275,6 @@ def numeric_error(cfg, outputs: list, references: list[str], prompts: list[str] 
     return {"median": float(np.median(errors)), "mean": float(np.mean(errors)),
             "ci95": list(bootstrap_ci(errors, seed=cfg.seed)), "with_a_number": round(len(errors) / len(replies), 4),
             "n": len(errors), **extra}
-
-
-NO_CLASS = "(none of them)"
 
 
 def class_figures(cfg, outputs: list, rows: list[dict], names: list[str]) -> dict:

@@ -22,6 +22,7 @@ from collections import Counter
 from ftkit import answers
 
 MOST_CLASSES = 20  # more distinct answers than this: not a classification
+NO_CLASS = "(none of them)"  # a reply that gives none of a classification's classes
 
 
 class DataError(ValueError):
