@@ -143,9 +143,10 @@ class DataConfig(_Section):
                     "preference", "feedback", "prompts", "text"] = "auto"
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
                           "rejected", "label", "system", "messages", "conversations", "text", "accepted",
-                          "choices"], str] = Field(
+                          "choices"], str | list[str]] = Field(
         default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text); "
-        "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases)")
+        "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases); choices: one column "
+        "holding the options, or a list of columns holding one option each (PIQA's [sol1, sol2])")
     label_names: list[str] | dict[int | str, str] | None = Field(
         None, description="names for answers given as class numbers (0, 1, ...): a list in class order, or number "
         "-> name, e.g. [negative, positive]; a hub dataset's ClassLabel columns, and Parquet files written by "
@@ -205,6 +206,18 @@ class DataConfig(_Section):
             twice = next(n for n in names if names.count(n) > 1)
             raise ValueError(f"{twice!r} names two classes; a list gives class 0, 1, ... one name each")
         return {str(k).strip(): v.strip() for k, v in pairs}
+
+    @field_validator("columns")
+    @classmethod
+    def _column_lists(cls, columns):
+        for field, column in columns.items():
+            if isinstance(column, list) and field != "choices":
+                raise ValueError(f"{field} maps onto one column, not a list {column}; only choices may name several "
+                                 "(one option each)")
+            if isinstance(column, list) and (len(column) < 2 or len(set(column)) < len(column)):
+                raise ValueError(f"choices: {column} names {len(set(column))} distinct column(s); a list of option "
+                                 "columns names at least two, each once, e.g. [sol1, sol2]")
+        return columns
 
     @field_validator("mix")
     @classmethod

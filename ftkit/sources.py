@@ -278,7 +278,7 @@ def _label(value, place: str) -> bool:
                     "up/down, good/bad)")
 
 
-def normalize(record: dict, fmt: str, place: str) -> dict | str:
+def normalize(record: dict, fmt: str, place: str, first_index: int = 0) -> dict | str:
     """One raw record -> row, or the reason it is dropped: "turn_order" (a conversation that is not user then
     assistant turns, ending with the assistant), "ends_with_user" (one that waits for the assistant's reply) or
     "identical_pair" (a preference pair whose answers are the same)."""
@@ -318,7 +318,7 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
             return "identical_pair"
         row = {"prompt": record["prompt"], "answer": chosen, "rejected": rejected}
     elif fmt == "multiple_choice":
-        row = multiple_choice(record[fields[0]], record["choices"], record[fields[2]], place)
+        row = multiple_choice(record[fields[0]], record["choices"], record[fields[2]], place, first_index)
     elif fmt == "alpaca":
         instruction, extra = record.get("instruction"), record.get("input", record.get("context"))
         parts = [p for p in (instruction, extra) if isinstance(p, str) and (p.strip() or p is instruction)]
@@ -348,10 +348,11 @@ def normalize(record: dict, fmt: str, place: str) -> dict | str:
     return row
 
 
-def multiple_choice(question, choices, answer, place: str) -> dict:
+def multiple_choice(question, choices, answer, place: str, first_index: int = 0) -> dict:
     """A multiple-choice question -> a row: the prompt lists the options, lettered (or labelled as the data labels
     them: ARC's {"text": [...], "label": [...]}), and asks for the letter; the answer is the right option's letter.
-    The right one may be given by its index (from 0: MMLU, HellaSwag), its letter or label (ARC), or its text. The
+    The right one may be given by its index (from 0: MMLU, HellaSwag; from `first_index` 1: WinoGrande), its letter
+    or label (ARC), or its text. The
     row keeps the question alone too: the options repeat across questions, and the contamination check compares
     questions.
 
@@ -370,6 +371,8 @@ def multiple_choice(question, choices, answer, place: str) -> dict:
     labels = None
     if isinstance(choices, dict) and "text" in choices:
         choices, labels = choices["text"], choices.get("label")
+    if isinstance(choices, list):  # options that are numbers (AQuA-like answers) are their text
+        choices = [str(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else c for c in choices]
     if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)):
         raise DataError(f"{place}: the choices must be a list of at least two texts (or {{text: [...], label: "
                         f"[...]}}), not {str(choices)[:80]!r}")
@@ -384,17 +387,40 @@ def multiple_choice(question, choices, answer, place: str) -> dict:
     elif isinstance(given, str) and given.upper() in labels:
         right = given.upper()
     elif (isinstance(given, int) and not isinstance(given, bool)) or (isinstance(given, str) and given.isdigit()):
-        index = int(given)
+        index = int(given) - first_index
         right = labels[index] if 0 <= index < len(labels) else None
     else:
         right = next((label for label, text in zip(labels, choices) if isinstance(given, str)
                       and text.strip() == given), None)
     if right is None:
         raise DataError(f"{place}: the answer {answer!r} is not one of the {len(choices)} choices: give its index "
-                        f"(0 to {len(choices) - 1}), its label ({', '.join(labels)}) or its text")
+                        f"({first_index} to {len(choices) - 1 + first_index}), its label ({', '.join(labels)}) or its text")
     options = "\n".join(f"{label}. {text.strip()}" for label, text in zip(labels, choices))
     return {"prompt": f"{str(question).strip()}\n\n{options}\n\n{CHOOSE}", "answer": right,
             "question": str(question).strip()}
+
+
+def counted_from(records: list[tuple[str, dict]]) -> int:
+    """Where a multiple-choice file's answer indices start: 1 when no answer is 0 and some answer is its row's
+    number of options (WinoGrande's "1"/"2" for two options, out of range if counted from 0); else 0 (MMLU,
+    HellaSwag, PIQA). Labelled options (ARC's "1"-"4") are answered by label and count for neither.
+
+    >>> counted_from([("a", {"choices": ["x", "y"], "answer": "2"}), ("b", {"choices": ["x", "y"], "answer": "1"})])
+    1
+    >>> counted_from([("a", {"choices": ["x", "y"], "label": 1}), ("b", {"choices": ["x", "y"], "label": 0})])
+    0
+    """
+    seen = set()
+    for _, record in records:
+        choices = record.get("choices")
+        given = next((record[k] for k in CHOICE_ANSWERS if k in record), None)
+        if not isinstance(choices, list) or isinstance(given, bool):
+            continue
+        if isinstance(given, str) and given.strip().isdigit():
+            given = int(given.strip())
+        if isinstance(given, int):
+            seen.add("zero" if given == 0 else "last" if given == len(choices) else "inside")
+    return 1 if "last" in seen and "zero" not in seen else 0
 
 
 def _value_kind(value) -> str | None:
@@ -431,6 +457,34 @@ def _nested(record: dict, path: str):
     return value
 
 
+def _mapped(record: dict, columns: dict, named: list[str], place: str) -> dict:
+    """A record with data.columns applied: each ftkit field takes its column's value (a mapped column wins over an
+    unmapped one of the same name, as COPA's `question` when its premise is mapped onto question), and a list of
+    option columns becomes the list of choices; empty options at the end (a question with fewer options than the
+    columns) are left out.
+
+    >>> _mapped({"goal": "Open a jar", "sol1": "twist", "sol2": "lick", "label": 0},
+    ...         {"question": "goal", "choices": ["sol1", "sol2"]}, ["goal", "sol1", "sol2"], "x")
+    {'label': 0, 'question': 'Open a jar', 'choices': ['twist', 'lick']}
+    """
+    out = {k: v for k, v in record.items() if k not in columns and k not in named}
+    for name, path in columns.items():
+        if not isinstance(path, list):
+            value = _nested(record, path)
+            if value is not _ABSENT:  # else the format's check names the missing column
+                out[name] = value
+            continue
+        values = [_nested(record, column) for column in path]
+        while values and values[-1] in (None, "", _ABSENT):
+            values.pop()
+        missing = [c for c, v in zip(path, values) if v is _ABSENT or v is None]
+        if missing:
+            raise DataError(f"{place}: the option column {missing[0]!r} is missing or empty here, before the "
+                            f"last option; fill it, or drop this row")
+        out[name] = values
+    return out
+
+
 def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[str, str],
                       drops: Counter, group: str | None = None, keep=(),
                       label_names: dict[str, str] | None = None) -> list[tuple[str, dict]]:
@@ -441,22 +495,24 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     if not records:
         return []
     if columns:
-        absent = [c for c in columns.values() if _nested(records[0][1], c) is _ABSENT]
+        named = [c for path in columns.values() for c in (path if isinstance(path, list) else [path])]
+        absent = [c for c in named if _nested(records[0][1], c) is _ABSENT]
         if absent:
             raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
                             f"the columns are {sorted(records[0][1])} (a field inside one: <column>.<field>)")
-        rename = {v: k for k, v in columns.items()}
-        records = [(p, {**{rename.get(k, k): v for k, v in r.items()},
-                        **{name: _nested(r, path) for name, path in columns.items() if path not in r}})
-                   for p, r in records]
+        records = [(p, _mapped(r, columns, named, p)) for p, r in records]
     if "accepted" not in (columns or {}):  # a column of the data's own by that name counts only as a list of texts
         records = [(p, {k: v for k, v in r.items() if k != "accepted" or _plain_list(v)}) for p, r in records]
     if group and columns:
-        group = {v: k for k, v in columns.items()}.get(group, group)
+        group = {v: k for k, v in columns.items() if isinstance(v, str)}.get(group, group)
     source_format = detect_format(records[0][1], records[0][0]) if fmt == "auto" else fmt
+    first_index = counted_from(records) if source_format == "multiple_choice" else 0
+    if first_index:
+        print(f"{records[0][0]}: the answers count the options from 1 (none is 0, and some name the last option): "
+              "answer 1 is option A")
     rows, seen_kinds = [], {}
     for place, record in records:
-        row = normalize(record, source_format, place)
+        row = normalize(record, source_format, place, first_index)
         if isinstance(row, str):
             drops[row] += 1
             continue

@@ -786,3 +786,40 @@ def test_multiple_choice_questions_list_their_options_and_are_answered_by_letter
     write_jsonl(tmp_path / "c.jsonl", [{"question": "Pick", "choices": "no, yes", "answer": 0}])
     with pytest.raises(DataError, match=r"c.jsonl:1: the choices must be a list of at least two texts"):
         sources.load_files(str(tmp_path / "c.jsonl"), "auto", {})
+
+
+def test_options_in_columns_of_their_own_become_the_choices(tmp_path):
+    # PIQA: a goal, one column per solution, the right one's index from 0; mapped through a recipe
+    pd.DataFrame([{"goal": f"To open jar {i}", "sol1": "twist the lid", "sol2": "lick the lid", "label": i % 2}
+                  for i in range(30)]).to_csv(tmp_path / "piqa.csv", index=False)
+    cfg = make_recipe(tmp_path, path="piqa.csv", test_size=10, split_by=None,
+                      columns={"question": "goal", "choices": ["sol1", "sol2"]})
+    splits, figures = data.build_splits(cfg)
+    row = next(r for r in splits["test"] + splits["train"] if r["question"] == "To open jar 3")
+    assert row["answer"] == "B" and "A. twist the lid\nB. lick the lid" in row["prompt"]
+    assert set(figures["classes"]["names"]) == {"A", "B"}
+    # WinoGrande counts its options from 1: "2" (out of range from 0) tells, and "1" is then option A
+    write_jsonl(tmp_path / "wino.jsonl", [{"sentence": "The cup beat the jug because _ was big.", "option1": "cup",
+                                           "option2": "jug", "answer": a} for a in ("1", "2", "1")])
+    loaded, _ = sources.load_files(str(tmp_path / "wino.jsonl"), "auto",
+                                   {"question": "sentence", "choices": ["option1", "option2"]})
+    assert [r["answer"] for _, r in loaded] == ["A", "B", "A"]
+    # COPA: the premise mapped onto question wins over COPA's own `question` column (cause / effect)
+    write_jsonl(tmp_path / "copa.jsonl", [{"premise": "The man broke his toe.", "choice1": "He dropped a hammer.",
+                                           "choice2": "He got a hole in his sock.", "question": "cause", "label": 0}])
+    loaded, _ = sources.load_files(str(tmp_path / "copa.jsonl"), "auto",
+                                   {"question": "premise", "choices": ["choice1", "choice2"]})
+    assert loaded[0][1]["question"] == "The man broke his toe." and loaded[0][1]["answer"] == "A"
+    # fewer options than columns: the empty ones at the end are left out; one missing before the last names the row
+    write_jsonl(tmp_path / "opts.jsonl", [{"q": "2 + 2?", "a": "3", "b": "4", "c": "", "answer": 1},
+                                          {"q": "1 + 1?", "a": "2", "b": None, "c": "5", "answer": 0}])
+    with pytest.raises(DataError, match=r"opts.jsonl:2: the option column 'b' is missing or empty here"):
+        sources.load_files(str(tmp_path / "opts.jsonl"), "auto", {"question": "q", "choices": ["a", "b", "c"]})
+    write_jsonl(tmp_path / "opts.jsonl", [{"q": "2 + 2?", "a": "3", "b": "4", "c": "", "answer": 1}])
+    loaded, _ = sources.load_files(str(tmp_path / "opts.jsonl"), "auto", {"question": "q", "choices": ["a", "b", "c"]})
+    assert loaded[0][1]["prompt"].count("\n") == 5 and loaded[0][1]["answer"] == "B"  # two options, not three
+    # a list of columns for any other field, or of one column, is refused where the recipe says it
+    for columns, message in (({"answer": ["a", "b"]}, "answer maps onto one column, not a list"),
+                             ({"choices": ["a"]}, "names at least two, each once")):
+        with pytest.raises(recipe.RecipeError, match=message):
+            make_recipe(tmp_path, path="opts.jsonl", columns=columns)
