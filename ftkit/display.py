@@ -321,10 +321,15 @@ def class_summary(results: dict):
         lo, hi = figures["ci95"]
         return f"{figures['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
+    def picks(figures):
+        return " · ".join(f"{n} {k}" for n, k in figures["picked"].items())
+
     return pd.DataFrame({name: {"macro-F1": m["classes"]["macro_f1"], "replies giving no class": m["classes"]["no_class"],
                                 **({"likeliest class right [95% CI]": likeliest(m["classes"]["likeliest"]),
-                                    "likeliest class picked": " · ".join(
-                                        f"{n} {k}" for n, k in m["classes"]["likeliest"]["picked"].items())}
+                                    "likeliest class picked": picks(m["classes"]["likeliest"]),
+                                    **({"calibrated [95% CI]": likeliest(m["classes"]["likeliest"]["calibrated"]),
+                                        "calibrated picked": picks(m["classes"]["likeliest"]["calibrated"])}
+                                       if "calibrated" in m["classes"]["likeliest"] else {})}
                                    if "likeliest" in m["classes"] else {})}
                          for name, m in results.items() if "classes" in m}).T
 

@@ -320,10 +320,30 @@ def likeliest(log_likelihoods, rows: list[dict], names: list[str], seed: int = 0
     >>> found["value"], found["picked"]
     (0.6667, {'pos': 2, 'neg': 1})
     """
-    picked = [names[int(i)] for i in np.asarray(log_likelihoods, dtype=float).argmax(axis=1)]
-    right = [float(p == class_of(r["answer"], names)) for p, r in zip(picked, rows)]
-    return {"value": round(float(np.mean(right)), 4), "ci95": [round(v, 4) for v in bootstrap_ci(right, seed=seed)],
-            "n": len(right), "picked": {n: picked.count(n) for n in names}}
+    def read(scores):
+        picked = [names[int(i)] for i in scores.argmax(axis=1)]
+        right = [float(p == class_of(r["answer"], names)) for p, r in zip(picked, rows)]
+        return {"value": round(float(np.mean(right)), 4),
+                "ci95": [round(v, 4) for v in bootstrap_ci(right, seed=seed)], "picked": {n: picked.count(n) for n in names}}
+
+    scores = np.asarray(log_likelihoods, dtype=float)
+    return {**read(scores), "n": len(rows), "calibrated": read(calibrated(scores))}
+
+
+def calibrated(log_likelihoods) -> np.ndarray:
+    """Class scores with the model's prior over the class names taken out (batch calibration, Zhou et al. 2023):
+    each row's probabilities over the classes divided by their mean over all the rows, in logs. A model that finds
+    one name likelier whatever the prompt (a position prior for `A`, a frequent word) then picks by how much a prompt
+    raises a class above its average. Uses the prompts only, never the answers.
+
+    >>> scores = calibrated([[-0.1, -2.0], [-0.3, -1.0], [-0.2, -3.0]])  # always the first class, by a varying margin
+    >>> scores.argmax(axis=1).tolist()
+    [0, 1, 0]
+    """
+    logs = np.asarray(log_likelihoods, dtype=float)
+    shifted = logs - logs.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # over the classes
+    return log_p - np.log(np.exp(log_p).mean(axis=0, keepdims=True))
 
 
 def sampled_count(cfg) -> int:

@@ -638,7 +638,14 @@ def _read_yaml(path: Path) -> tuple[dict, dict]:
 
 
 def apply_override(data: dict, assignment: str) -> tuple[str, ...]:
-    """Apply one `--set key.path=value` (value parsed as YAML) to `data`; return the key path."""
+    """Apply one `--set key.path=value` (value parsed as YAML) to `data`; return the key path. A mapping or list
+    needs its brackets (`{a: 1}`, `[a, b]`): a sentence with a colon in it stays the text it is.
+
+    >>> d = {}; _ = apply_override(d, "data.system=Answer with one word: yes or no."); d
+    {'data': {'system': 'Answer with one word: yes or no.'}}
+    >>> d = {}; _ = apply_override(d, "eval.models=[base, sft]"); d
+    {'eval': {'models': ['base', 'sft']}}
+    """
     key, sep, raw = assignment.partition("=")
     path = tuple(k.strip() for k in key.split("."))
     if not sep or not all(path):
@@ -647,6 +654,8 @@ def apply_override(data: dict, assignment: str) -> tuple[str, ...]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        value = raw.strip()  # `a: b` or `- a` without brackets: a text, not YAML's block structure
     node = data
     for part in path[:-1]:
         if not isinstance(node.get(part), dict):

@@ -237,7 +237,9 @@ def _classes(evaluated: dict, data: dict) -> str:
         return ""
     note = commonest_note(data)
     likely = (" The likeliest class is the one the model gives the highest likelihood as its whole reply: what it "
-              "knows, whatever it writes." if any("likeliest" in m.get("classes", {}) for m in evaluated.values())
+              "knows, whatever it writes; calibrated, each class's probability is first divided by its mean over the "
+              "test prompts, which takes out a preference for one name or position that holds whatever the prompt "
+              "(batch calibration; the answers are not used)." if any("likeliest" in m.get("classes", {}) for m in evaluated.values())
               else "")
     parts = [f"<h4>Classes</h4><p>{esc(note or '')} A reply counts as the first class it gives as the task reads an "
              f"answer; one that gives none is counted apart.{likely}</p>",

@@ -4,6 +4,8 @@ and flipped examples, and the perturbations of the robustness claim."""
 import json
 import random
 
+import numpy as np
+
 import pytest
 import yaml
 
@@ -178,6 +180,14 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     page = (run_dir / "report.html").read_text()
     assert figures["likeliest"]["picked"] == {n: picked.count(n) for n in found["names"]}
     assert "likeliest class right" in page and "likeliest class picked" in page
+    # calibrated: the prior over the names (the mean probability over the test prompts) divided out, by hand
+    probs = np.exp(likelihoods - likelihoods.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    chosen = [found["names"][i] for i in (probs / probs.mean(axis=0)).argmax(axis=1)]
+    assert figures["likeliest"]["calibrated"]["picked"] == {n: chosen.count(n) for n in found["names"]}
+    assert figures["likeliest"]["calibrated"]["value"] == pytest.approx(
+        sum(p == r["answer"] for p, r in zip(chosen, test)) / 30, abs=1e-4)
+    assert "calibrated [95% CI]" in page
     assert "<h4>Classes</h4>" in page and "Always answering train&#x27;s commonest class" in page
     assert "mixed &lt;b&gt;" in page and "mixed <b>" not in page
     assert "reference: positive" in page
