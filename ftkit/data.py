@@ -20,7 +20,8 @@ import numpy as np
 from ftkit import robustness, rundir, sources, tasks
 from ftkit.io import write_atomic, write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import DataError, class_of, classes, context, ends_with_end_of_turn, fields, kind, token_lengths
+from ftkit.rows import (DataError, class_of, classes, context, ends_with_end_of_turn, fields, kind, reply_budget,
+                        token_lengths)
 
 SPLITS = ("train", "test")
 NGRAM = 8
@@ -403,6 +404,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
            "chat_template": template,
            "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
            "answers_end_with_end_of_turn": end_of_turn}
+    if tokenizer is not None and "text" not in splits["train"][0]:  # what eval and RL take for `auto` lengths
+        out["reply_tokens"] = reply_budget(splits["train"] + splits["test"], tokenizer)
     if counts["mix"]:
         out["mix"] = counts["mix"]
     if added:

@@ -87,7 +87,7 @@ def signal_warning(rl_metrics: dict, rl_recipe: dict) -> str | None:
     clipped = signal.get("clipped_share")
     if clipped is not None and clipped >= 0.2:
         notes.append(f"{clipped:.0%} of the completions were cut at rl.max_completion_length = "
-                     f"{rl_recipe.get('max_completion_length')} tokens: raise it, or the reward judges unfinished "
+                     f"{rl_metrics.get('max_completion_length', rl_recipe.get('max_completion_length'))} tokens: raise it, or the reward judges unfinished "
                      "replies.")
     return " ".join(notes) or None
 

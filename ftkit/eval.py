@@ -24,7 +24,8 @@ from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import NO_CLASS, acceptable, class_of, classes, imitated, kind, messages, trained_text
+from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, imitated, kind, messages, trained_text,
+                        with_lengths)
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
 
@@ -420,8 +421,9 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         torch.manual_seed(cfg.seed)
     rundir.remove_eval_files(run_dir, [k for k in rundir.EVAL_FILES if k != "flips"], name)  # an earlier eval's
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
+    cfg = with_lengths(cfg, rundir.load_split(run_dir, "train") + rows, tokenizer)
     if "text" in rows[0]:
-        return evaluate_text(cfg, model, tokenizer, rows, run_dir, name)
+        return {**evaluate_text(cfg, model, tokenizer, rows, run_dir, name), "max_new_tokens": cfg.eval.max_new_tokens}
     primary = metric_names(cfg)[0]
     gen_rows = rundir.load_split(run_dir, "generalization") if rundir.has_split(run_dir, "generalization") else []
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
@@ -447,7 +449,8 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
                                 if sampling and primary in per_example else (None, None))
     write_jsonl(rundir.eval_file(run_dir, "predictions", name),
                 _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
-    result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1)}
+    result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1),
+              "max_new_tokens": cfg.eval.max_new_tokens}
     error = numeric_error(cfg, outputs, references, [r["prompt"] for r in rows]) if primary != "preference" else None
     if error:
         result["numeric_error"] = error

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -314,7 +314,9 @@ class RLConfig(_Section):
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0)
-    max_completion_length: int = Field(8, gt=0)
+    max_completion_length: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="tokens a completion may take; auto: fitted to the train answers (rows.reply_budget: "
+        "1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
     rewards: dict[str, float] = Field(default_factory=lambda: {"task": 1.0},
                                       description="reward -> weight: built-in names or file.py:function")
     format_regex: str | None = Field(None, description="format: regular expression the whole completion must match")
@@ -384,7 +386,9 @@ class EvalConfig(_Section):
                                       "is the headline; default: task, lenient (files scored whole: exact_match, f1, "
                                       "rouge_l, lenient; preference pairs: preference; prompts alone: reward)")
     batch_size: int = Field(32, gt=0)
-    max_new_tokens: int = Field(8, gt=0)
+    max_new_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="tokens a reply may take; auto: fitted to the answers of train and test "
+        "(rows.reply_budget: 1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
     temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
     samples: int = Field(1, gt=0, description="completions per prompt (pass@k with temperature > 0)")
     sampled: int | None = Field(None, ge=0, description="completions per test prompt also sampled at rl.temperature: "

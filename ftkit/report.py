@@ -221,8 +221,10 @@ def _evaluation(run_dir: Path, evaluated: dict, data: dict | None = None) -> str
     cut = {name: m["cut_at_limit"] for name, m in evaluated.items() if m.get("cut_at_limit")}
     if cut:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in cut.items())
-        parts.append(f'<p class="warning">Replies cut at eval.max_new_tokens before they ended: {esc(shares)}. A cut '
-                     "reply is scored as it stands: raise eval.max_new_tokens if the format needs more.</p>")
+        limit = next((m["max_new_tokens"] for m in evaluated.values() if "max_new_tokens" in m), None)
+        parts.append(f'<p class="warning">Replies cut at eval.max_new_tokens{f" = {limit}" if limit else ""} '
+                     f"before they ended: {esc(shares)}. A cut reply is scored as it stands: raise "
+                     "eval.max_new_tokens if the format needs more.</p>")
     parts.append(_judge(run_dir, evaluated))
     parts.append(_claims(evaluated))
     parts.append(_flips(run_dir, evaluated))

@@ -17,7 +17,7 @@ from ftkit import launch, models, rewards, rundir
 from ftkit.generation import generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import DataError, kind, messages, reward_columns
+from ftkit.rows import DataError, kind, messages, reward_columns, with_lengths
 from ftkit.tasks.common import completion_text
 from ftkit.training import fit, per_process, training_args
 
@@ -110,10 +110,12 @@ def train(cfg, run_dir: str | Path) -> dict:
     if cfg.rl.filter_prompts:  # sampled from the starting model merged: several times faster than through the adapter
         start = rundir.tuned_dir(run_dir, "sft") if "sft" in cfg.stages else None
         sampler, tokenizer = models.load(cfg.model, tuned=start)
+        cfg = with_lengths(cfg, rows, tokenizer)
         filtered = informative_prompts(cfg, sampler, tokenizer, rows, functions, weights)
         rows = filtered.pop("rows")
         del sampler
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
+    cfg = with_lengths(cfg, rows, tokenizer)  # after filtering only where it was resolved before: the whole train split
     dataset = prompt_dataset(rows)
     samples, clock = SampleLog(cfg.rl.max_steps), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
@@ -134,6 +136,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
             "prompts_per_step": cfg.rl.batch_size // cfg.rl.num_generations,
+            "max_completion_length": cfg.rl.max_completion_length,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
             "final_reward": rewards_seen[-1] if rewards_seen else None,

@@ -154,6 +154,31 @@ def trained_text(row: dict, tokenizer) -> str:
                                          tokenize=False)
 
 
+def reply_budget(rows: list[dict], tokenizer) -> dict:
+    """How many tokens a reply may take when the recipe says `auto` (eval.max_new_tokens, rl.max_completion_length):
+    room for the longest answer the rows hold (any acceptable one) with a quarter to spare and a few tokens for an
+    end of turn, at least 8 — a reply the format asks for is never cut, and a model that rambles is stopped near the
+    length the task needs. Rows without answers (prompts scored by rewards) get 64. Returns the longest answer's
+    tokens (None without answers) and the budget."""
+    texts = [a for r in rows for a in [r.get("answer"), *(r.get("accepted") or [])] if isinstance(a, str) and a]
+    if not texts:
+        return {"longest_answer": None, "tokens": 64}
+    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return {"longest_answer": longest, "tokens": max(8, -(-longest * 5 // 4) + 4)}
+
+
+def with_lengths(cfg, rows: list[dict], tokenizer):
+    """The recipe with eval.max_new_tokens and rl.max_completion_length as run: an `auto` one fitted to the rows'
+    answers (`reply_budget`), a number as the recipe gives it."""
+    budget = None
+    update = {}
+    for section, field in (("eval", "max_new_tokens"), ("rl", "max_completion_length")):
+        if getattr(getattr(cfg, section), field) == "auto":
+            budget = budget or reply_budget(rows, tokenizer)["tokens"]
+            update[section] = getattr(cfg, section).model_copy(update={field: budget})
+    return cfg.model_copy(update=update) if update else cfg
+
+
 def token_lengths(rows: list[dict], tokenizer) -> list[int]:
     """Tokens of each row as trained. Measured once, in one batch, and kept on the row as "tokens"."""
     todo = [r for r in rows if "tokens" not in r]

@@ -5,7 +5,6 @@ import json
 import random
 
 import numpy as np
-
 import pytest
 import yaml
 
@@ -200,3 +199,29 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert cli.main(["run", str(skip), "--run-dir", str(tmp_path / "skip")]) == 0
     skipped = read_json(tmp_path / "skip" / "metrics.json")["eval"]["base"]["classes"]
     assert "likeliest" not in skipped and skipped["confusion"] == matrix
+
+
+def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tiny_recipe, tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from ftkit import cli
+    from ftkit.io import read_json
+    from ftkit.rows import reply_budget
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in ("4", "no", "a longer answer"))
+    rows = [{"prompt": "?", "answer": "4"}, {"prompt": "?", "answer": "no", "accepted": ["no", "a longer answer"]}]
+    assert reply_budget(rows, tokenizer) == {"longest_answer": longest, "tokens": max(8, -(-longest * 5 // 4) + 4)}
+    assert reply_budget([{"prompt": "Write a haiku"}], tokenizer) == {"longest_answer": None, "tokens": 64}
+    # worked word problems: eval and GRPO take `auto` from the answers; the data stage says what it will be
+    path = tiny_recipe(stages=["data", "rl", "eval"], data={"task": "word_problems", "train_size": 24, "test_size": 8},
+                       rl={"max_steps": 1, "max_completion_length": "auto"},
+                       eval={"models": ["base", "rl"], "max_new_tokens": "auto", "robustness_size": 0, "sampled": 0})
+    run_dir = tmp_path / "out"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    found = read_json(run_dir / "metrics.json")
+    splits = {name: rundir.load_split(run_dir, name) for name in ("train", "test")}
+    both = reply_budget(splits["train"] + splits["test"], tokenizer)
+    assert found["data"]["reply_tokens"] == both and both["longest_answer"] > 8, "a worked answer is long"
+    assert found["eval"]["base"]["max_new_tokens"] == found["eval"]["rl"]["max_new_tokens"] == both["tokens"]
+    assert found["rl"]["max_completion_length"] == reply_budget(splits["train"], tokenizer)["tokens"]
