@@ -252,7 +252,10 @@ def apart(train: list[dict], test: list[dict], split_by: str | None, drops: Coun
 def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
           validation_size: int = 0, drops: Counter | None = None, split_by: str | None = None) -> dict[str, list[dict]]:
     """Seeded test split first (so it does not move with train_size), then validation, then train. With
-    `split_by`, whole groups are drawn (seeded), so a held-out split may exceed its size by part of a group."""
+    `split_by`, whole groups are drawn (seeded), so a held-out split may exceed its size by part of a group.
+    test_size "all" (a recipe that only evaluates): every row is test, in the sources' order, and train is empty."""
+    if test_size == "all":
+        return {"test": list(rows), "train": []}
     held_out = test_size + validation_size
     if len(rows) <= held_out:
         why = dropped(drops or Counter())
@@ -370,7 +373,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them."""
     drops, counts = Counter(), Counter()
     splits, source = _held_out(cfg, tokenizer, drops, counts)
-    check(splits, source, drops)
+    evaluate_only = cfg.data.test_size == "all"
+    check(splits, source, drops, evaluate_only)
     figures = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
     if figures["fraction"] > cfg.data.max_contamination:
         raise contamination_error(source, figures, len(splits["test"]), cfg.data.max_contamination)
@@ -384,19 +388,20 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
-    trains = kind(splits["train"])
+    _, examples = shown(splits)
+    trains = kind(examples)
     problem = data_problem(cfg.stages, cfg.rl.method, trains, list(cfg.rl.rewards), cfg.eval.metrics)
     if problem:
         raise DataError(f"{source}: {problem}")
     if tokenizer is not None:
         for rows in splits.values():
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
-    sample = splits["train"][:20]
-    answered = "answer" in splits["train"][0] or "text" in splits["train"][0]
+    sample = examples[:20]
+    answered = "answer" in examples[0] or "text" in examples[0]
     end_of_turn = (all(ends_with_end_of_turn(r, tokenizer) for r in sample)
                    if tokenizer is not None and answered else None)
     template = None
-    if tokenizer is not None and "text" not in splits["train"][0]:
+    if tokenizer is not None and "text" not in examples[0]:
         from ftkit.models import DEFAULT_CHAT_TEMPLATE
 
         template = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
@@ -404,8 +409,10 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
            "chat_template": template,
            "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
            "answers_end_with_end_of_turn": end_of_turn}
-    if tokenizer is not None and "text" not in splits["train"][0]:  # what eval and RL take for `auto` lengths
+    if tokenizer is not None and "text" not in examples[0]:  # what eval and RL take for `auto` lengths
         out["reply_tokens"] = reply_budget(splits["train"] + splits["test"], tokenizer)
+    if evaluate_only:
+        out["evaluate_only"] = True
     if counts["mix"]:
         out["mix"] = counts["mix"]
     if added:
@@ -415,14 +422,24 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     several = {name: sum(bool(r.get("accepted")) for r in rows) for name, rows in splits.items()}
     if any(several.values()):  # a reply giving any of them counts as right, in eval and the rewards
         out["several_acceptable_answers"] = several
-    names = classes(splits["train"], splits["test"])
+    names = classes(examples, splits["test"])
     if names:  # a classification: eval adds a confusion matrix and macro-F1, the report the commonest-class baseline
         out["classes"] = class_counts(splits, names)
-    warnings = (thin_train(splits, dict(drops)) + (unnamed_classes(splits["test"], names) if names else [])
+    warnings = (([] if evaluate_only else thin_train(splits, dict(drops))) + (unnamed_classes(splits["test"], names) if names else [])
                 + conflicting_answers([r for rows in splits.values() for r in rows]))
     if warnings:
         out["warnings"] = warnings
     return splits, out
+
+
+def shown(splits: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+    """The split that shows what the examples look like, and its name: train, or test where the recipe only
+    evaluates (data.test_size: all leaves train empty).
+
+    >>> shown({"train": [], "test": [{"prompt": "2+2?", "answer": "4"}]})
+    ('test', [{'prompt': '2+2?', 'answer': '4'}])
+    """
+    return ("train", splits["train"]) if splits["train"] else ("test", splits["test"])
 
 
 def class_counts(splits: dict[str, list[dict]], names: list[str]) -> dict:
@@ -432,14 +449,16 @@ def class_counts(splits: dict[str, list[dict]], names: list[str]) -> dict:
     >>> splits = {"train": [{"answer": "pos"}] * 3 + [{"answer": "neg"}], "test": [{"answer": "neg"}, {"answer": "pos"}]}
     >>> found = class_counts(splits, ["neg", "pos"])
     >>> found["counts"], found["commonest"]
-    ({'train': {'neg': 1, 'pos': 3}, 'test': {'neg': 1, 'pos': 1}}, {'class': 'pos', 'test_share': 0.5})
+    ({'train': {'neg': 1, 'pos': 3}, 'test': {'neg': 1, 'pos': 1}}, {'class': 'pos', 'test_share': 0.5, 'of': 'train'})
     """
     counts = {split: dict(Counter(class_of(r["answer"], names) for r in rows)) for split, rows in splits.items()
               if split != "generalization"}
     counts = {split: {n: found.get(n, 0) for n in names} for split, found in counts.items()}
-    commonest = max(names, key=lambda n: counts["train"][n])
+    basis, _ = shown(splits)
+    commonest = max(names, key=lambda n: counts[basis][n])
     return {"names": names, "counts": counts,
-            "commonest": {"class": commonest, "test_share": round(counts["test"][commonest] / len(splits["test"]), 4)}}
+            "commonest": {"class": commonest, "test_share": round(counts["test"][commonest] / len(splits["test"]), 4),
+                          "of": basis}}
 
 
 def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
@@ -510,12 +529,14 @@ def conflicting_answers(rows: list[dict], show: int = 2) -> list[str]:
             "replies to one prompt are fine for SFT; eval scores each row against its own)"]
 
 
-def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None) -> None:
-    """Raise DataError naming the split, row and field of the first problems found."""
+def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None,
+          evaluate_only: bool = False) -> None:
+    """Raise DataError naming the split, row and field of the first problems found (`evaluate_only`: test_size all,
+    where train is empty by design)."""
     problems = []
     for name in SPLITS:
         rows = splits.get(name) or []
-        if not rows:
+        if not rows and not (evaluate_only and name == "train"):
             why = dropped(drops or Counter())
             problems.append(f"{source}: split {name!r} is empty after cleaning{f' ({why})' if why else ''}; "
                             "add data or lower data.test_size")

@@ -354,7 +354,8 @@ def commonest_note(data_metrics: dict) -> str | None:
     if not figures:
         return None
     listed = ", ".join(figures["names"])
-    return (f"{len(figures['names'])} classes ({listed}). Always answering train's commonest class, "
+    return (f"{len(figures['names'])} classes ({listed}). Always answering "
+            f"{figures['commonest'].get('of', 'train')}'s commonest class, "
             f"{figures['commonest']['class']!r}, would score {100 * figures['commonest']['test_share']:.1f}% on test.")
 
 

@@ -421,7 +421,8 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         torch.manual_seed(cfg.seed)
     rundir.remove_eval_files(run_dir, [k for k in rundir.EVAL_FILES if k != "flips"], name)  # an earlier eval's
     model, tokenizer = models.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
-    cfg = with_lengths(cfg, rundir.load_split(run_dir, "train") + rows, tokenizer)
+    train = rundir.load_split(run_dir, "train", empty_ok=True)
+    cfg = with_lengths(cfg, train + rows, tokenizer)
     if "text" in rows[0]:
         return {**evaluate_text(cfg, model, tokenizer, rows, run_dir, name), "max_new_tokens": cfg.eval.max_new_tokens}
     primary = metric_names(cfg)[0]
@@ -454,7 +455,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     error = numeric_error(cfg, outputs, references, [r["prompt"] for r in rows]) if primary != "preference" else None
     if error:
         result["numeric_error"] = error
-    names = classes(rundir.load_split(run_dir, "train"), rows) if primary != "preference" else None
+    names = classes(train or rows, rows) if primary != "preference" else None  # as the data stage found them
     if names:
         result["classes"] = class_figures(cfg, outputs, rows, names)
         if cfg.eval.likeliest_class:

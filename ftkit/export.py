@@ -66,7 +66,7 @@ def check(cfg, run_dir: str | Path, limit: int = 8) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     rows = rundir.load_split(run_dir, "test")
-    cfg = with_lengths(cfg, rundir.load_split(run_dir, "train") + rows, tokenizer)  # as eval ran
+    cfg = with_lengths(cfg, rundir.load_split(run_dir, "train", empty_ok=True) + rows, tokenizer)  # as eval ran
     if "text" in rows[0]:
         prompts = [continuation_prompt(r["text"]) for r in rows[:min(limit, cfg.eval.n_examples_shown)]]
     else:

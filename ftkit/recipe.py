@@ -157,7 +157,9 @@ class DataConfig(_Section):
     max_examples: int | None = Field(None, gt=0, description="examples drawn from the files or hub (shared by "
                                      "data.mix's weights) before splitting; default: all (mix: as weights allow)")
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
-    test_size: int = Field(200, gt=0)
+    test_size: Annotated[int, Field(gt=0)] | Literal["all"] = Field(
+        200, description="examples held out for test; all: every example, for a recipe that only evaluates (stages "
+        "without sft and rl: a benchmark scored whole, in the files' order)")
     validation_size: int = Field(0, ge=0, description="examples held out of train for an SFT eval loss")
     generalization_path: str | None = Field(None, description="a related but shifted test set (file or glob): "
                                             "generalization claim; tasks bring their own")
@@ -257,6 +259,14 @@ class DataConfig(_Section):
                              "for a task set train_size")
         if self.task and self.label_names:
             raise ValueError(f"label_names applies to files and hub datasets; task {self.task!r} names its answers")
+        if self.test_size == "all":
+            other = [(k, v) for k, v in (("task", self.task), ("test_path", self.test_path),
+                                         ("test_split", self.test_split), ("validation_size", self.validation_size),
+                                         ("train_size", self.train_size), ("split_by", self.split_by)) if v]
+            if other:
+                raise ValueError(f"test_size: all holds every example of path, hub or mix out for test, so it goes "
+                                 f"without {other[0][0]} ({other[0][1]!r}); give test_size a number, or drop "
+                                 f"{other[0][0]} (max_examples evaluates a sample)")
         if self.task and self.keep_columns:
             raise ValueError(f"keep_columns applies to files and hub datasets; task {self.task!r} has no other columns")
         taken = [c for c in self.keep_columns if c in KEPT_RESERVED]
@@ -562,6 +572,15 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
+    def _something_left_to_train_on(self):
+        training = [s for s in TUNED_MODELS if s in self.stages]
+        if self.data.test_size == "all" and training:
+            raise ValueError(f"data.test_size: all holds every example out for test, and stages {self.stages} train "
+                             f"({', '.join(training)}) on what is left: give data.test_size a number (e.g. 200), or "
+                             "evaluate only (stages: [data, eval])")
+        return self
+
+    @model_validator(mode="after")
     def _export_has_a_model(self):
         if "export" in self.stages:
             if self.export.model is None:
@@ -726,6 +745,11 @@ def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
     if error["type"] == "missing":
         return f"{where}: {dotted}: required key is missing; add it"
     msg = error["msg"].removeprefix("Value error, ")
+    named = re.match(r"[a-z_]+(\.[a-z_]+)+", msg) if not loc else None
+    if named and tuple(named.group().split(".")) in lines:  # a check across sections, led by the key to change
+        where = "--set" if tuple(named.group().split(".")) in overridden else \
+            f"{source}:{lines[tuple(named.group().split('.'))]}"
+        return f"{where}: {msg}"
     if isinstance(value, dict):  # a check across keys of a section: the message quotes the values
         return f"{where}: {dotted}: {msg}"
     return f"{where}: {dotted} = {value!r}: {msg}"

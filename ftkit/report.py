@@ -131,9 +131,11 @@ def _data(data: dict) -> str:
                                    "turn: the model has none of its own)", "the model's own": "the model's own"}.get(
         data.get("chat_template"))
     text = (f"<h3>Data</h3><p>Source: {esc(data.get('source'))}. Dropped: {esc(drops)}. "
-            + (f"Chat template: {esc(template)}. " if template else "") +
-            f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
-            f"({esc(overlap.get('exact_matches'))} exact).{_template_note(overlap)}</p>"
+            + (f"Chat template: {esc(template)}. " if template else "")
+            + ("Evaluation only (data.test_size: all): every example is a test example, in the sources' order, "
+               "and nothing is trained.</p>" if data.get("evaluate_only") else
+               f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
+               f"({esc(overlap.get('exact_matches'))} exact).{_template_note(overlap)}</p>")
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     for warning in data.get("warnings", []):
         text += f'<p class="warning">{esc(warning)}</p>'

@@ -213,13 +213,14 @@ def write_progress(run_dir: str | Path, stage: str, done: int, total: int, unit:
 # ---------------------------------------------------------------- readers
 
 
-def load_split(run_dir: str | Path, name: str) -> list[dict]:
-    """The rows of a split the data stage wrote (missing or empty: an error that says to run the data stage)."""
+def load_split(run_dir: str | Path, name: str, empty_ok: bool = False) -> list[dict]:
+    """The rows of a split the data stage wrote (missing, or empty unless `empty_ok`: an error that says to run the
+    data stage). Train is empty where the recipe only evaluates (data.test_size: all)."""
     split = split_path(run_dir, name)
     if not split.is_file():
         raise FileNotFoundError(f"{split} is missing: run the data stage first (ftkit run RECIPE --stages data)")
     rows = read_jsonl(split)
-    if not rows:
+    if not rows and not empty_ok:
         raise ValueError(f"{split} is empty: rerun the data stage")
     return rows
 

@@ -201,6 +201,39 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert "likeliest" not in skipped and skipped["confusion"] == matrix
 
 
+def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe, tmp_path):
+    from ftkit import cli
+    from ftkit.io import read_json
+
+    # a multiple-choice benchmark scored whole: data.test_size: all, no training stage
+    questions = [{"question": f"Which option is number {i}?", "choices": ["one", "two", "three", "four"],
+                  "answer": i % 4} for i in range(24)]
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    path = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "bench.jsonl", "test_size": "all",
+                                                      "train_size": None},
+                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False})
+    run_dir = tmp_path / "out"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    assert rundir.load_split(run_dir, "train", empty_ok=True) == []
+    test = rundir.load_split(run_dir, "test")
+    assert [r["question"] for r in test] == [q["question"] for q in questions]  # every one, in the file's order
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["data"]["evaluate_only"] and "warnings" not in metrics["data"]
+    assert metrics["data"]["classes"]["names"] == ["A", "B", "C", "D"]  # the classes read from test
+    assert metrics["data"]["classes"]["commonest"] == {"class": "A", "test_share": 0.25, "of": "test"}
+    assert len(rundir.eval_records(run_dir, "predictions", "base")) == 24
+    assert sum(map(sum, metrics["eval"]["base"]["classes"]["confusion"])) == 24
+    page = (run_dir / "report.html").read_text()
+    assert "Evaluation only (data.test_size: all)" in page and "Always answering test&#x27;s commonest class" in page
+    # a recipe that would train on what test_size: all leaves is refused at the line to change, before any stage
+    path.write_text(path.read_text().replace("- data\n- eval", "- data\n- sft\n- eval"))
+    with pytest.raises(recipe.RecipeError, match=r"tiny.yaml:\d+: data.test_size: all holds every example out for "
+                                                 r"test, and stages \['data', 'sft', 'eval'\] train \(sft\)"):
+        recipe.load(path)
+    assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "refused")]) != 0
+    assert not (tmp_path / "refused").exists()
+
+
 def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tiny_recipe, tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
