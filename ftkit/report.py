@@ -123,8 +123,9 @@ def _template_note(overlap: dict) -> str:
 def _data(data: dict) -> str:
     if not data.get("splits"):
         return ""
+    shown = {name: s for name, s in data["splits"].items() if not (data.get("evaluate_only") and name == "train")}
     rows = [[name, s["examples"], s.get("tokens_p50", ""), s.get("tokens_p90", ""), s.get("tokens_max", "")]
-            for name, s in data["splits"].items()]
+            for name, s in shown.items()]
     drops = ", ".join(f"{k}: {v}" for k, v in data.get("drops", {}).items()) or "none"
     overlap = data.get("contamination", {})
     template = {"ftkit's default": "ftkit's default (BOS, then ### User: / ### Assistant: headers, EOS after each "
@@ -147,7 +148,8 @@ def _data(data: dict) -> str:
                  "giving any of them counts as right (eval and the built-in rewards).</p>")
     if data.get("classes"):
         found = data["classes"]
-        rows = [[split, *(counts[n] for n in found["names"])] for split, counts in found["counts"].items()]
+        rows = [[split, *(counts[n] for n in found["names"])] for split, counts in found["counts"].items()
+                if split in shown]
         text += ("<p>A classification: the answers take a few values, each repeated. Examples per class:</p>"
                  + _table(["split", *found["names"]], rows))
     if data.get("augmented"):

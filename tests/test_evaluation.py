@@ -225,6 +225,7 @@ def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe,
     assert sum(map(sum, metrics["eval"]["base"]["classes"]["confusion"])) == 24
     page = (run_dir / "report.html").read_text()
     assert "Evaluation only (data.test_size: all)" in page and "Always answering test&#x27;s commonest class" in page
+    assert "<tr><td>test</td><td>24</td>" in page and "<td>train</td>" not in page  # no empty train rows
     # a recipe that would train on what test_size: all leaves is refused at the line to change, before any stage
     path.write_text(path.read_text().replace("- data\n- eval", "- data\n- sft\n- eval"))
     with pytest.raises(recipe.RecipeError, match=r"tiny.yaml:\d+: data.test_size: all holds every example out for "
