@@ -338,7 +338,11 @@ def _held_out(cfg, tokenizer, drops: Counter, counts: Counter) -> tuple[dict[str
     data_cfg = cfg.data
     if data_cfg.task:
         source = f"task {data_cfg.task}"
-        splits = tasks.get(data_cfg.task).splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+        task = tasks.get(data_cfg.task)
+        splits = task.splits(data_cfg.train_size or 1000, data_cfg.test_size, cfg.seed)
+        if data_cfg.teacher_errors:
+            splits["train"], counts["teacher_errors"] = task.careless(splits["train"], data_cfg.teacher_errors,
+                                                                      cfg.seed)
         splits = {name: with_system(rows, data_cfg.system) for name, rows in splits.items()}
         if data_cfg.validation_size:
             splits = {**split(splits["train"], 0, None, cfg.seed, source, data_cfg.validation_size),
@@ -415,6 +419,8 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
         out["evaluate_only"] = True
     if counts["mix"]:
         out["mix"] = counts["mix"]
+    if counts["teacher_errors"]:
+        out["teacher_errors"] = counts["teacher_errors"]
     if added:
         out["augmented"] = added
     if cfg.data.split_by:

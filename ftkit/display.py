@@ -344,6 +344,22 @@ def confusion(model_metrics: dict):
                         columns=[*figures["names"], NO_CLASS])
 
 
+def teacher_note(data_metrics: dict) -> str | None:
+    """What data.teacher_errors did to the training demonstrations, and what it means for the stages.
+
+    >>> print(teacher_note({"teacher_errors": {"share": 0.4, "wrong": 180, "eligible": 450, "train": 1000,
+    ...                                        "slip": "the carry dropped", "of": "sums that carry"}}))
+    180 of the 1000 training answers are wrong on purpose (data.teacher_errors 0.4: the carry dropped on 40% of the 450 sums that carry, as a careless teacher would): SFT learns from them as they are, while the rewards check the right answer and test holds right answers only.
+    """
+    found = data_metrics.get("teacher_errors")
+    if not found:
+        return None
+    return (f"{found['wrong']} of the {found['train']} training answers are wrong on purpose (data.teacher_errors "
+            f"{found['share']:g}: {found['slip']} on {100 * found['share']:.0f}% of the {found['eligible']} "
+            f"{found['of']}, as a careless teacher would): SFT learns from them as they are, while the rewards check "
+            "the right answer and test holds right answers only.")
+
+
 def commonest_note(data_metrics: dict) -> str | None:
     """For a classification, what always answering train's commonest class scores on test: the accuracy to beat.
 

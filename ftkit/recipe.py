@@ -157,6 +157,10 @@ class DataConfig(_Section):
     max_examples: int | None = Field(None, gt=0, description="examples drawn from the files or hub (shared by "
                                      "data.mix's weights) before splitting; default: all (mix: as weights allow)")
     train_size: int | None = Field(None, gt=0, description="task: examples drawn (default 1000); files: cap")
+    teacher_errors: float = Field(0.0, ge=0, le=1, description="a built-in task's training answers made wrong on "
+                                  "purpose, as a careless teacher's: addition drops the carry on this share of the "
+                                  "sums that carry, word_problems stops one step short on this share of the "
+                                  "problems; SFT imitates them, the rewards check the right answer, test stays right")
     test_size: Annotated[int, Field(gt=0)] | Literal["all"] = Field(
         200, description="examples held out for test; all: every example, for a recipe that only evaluates (stages "
         "without sft and rl: a benchmark scored whole, in the files' order)")
@@ -276,6 +280,11 @@ class DataConfig(_Section):
                              "the formats' own)")
         if not sources:
             self.task = "addition"
+        if self.teacher_errors and not hasattr(TASKS.get(self.task), "careless"):
+            raise ValueError(f"teacher_errors ({self.teacher_errors:g}) makes a built-in task's demonstrations wrong "
+                             "on purpose (" + ", ".join(n for n, t in TASKS.items() if hasattr(t, "careless"))
+                             + f"), not {'task ' + repr(self.task) if self.task else 'data from files or the hub'}"
+                             "'s; drop it (data you bring has the mistakes it has)")
         return self
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from ftkit import rundir
 from ftkit.display import (all_metrics_table, class_summary, claims, commonest_note, confusion, judge_prompt,
                            judge_table, metric_name, paired_columns, plot_losses, plot_rl, reach_note, reference_shown,
-                           sampled_label, sampled_text, sharpening_note, shown, signal_warning, versus_base,
-                           versus_start)
+                           sampled_label, sampled_text, sharpening_note, shown, signal_warning, teacher_note,
+                           versus_base, versus_start)
 from ftkit.io import read_json, redact, write_atomic
 from ftkit.machine import describe_cpu
 
@@ -140,6 +140,8 @@ def _data(data: dict) -> str:
             + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     for warning in data.get("warnings", []):
         text += f'<p class="warning">{esc(warning)}</p>'
+    if data.get("teacher_errors"):
+        text += f'<p class="warning">{esc(teacher_note(data))}</p>'
     if data.get("split_by"):
         text += f"<p>Split by {esc(data['split_by'])}: examples of one group are all on one side.</p>"
     if data.get("several_acceptable_answers"):

@@ -62,8 +62,13 @@ def imitated(rows: list[dict]) -> list[dict]:
 
 def scored_against(row: dict) -> str:
     """What a reply to the row is scored against (the rewards' `answer`; eval reads `acceptable`): its unit tests, one
-    per line, when it carries `tests` (code), else its reference answer ("" for a prompt without one)."""
-    return "\n".join(row["tests"]) if row.get("tests") else row.get("answer", "")
+    per line, when it carries `tests` (code), else its verified answer where its demonstration is a deliberate
+    mistake (data.teacher_errors), else its reference answer ("" for a prompt without one).
+
+    >>> scored_against({"answer": "73", "verified": "83"}), scored_against({"answer": "83"})
+    ('83', '83')
+    """
+    return "\n".join(row["tests"]) if row.get("tests") else row.get("verified", row.get("answer", ""))
 
 
 def acceptable(row: dict) -> str | list[str]:

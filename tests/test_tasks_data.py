@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ftkit import data, display, rewards, rundir
+from ftkit import data, display, report, rewards, rundir
 from ftkit.recipe import Recipe
 from ftkit.rows import DataError
 from ftkit.tasks import addition, get
@@ -139,3 +139,43 @@ def test_augment_shares_are_checked():
         Recipe.model_validate({"name": "t", "data": {"augment": {"typo": 1.5}}})
     with pytest.raises(ValueError, match=r"augment"):
         Recipe.model_validate({"name": "t", "data": {"augment": {"spelling": 0.5}}})
+
+
+def test_teacher_errors_make_demonstrations_wrong_while_rewards_and_test_stay_right(tmp_path):
+    from ftkit.rows import reward_columns
+
+    clean = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 200, "test_size": 40}})
+    careless = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 200, "test_size": 40,
+                                                            "teacher_errors": 0.5}})
+    before, _ = data.build_splits(clean)
+    after, figures = data.build_splits(careless)
+    assert after["test"] == before["test"] and "verified" not in str(after["test"])   # test holds right answers only
+    wrong = [r for r in after["train"] if "verified" in r]
+    found = figures["teacher_errors"]
+    assert found["wrong"] == len(wrong) and found["train"] == 200 and 0.3 < found["wrong"] / found["eligible"] < 0.7
+    for row, original in zip(after["train"], before["train"]):
+        a, b = map(int, row["prompt"][8:-1].split(" plus "))
+        assert row["prompt"] == original["prompt"] and row.get("verified", row["answer"]) == str(a + b)
+        if "verified" in row:  # a dropped carry, on a sum that carries
+            assert (a % 10) + (b % 10) >= 10 and row["answer"] == str(a + b - 10)
+    # the reward checks the true sum: the teacher's answer scores 0, the right one 1
+    columns = reward_columns(wrong[:2])
+    reward, _ = rewards.build(careless, tmp_path)
+    replies = [[{"role": "assistant", "content": r["answer"]}] for r in wrong[:2]]
+    right = [[{"role": "assistant", "content": r["verified"]}] for r in wrong[:2]]
+    answer = [c["answer"] for c in columns]
+    assert reward[0](replies, answer=answer) == [0.0, 0.0] and reward[0](right, answer=answer) == [1.0, 1.0]
+    stats = data.save_splits(after, tmp_path, figures)
+    assert rundir.load_split(tmp_path, "train") == after["train"]
+    assert f"{found['wrong']} of the 200 training answers are wrong on purpose" in report._data(stats)
+    with pytest.raises(ValueError, match=r"teacher_errors \(0.2\) makes a built-in task's demonstrations wrong on "
+                                         r"purpose \(addition, word_problems\), not data from files or the hub's"):
+        Recipe.model_validate({"name": "t", "data": {"path": "x.jsonl", "teacher_errors": 0.2}})
+    with pytest.raises(ValueError, match=r"not task 'code''s"):
+        Recipe.model_validate({"name": "t", "data": {"task": "code", "teacher_errors": 0.2}})
+    slipped, counts = get("word_problems").careless(get("word_problems").splits(100, 10, 0)["train"], 0.5, 0)
+    assert counts["wrong"] == sum("verified" in r for r in slipped) and 30 < counts["wrong"] < 70
+    for row in slipped:  # one step short: a worked line fewer, and the answer is the last line left's result
+        if "verified" in row:
+            lines, right = row["answer"].split("\n"), row["verified"].split("\n")
+            assert lines[:-1] == right[:-2] and lines[-1] == "#### " + right[-3].rsplit(" = ")[1]

@@ -80,6 +80,30 @@ class Addition:
                          "completion": str(a + b) if good else self.mistake(a, b, rng), "label": good})
         return rows
 
+    def careless(self, rows: list[dict], share: float, seed: int) -> tuple[list[dict], dict]:
+        """Training demonstrations from a careless teacher (data.teacher_errors): on `share` of the sums that carry,
+        the answer drops the carry (`38 + 45` -> `73`), the slip this task's learners make most. Each changed row keeps
+        the true sum as `verified`, which the rewards check (rows.scored_against); SFT imitates `answer`. Returns the
+        rows and the counts.
+
+        >>> rows = [Addition().example(38, 45), Addition().example(12, 30)]
+        >>> wrong, counts = Addition().careless(rows, 1.0, 0)
+        >>> [(r["answer"], r.get("verified")) for r in wrong], counts["wrong"], counts["eligible"]
+        ([('73', '83'), ('42', None)], 1, 1)
+        """
+        rng = random.Random(seed)
+        out, carrying, wrong = [], 0, 0
+        for row in rows:
+            a, b = map(int, _QUESTION.fullmatch(row["prompt"]).groups())
+            if (a % 10) + (b % 10) >= 10:
+                carrying += 1
+                if rng.random() < share:
+                    row = {**row, "answer": str(a + b - 10), "verified": row["answer"]}
+                    wrong += 1
+            out.append(row)
+        return out, {"share": share, "wrong": wrong, "eligible": carrying, "train": len(rows),
+                     "slip": "the carry dropped", "of": "sums that carry"}
+
     @staticmethod
     def mistake(a: int, b: int, rng: random.Random) -> str:
         """A typical wrong answer to a + b: a dropped or doubled carry (off by ten), off by one, or the right number
