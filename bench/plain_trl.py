@@ -97,11 +97,13 @@ def main() -> int:
     task = Addition()
     splits = task.splits(d["train_size"], d["test_size"], seed)
     train, test = splits["train"], splits["test"]
+    if d.get("teacher_errors"):  # the recipe's careless teacher: the same wrong demonstrations; the reward checks the sum
+        train, _ = task.careless(train, d["teacher_errors"], seed)
     shifted = task.shifted(100, seed)
     perturbed = [perturb(test[:50], kind, seed, task) for kind in ("typo", "case", "whitespace", "reword")]
     sft_data = Dataset.from_list([{"prompt": chat(x), "completion": [{"role": "assistant", "content": x["answer"]}]}
                                   for x in train])
-    rl_data = Dataset.from_list([{"prompt": chat(x), "answer": x["answer"]} for x in train])
+    rl_data = Dataset.from_list([{"prompt": chat(x), "answer": x.get("verified", x["answer"])} for x in train])
     path = resolve(m["id"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     lora = LoraConfig(r=m["lora_r"], lora_alpha=m["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM")
