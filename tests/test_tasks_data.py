@@ -14,10 +14,10 @@ from ftkit.tasks import addition, get
 def test_doctests():
     from ftkit import answers, io, machine, metrics, recipe, rl, robustness, rows, sources
     from ftkit import eval as eval_stage
-    from ftkit.tasks import exact_match, word_problems
+    from ftkit.tasks import common, exact_match, word_problems
 
     for module in (addition, exact_match, word_problems, answers, metrics, rewards, robustness, eval_stage, io, machine,
-                   recipe, data, display, rows, sources, rl):
+                   recipe, data, display, rows, sources, rl, common):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -9,7 +9,7 @@ import random
 import re
 
 from ftkit import answers
-from ftkit.tasks.common import score_all
+from ftkit.tasks.common import careless, score_all
 
 _QUESTION = re.compile(r"What is (\d+) plus (\d+)\?")
 
@@ -81,28 +81,19 @@ class Addition:
         return rows
 
     def careless(self, rows: list[dict], share: float, seed: int) -> tuple[list[dict], dict]:
-        """Training demonstrations from a careless teacher (data.teacher_errors): on `share` of the sums that carry,
-        the answer drops the carry (`38 + 45` -> `73`), the slip this task's learners make most. Each changed row keeps
-        the true sum as `verified`, which the rewards check (rows.scored_against); SFT imitates `answer`. Returns the
-        rows and the counts.
+        """A careless teacher's demonstrations (tasks.common.careless): on `share` of the sums that carry, the answer
+        drops the carry (`38 + 45` -> `73`), the slip this task's learners make most.
 
         >>> rows = [Addition().example(38, 45), Addition().example(12, 30)]
         >>> wrong, counts = Addition().careless(rows, 1.0, 0)
         >>> [(r["answer"], r.get("verified")) for r in wrong], counts["wrong"], counts["eligible"]
         ([('73', '83'), ('42', None)], 1, 1)
         """
-        rng = random.Random(seed)
-        out, carrying, wrong = [], 0, 0
-        for row in rows:
+        def dropped_carry(row: dict) -> str | None:
             a, b = map(int, _QUESTION.fullmatch(row["prompt"]).groups())
-            if (a % 10) + (b % 10) >= 10:
-                carrying += 1
-                if rng.random() < share:
-                    row = {**row, "answer": str(a + b - 10), "verified": row["answer"]}
-                    wrong += 1
-            out.append(row)
-        return out, {"share": share, "wrong": wrong, "eligible": carrying, "train": len(rows),
-                     "slip": "the carry dropped", "of": "sums that carry"}
+            return str(a + b - 10) if (a % 10) + (b % 10) >= 10 else None
+
+        return careless(rows, share, seed, dropped_carry, "the carry dropped", "sums that carry")
 
     @staticmethod
     def mistake(a: int, b: int, rng: random.Random) -> str:

@@ -12,7 +12,7 @@ import random
 import re
 
 from ftkit import answers
-from ftkit.tasks.common import score_all
+from ftkit.tasks.common import careless, score_all
 
 NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemi", "Liam", "Mia", "Noor",
          "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara")
@@ -119,25 +119,19 @@ class WordProblems:
         return answers.lenient(output, answer, self.extract)
 
     def careless(self, rows: list[dict], share: float, seed: int) -> tuple[list[dict], dict]:
-        """Training demonstrations from a careless teacher (data.teacher_errors): on `share` of the problems, the
-        solution stops one step short, its answer the count before the story's last event. Each changed row keeps the
-        right solution as `verified`, which the rewards check (rows.scored_against); SFT imitates `answer`.
+        """A careless teacher's demonstrations (tasks.common.careless): on `share` of the problems, the solution stops
+        one step short, its answer the count before the story's last event.
 
         >>> row = {"prompt": "Sam has 4 cards. ...", "answer": "4 + 2 = 6\\n6 * 2 = 12\\n#### 12"}
         >>> wrong, counts = WordProblems().careless([row], 1.0, 0)
         >>> wrong[0]["answer"], wrong[0]["verified"] == row["answer"], counts["wrong"]
         ('4 + 2 = 6\\n#### 6', True, 1)
         """
-        rng, out, wrong = random.Random(seed), [], 0
-        for row in rows:
-            if rng.random() < share:
-                *steps, _, _ = row["answer"].split("\n")
-                row = {**row, "answer": "\n".join([*steps, f"#### {steps[-1].rsplit(' = ', 1)[1]}"]),
-                       "verified": row["answer"]}
-                wrong += 1
-            out.append(row)
-        return out, {"share": share, "wrong": wrong, "eligible": len(rows), "train": len(rows),
-                     "slip": "the solution stopped one step short", "of": "problems"}
+        def one_step_short(row: dict) -> str:
+            *steps, _, _ = row["answer"].split("\n")
+            return "\n".join([*steps, f"#### {steps[-1].rsplit(' = ', 1)[1]}"])
+
+        return careless(rows, share, seed, one_step_short, "the solution stopped one step short", "problems")
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:
         return score_all(self.score, completions, answer)
