@@ -14,7 +14,8 @@ plain reference ("42") is taken whole. Numbers compare as numbers ("42.0" is "42
 `data.numeric_tolerance` when the recipe sets one (a reply of 77.5 for a reference of 77.4 is right within 0.5).
 
 `strict` scores the answer where the format says it is; `lenient` finds the right answer anywhere in the reply, so
-that a reader can tell learning the format from learning the task; `distance`, for numeric answers, how far off a
+that a reader can tell learning the format from learning the task (a number the reply only repeats from the question
+does not count: "15 / 3 = 5" has not found an answer of 3); `distance`, for numeric answers, how far off a
 wrong number is (progress that a right-or-wrong score hides). Each takes one reference answer or a list of acceptable
 ones (SQuAD's several spans, TriviaQA's aliases): a reply is right when it gives any of them, and as far off as the
 nearest.
@@ -138,22 +139,38 @@ def strict(output: str, answer: str | list[str], mode: str, pattern: str | None 
 
 
 def lenient(output: str, answer: str | list[str], mode: str = "exact", pattern: str | None = None,
-            tolerance: float = 0.0) -> float:
+            tolerance: float = 0.0, question: str = "") -> float:
     """1.0 when the reference answer (or one of the acceptable ones) appears anywhere in `output`: as one of its
-    numbers for a numeric answer (within `tolerance`), else as a whole-word phrase.
+    numbers for a numeric answer (within `tolerance`), else as a whole-word phrase; and whenever `strict` is 1.0.
+
+    A number the reply repeats from the `question` is not an answer it found: each of the question's numbers
+    discounts one occurrence in the reply, so restating "15 / 3" does not score an answer of 3 while working back
+    to it ("15 / 3 = 5, 5 - 2 = 3") does. Not with `mode` exact, where the answer may be quoted from a passage.
 
     >>> lenient("12 + 45 = 57", "57"), lenient("I think it is Paris, France.", "paris"), lenient("5700", "57")
     (1.0, 1.0, 0.0)
     >>> lenient("about 56.8 or so", "57", tolerance=0.5), lenient("It was Shakespeare.", ["William Shakespeare", "Shakespeare"])
     (1.0, 1.0)
+    >>> q = "Ben has 15 shells, splits them into 3 piles and keeps one. He finds 4 more. How many now?"
+    >>> lenient("15 / 3 = 5\\n#### 5", "#### 3", "after_hash", question=q), lenient("15 / 3 = 5\\n#### 5", "#### 3", "after_hash")
+    (0.0, 1.0)
+    >>> lenient("15 / 3 = 5, 5 + 4 = 9 so 9", "#### 9", "after_hash", question=q), lenient("#### 15", "15", "after_hash", question=q)
+    (1.0, 1.0)
     """
-    return max((_lenient(output, a, mode, pattern, tolerance) for a in alternatives(answer)), default=0.0)
+    return max((_lenient(output, a, mode, pattern, tolerance, question) for a in alternatives(answer)), default=0.0)
 
 
-def _lenient(output: str, answer: str, mode: str, pattern: str | None, tolerance: float) -> float:
+def _lenient(output: str, answer: str, mode: str, pattern: str | None, tolerance: float, question: str) -> float:
     want = normalize(reference(answer, mode, pattern))
     if _VALUE.fullmatch(want):
-        return float(any(same(n, want, tolerance) for n in numbers(output)))
+        if strict(output, answer, mode, pattern, tolerance):
+            return 1.0
+        found, repeated = numbers(output), numbers(question) if mode != "exact" else []
+        for number in repeated:
+            copy = next((i for i, n in enumerate(found) if normalize(n) == normalize(number)), None)
+            if copy is not None:
+                del found[copy]
+        return float(any(same(n, want, tolerance) for n in found))
     return float(re.search(r"(?<!\w)" + re.escape(want) + r"(?!\w)", normalize(output)) is not None)
 
 

@@ -344,6 +344,46 @@ def confusion(model_metrics: dict):
                         columns=[*figures["names"], NO_CLASS])
 
 
+def cut_note(results: dict) -> str | None:
+    """Which models' replies were cut at eval.max_new_tokens before they ended, and what the cut hid: the first
+    cut replies answered again with room to finish (eval.finish_cut; `finished_table` has every metric). None when
+    no reply was cut.
+
+    >>> print(cut_note({"base": {"cut_at_limit": 1.0, "max_new_tokens": 6, "metric": "accuracy",
+    ...     "finished": {"n": 50, "cut": 200, "max_new_tokens": 128, "still_cut": 20,
+    ...                  "metrics": {"task": {"cut": 0.0, "finished": 0.02}, "lenient": {"cut": 0.0, "finished": 0.18}}}},
+    ...     "sft": {"cut_at_limit": 0.0, "max_new_tokens": 6}}))
+    Replies cut at eval.max_new_tokens = 6 before they ended: base 100%. A cut reply is scored as it stands. Given room to finish (128 tokens), 50 of base's 200 cut replies score task 0.0% → 2.0%, lenient 0.0% → 18.0% (20 still cut).
+    """
+    cut = {name: m["cut_at_limit"] for name, m in results.items() if m.get("cut_at_limit")}
+    if not cut:
+        return None
+    limit = next((m["max_new_tokens"] for m in results.values() if "max_new_tokens" in m), None)
+    parts = [f"Replies cut at eval.max_new_tokens{f' = {limit}' if limit else ''} before they ended: "
+             + ", ".join(f"{name} {share:.0%}" for name, share in cut.items()) + ". A cut reply is scored as it stands."]
+    for name in cut:
+        finished = results[name].get("finished")
+        if finished:
+            changes = ", ".join(f"{metric} {100 * v['cut']:.1f}% → {100 * v['finished']:.1f}%"
+                                for metric, v in finished["metrics"].items())
+            parts.append(f"Given room to finish ({finished['max_new_tokens']} tokens), {finished['n']} of {name}'s "
+                         f"{finished['cut']} cut replies score {changes} ({finished['still_cut']} still cut).")
+    return " ".join(parts)
+
+
+def finished_table(results: dict):
+    """Per model with cut replies answered again (eval.finish_cut): how many, the two budgets, each metric on them as
+    cut and as finished, and how many are still cut (a DataFrame; empty when none was)."""
+    import pandas as pd
+
+    rows = [{"model": name, "re-answered": f"{f['n']} of {f['cut']} cut",
+             "tokens": f"{m.get('max_new_tokens')} → {f['max_new_tokens']}",
+             **{f"{metric} (cut → finished)": f"{100 * v['cut']:.1f}% → {100 * v['finished']:.1f}%"
+                for metric, v in f["metrics"].items()}, "still cut": f["still_cut"]}
+            for name, m in results.items() if (f := m.get("finished"))]
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
 def teacher_note(data_metrics: dict) -> str | None:
     """What data.teacher_errors did to the training demonstrations, and what it means for the stages.
 

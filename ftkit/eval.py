@@ -24,7 +24,7 @@ from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, imitated, kind, messages, trained_text,
+from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, context, imitated, kind, messages, trained_text,
                         with_lengths)
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
@@ -174,8 +174,11 @@ def score(cfg, outputs: list, references: list, rows: list[dict] | None = None
             continue
         if name in ("task", "lenient"):
             task = tasks.for_data(cfg.data)
-            scorer = task.score if name == "task" else task.lenient
-            values = [[scorer(o, ref) for o in outs] for outs, ref in zip(samples, references)]
+            asked = [context(r) for r in rows] if rows else [""] * len(references)
+            if name == "task":
+                values = [[task.score(o, ref) for o in outs] for outs, ref in zip(samples, references)]
+            else:  # a number the reply only repeats from the question is not an answer it found
+                values = [[task.lenient(o, ref, q) for o in outs] for outs, ref, q in zip(samples, references, asked)]
             per_example[name] = [float(np.mean(v)) for v in values]
             overall[name] = float(np.mean(per_example[name])) if values else 0.0
             continue
@@ -398,14 +401,16 @@ def _counter(run_dir: Path, name: str, total: int):
 
 
 def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, perturbation: str | None = None,
-             log_likelihood: list | None = None, sampled: list | None = None) -> list[dict]:
+             log_likelihood: list | None = None, sampled: list | None = None, finished: dict | None = None
+             ) -> list[dict]:
     return [{**({"perturbation": perturbation} if perturbation else {}), "prompt": r["prompt"],
              "reference": r.get("answer", ""), **({"accepted": r["accepted"]} if r.get("accepted") else {}),
              **({"rejected": r["rejected"], "log_likelihood": log_likelihood[i]} if log_likelihood else {}),
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
              "scores": {name: values[i] for name, values in per_example.items()},
-             "cut": c if isinstance(c, bool) else any(c), **({"sampled_score": sampled[i]} if sampled else {})}
+             "cut": c if isinstance(c, bool) else any(c), **({"sampled_score": sampled[i]} if sampled else {}),
+             **({"finished": finished[i]} if finished and i in finished else {})}
             for i, (r, o, c) in enumerate(zip(rows, outputs, cut))]
 
 
@@ -448,10 +453,12 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         overall = {n: overall[n] for n in metric_names(cfg) if n in overall}
     sampled, sampled_figures = (_sampled(cfg, model, tokenizer, rows, references, tick)
                                 if sampling and primary in per_example else (None, None))
+    finishing, finished = (_finished(cfg, model, tokenizer, rows, per_example, cut, run_dir, name)
+                           if primary in per_example and primary != "preference" else (None, {}))
     write_jsonl(rundir.eval_file(run_dir, "predictions", name),
-                _records(rows, outputs, per_example, cut, **extra, sampled=sampled))
+                _records(rows, outputs, per_example, cut, **extra, sampled=sampled, finished=finished))
     result = {**_summary(cfg, per_example, overall, outputs, references, cut), "generate_seconds": round(seconds, 1),
-              "max_new_tokens": cfg.eval.max_new_tokens}
+              "max_new_tokens": cfg.eval.max_new_tokens, **({"finished": finishing} if finishing else {})}
     error = numeric_error(cfg, outputs, references, [r["prompt"] for r in rows]) if primary != "preference" else None
     if error:
         result["numeric_error"] = error
@@ -477,6 +484,39 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
         clean = per_example[primary][:len(subset)]
         result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick)
     return result
+
+
+def finish_budget(limit: int) -> int:
+    """The room a cut reply gets to finish: twice eval's limit, at least 128 tokens.
+
+    >>> finish_budget(6), finish_budget(200)
+    (128, 400)
+    """
+    return max(128, 2 * limit)
+
+
+def _finished(cfg, model, tokenizer, rows: list[dict], per_example: dict, cut: list, run_dir, name: str):
+    """The first `eval.finish_cut` test prompts whose reply was cut at eval.max_new_tokens, answered again (the
+    same decoding) with room to finish (`finish_budget`): each metric on them as cut and as finished, and how many
+    are still cut. It tells a model that knows the answer but explains first (a base model told to give the number
+    only) from one that does not know it, without changing the headline, which scores every model in one budget.
+    None when no reply was cut, or eval samples several completions per prompt. Also {row index: finished reply}."""
+    picked = [i for i, c in enumerate(cut) if c is True][:cfg.eval.finish_cut]
+    if not picked or cfg.eval.samples > 1:
+        return None, {}
+    budget, subset = finish_budget(cfg.eval.max_new_tokens), [rows[i] for i in picked]
+    if cfg.eval.temperature > 0:
+        torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    texts, still = generate(model, tokenizer, [messages(r) for r in subset], cfg.eval.batch_size, budget,
+                            cfg.eval.temperature, 1, cfg.eval.stop, _counter(run_dir, f"{name}, finishing cut replies",
+                                                                            len(subset)), return_cut=True)
+    scores, _ = score(cfg, texts, [acceptable(r) for r in subset], subset)
+    figures = {"n": len(picked), "cut": sum(c is True for c in cut), "max_new_tokens": budget,
+               "still_cut": sum(still), "seconds": round(time.perf_counter() - start, 1),
+               "metrics": {m: {"cut": float(np.mean([per_example[m][i] for i in picked])),
+                               "finished": float(np.mean(scores[m]))} for m in scores if m in per_example}}
+    return figures, dict(zip(picked, texts))
 
 
 def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str, tick) -> dict:

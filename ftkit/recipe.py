@@ -418,6 +418,10 @@ class EvalConfig(_Section):
     likeliest_class: bool = Field(True, description="for a classification: the class each model finds likeliest as "
                                   "its whole reply (one scoring pass per class and test prompt)")
     robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
+    finish_cut: int = Field(50, ge=0, description="test prompts whose reply was cut at max_new_tokens answered again "
+                                                  "with room to finish (twice the limit, at least 128 tokens), to "
+                                                  "tell a model that explains before it answers from one that does "
+                                                  "not know the answer; the headline is not changed (0: none)")
     perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
     n_examples_shown: int = Field(10, ge=0)
     judge: JudgeConfig | None = Field(None, description="a model that grades the replies or compares them pairwise")

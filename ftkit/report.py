@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from ftkit import rundir
-from ftkit.display import (all_metrics_table, class_summary, claims, commonest_note, confusion, judge_prompt,
+from ftkit.display import (all_metrics_table, class_summary, claims, commonest_note, confusion, cut_note,
+                           finished_table, judge_prompt,
                            judge_table, metric_name, paired_columns, plot_losses, plot_rl, reach_note, reference_shown,
                            sampled_label, sampled_text, sharpening_note, shown, signal_warning, teacher_note,
                            versus_base, versus_start)
@@ -224,13 +225,14 @@ def _evaluation(run_dir: Path, evaluated: dict, data: dict | None = None) -> str
                      + _table(["model", *others.columns], [[n, *(fmt(v) for v in r)]
                                                            for n, r in zip(others.index, others.values)]))
     parts.append(_classes(evaluated, data or {}))
-    cut = {name: m["cut_at_limit"] for name, m in evaluated.items() if m.get("cut_at_limit")}
-    if cut:
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in cut.items())
-        limit = next((m["max_new_tokens"] for m in evaluated.values() if "max_new_tokens" in m), None)
-        parts.append(f'<p class="warning">Replies cut at eval.max_new_tokens{f" = {limit}" if limit else ""} '
-                     f"before they ended: {esc(shares)}. A cut reply is scored as it stands: raise "
-                     "eval.max_new_tokens if the format needs more.</p>")
+    note = cut_note(evaluated)
+    if note:
+        finished = finished_table(evaluated)
+        parts.append(f'<p class="warning">{esc(note)} Raise eval.max_new_tokens if the format needs more; a model '
+                     "that finds the answer only given more room explains before it answers.</p>"
+                     + (_table(["model", *finished.columns], [[n, *r] for n, r in zip(finished.index,
+                                                                                      finished.values.tolist())])
+                        if not finished.empty else "") + _finished_examples(run_dir, evaluated))
     parts.append(_judge(run_dir, evaluated))
     parts.append(_claims(evaluated))
     parts.append(_flips(run_dir, evaluated))
@@ -349,6 +351,19 @@ def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:
                         for r in records[:limit]]
                 parts.append(f"<p>{esc(name)} against {other}: {len(records)} examples flipped (first {len(rows)}):"
                              "</p>" + _table(["flip", "prompt", *references, other, name], rows))
+    return "".join(parts)
+
+
+def _finished_examples(run_dir: Path, evaluated: dict, limit: int = 3) -> str:
+    """The first cut replies of each model beside the same replies given room to finish."""
+    parts = []
+    for name, results in evaluated.items():
+        records = [r for r in rundir.eval_records(run_dir, "predictions", name) if "finished" in r][:limit]
+        if records and results.get("finished"):
+            parts.append(f"<p>{esc(name)}: cut replies and the same prompts given room to finish (first "
+                         f"{len(records)}):</p>" + _table(["prompt", "reference", "cut reply", "finished"],
+                                                          [[r["prompt"], reference_shown(r), r["output"],
+                                                            r["finished"]] for r in records]))
     return "".join(parts)
 
 

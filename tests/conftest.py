@@ -37,8 +37,10 @@ def build_tokenizer():
                                    bos_token="<|im_start|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
-    """A tiny randomly-initialized causal LM of one of the architectures ftkit's recipes and offline models name."""
+def build_model(tokenizer, seed: int = 0, arch: str = "llama", tied: bool = True):
+    """A tiny randomly-initialized causal LM of one of the architectures ftkit's recipes and offline models name.
+    Tied (the default), its greedy replies repeat the prompt's last token, a newline: empty once stripped; untied,
+    they are random text that rarely ends."""
     import torch
     import transformers
 
@@ -46,7 +48,7 @@ def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
              "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
              "eos_token_id": tokenizer.eos_token_id}
     decoder = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-               "tie_word_embeddings": True}
+               "tie_word_embeddings": tied}
     configs = {
         "llama": lambda: transformers.LlamaConfig(**sizes, **decoder),
         "mistral": lambda: transformers.MistralConfig(**sizes, **decoder, sliding_window=64),
@@ -59,11 +61,12 @@ def build_model(tokenizer, seed: int = 0, arch: str = "llama"):
     return transformers.AutoModelForCausalLM.from_config(configs[arch]())
 
 
-def make_model_dir(tmp_path, arch, base_tokenizer=False) -> Path:
-    """A tiny model of `arch` saved with the test tokenizer (base_tokenizer: without chat template or pad token)."""
+def make_model_dir(tmp_path, arch, base_tokenizer=False, tied=True) -> Path:
+    """A tiny model of `arch` saved with the test tokenizer (base_tokenizer: without chat template or pad token;
+    tied: see build_model)."""
     tokenizer = build_tokenizer()
     path = tmp_path / arch
-    build_model(tokenizer, arch=arch).save_pretrained(path)
+    build_model(tokenizer, arch=arch, tied=tied).save_pretrained(path)
     if base_tokenizer:  # like GPT-Neo, Llama 2 and Mistral base: no chat template, no pad token
         tokenizer.chat_template = None
         tokenizer.pad_token = None

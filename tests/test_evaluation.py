@@ -11,6 +11,7 @@ import yaml
 from ftkit import display, metrics, recipe, robustness, rundir
 from ftkit import eval as eval_stage
 from ftkit.tasks import Addition
+from tests.conftest import make_model_dir
 
 
 def test_metric_modules_load_offline_and_give_exact_values(monkeypatch):
@@ -98,6 +99,40 @@ def test_perturbations_change_only_the_prompt_and_are_the_same_for_every_model()
     reworded = robustness.perturb(rows, "reword", seed=0, task=Addition())
     assert all("What is" not in r["prompt"] for r in reworded), "the task's own rewordings"
     assert robustness.typo("a b c", random.Random(0)) == "a b c", "no word long enough: unchanged"
+
+
+def test_cut_replies_are_answered_again_with_room_to_finish(tmp_path):
+    from ftkit import cli
+    from ftkit.io import read_json
+
+    model_dir = make_model_dir(tmp_path, "llama", tied=False)  # random text that rarely ends: cut at 4 tokens
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "cut", "stages": ["data", "eval"], "model": {"id": str(model_dir)},
+        "data": {"train_size": 48, "test_size": 24},
+        "eval": {"batch_size": 8, "max_new_tokens": 4, "finish_cut": 20, "robustness_size": 0}}))
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    results = read_json(run_dir / "metrics.json")["eval"]
+    records = rundir.load_predictions(run_dir, "base")
+    cut = [r for r in records if r["cut"]]
+    finished = results["base"]["finished"]
+    assert len(cut) > 20 and (finished["n"], finished["cut"], finished["max_new_tokens"]) == (20, len(cut), 128)
+    again = [r for r in records if "finished" in r]
+    assert again == cut[:20] and 0 <= finished["still_cut"] <= 20
+    # as cut: the headline's own scores of those replies; finished: the same prompts' greedy replies, given more room
+    assert finished["metrics"]["task"]["cut"] == pytest.approx(sum(r["scores"]["task"] for r in again) / 20)
+    assert all(r["output"] for r in again), "the untied model writes text"
+    continued = sum(r["finished"].startswith(r["output"]) and len(r["finished"]) > len(r["output"]) for r in again)
+    assert continued >= 18, "greedy decoding with more room goes on from the same reply (batched apart: near ties)"
+    note = display.cut_note(results)
+    assert note.startswith(f"Replies cut at eval.max_new_tokens = 4 before they ended: base {len(cut) / 24:.0%}. ")
+    assert f"Given room to finish (128 tokens), 20 of base's {len(cut)} cut replies score task 0.0% → " in note
+    assert list(display.finished_table(results).index) == ["base"]
+    path.write_text(path.read_text().replace("finish_cut: 20", "finish_cut: 0"))
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    assert "finished" not in read_json(run_dir / "metrics.json")["eval"]["base"]
+    assert not any("finished" in r for r in rundir.load_predictions(run_dir, "base"))
 
 
 def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path):

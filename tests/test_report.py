@@ -51,8 +51,9 @@ def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_pa
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     predictions = run_dir / "eval" / "predictions_base.jsonl"  # and a model that answers with every payload
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert all("finished" in r for r in records), "every reply was cut at 3 tokens, and answered again"
     for record, payload in zip(records, PAYLOADS):
-        record["output"] = payload
+        record["output"] = record["finished"] = payload
     predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
     page = report.render(run_dir).read_text()
     parser = LiveParts()

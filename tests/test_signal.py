@@ -43,6 +43,24 @@ def test_every_extraction_mode_on_known_replies(reply, reference, mode, pattern,
     assert (task.score(reply, reference), task.lenient(reply, reference)) == (strict, lenient)
 
 
+def test_lenient_does_not_credit_a_number_repeated_from_the_question():
+    problem = "Ben has 15 shells. Ben splits them into 3 equal piles and keeps one pile. Then Ben gives away 4. " \
+              "Then Ben has 3 times as many shells. How many shells does Ben have now?"
+    solution = "15 / 3 = 5\n5 - 4 = 1\n1 * 3 = 3\n#### 3"
+    replies = ["15 / 3 = 5\n5 - 4 = 1\n#### 1",  # one step short: its 3 is the question's
+               "15 / 3 = 5\n5 - 4 = 1\n1 * 3 = 3",  # the right result, without the ####
+               solution]
+    cfg = recipe.build({"name": "w", "data": {"task": "word_problems"}})
+    per_example, overall = eval_stage.score(cfg, replies, [solution] * 3, [{"prompt": problem}] * 3)
+    assert (per_example["task"], per_example["lenient"]) == ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    assert overall["lenient"] == pytest.approx(2 / 3)
+    # an answer quoted from a passage (extract: exact) still counts where the passage has it
+    passage = "The bridge, 1,200 metres long, opened in 1932. How long is the bridge?"
+    assert ReferenceAnswer("exact").lenient("It is 1200 metres.", "1200", passage) == 1.0
+    # where the answer is a number to work out (last_number), repeating the question's is not finding it
+    assert ReferenceAnswer("last_number").lenient("1200 metres, opened 1932", "1200", passage) == 0.0
+
+
 def test_the_recipe_names_the_extraction_once_for_scores_and_rewards(tmp_path):
     (tmp_path / "gsm.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": f"work #### {i}"}) + "\n"
                                                 for i in range(30)))

@@ -117,13 +117,13 @@ class Addition:
         return answers.strict(output, answer, Addition.extract)
 
     @staticmethod
-    def lenient(output: str, answer: str) -> float:
-        """1.0 when the answer appears anywhere in the output.
+    def lenient(output: str, answer: str, question: str = "") -> float:
+        """1.0 when the answer appears anywhere in the output, other than as a number repeated from the `question`.
 
-        >>> Addition.lenient("12 + 45 = 57", "57")
-        1.0
+        >>> Addition.lenient("12 + 45 = 57", "57"), Addition.lenient("0 + 57", "57", "What is 0 + 57?")
+        (1.0, 0.0)
         """
-        return answers.lenient(output, answer, Addition.extract)
+        return answers.lenient(output, answer, Addition.extract, question=question)
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:
         """TRL reward signature: one float per completion (chat completions are lists of messages).

@@ -130,8 +130,8 @@ class Code:
         """1.0 when every test passes (the function is solved), else 0.0."""
         return float(self.passed(output, tests) == 1.0)
 
-    def lenient(self, output: str, tests: str) -> float:
-        """The share of tests passed."""
+    def lenient(self, output: str, tests: str, question: str = "") -> float:
+        """The share of tests passed (the `question` plays no part)."""
         return self.passed(output, tests)
 
     def reward(self, completions: list, answer: list[str], **_) -> list[float]:

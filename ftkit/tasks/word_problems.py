@@ -110,13 +110,16 @@ class WordProblems:
         """
         return answers.strict(output, answer, self.extract)
 
-    def lenient(self, output: str, answer: str) -> float:
-        """1.0 when the answer is any number of the reply (a right result without the `####`).
+    def lenient(self, output: str, answer: str, question: str = "") -> float:
+        """1.0 when the answer is any number of the reply (a right result without the `####`) other than those it
+        repeats from the `question` (answers.lenient).
 
         >>> WordProblems().lenient("so she has 6 left", "4 + 2 = 6\\n#### 6")
         1.0
+        >>> WordProblems().lenient("12 + 7 = 19\\n#### 19", "#### 12", "Chloe has 12 cards. She finds 7 more. ...")
+        0.0
         """
-        return answers.lenient(output, answer, self.extract)
+        return answers.lenient(output, answer, self.extract, question=question)
 
     def careless(self, rows: list[dict], share: float, seed: int) -> tuple[list[dict], dict]:
         """A careless teacher's demonstrations (tasks.common.careless): on `share` of the problems, the solution stops
