@@ -139,13 +139,17 @@ def strict(output: str, answer: str | list[str], mode: str, pattern: str | None 
 
 
 def lenient(output: str, answer: str | list[str], mode: str = "exact", pattern: str | None = None,
-            tolerance: float = 0.0, question: str = "") -> float:
+            tolerance: float = 0.0, question: str = "", options: dict[str, str] | None = None) -> float:
     """1.0 when the reference answer (or one of the acceptable ones) appears anywhere in `output`: as one of its
     numbers for a numeric answer (within `tolerance`), else as a whole-word phrase; and whenever `strict` is 1.0.
 
     A number the reply repeats from the `question` is not an answer it found: each of the question's numbers
     discounts one occurrence in the reply, so restating "15 / 3" does not score an answer of 3 while working back
     to it ("15 / 3 = 5, 5 - 2 = 3") does. Not with `mode` exact, where the answer may be quoted from a passage.
+
+    With a multiple-choice question's `options` (label -> text), the reply must name the right option and no other:
+    by its label standing alone, as written ("B", "B. Venus", "(B)"), or by its text. Listing the options is not
+    choosing one, and the article "a" is not option A.
 
     >>> lenient("12 + 45 = 57", "57"), lenient("I think it is Paris, France.", "paris"), lenient("5700", "57")
     (1.0, 1.0, 0.0)
@@ -156,8 +160,26 @@ def lenient(output: str, answer: str | list[str], mode: str = "exact", pattern: 
     (0.0, 1.0)
     >>> lenient("15 / 3 = 5, 5 + 4 = 9 so 9", "#### 9", "after_hash", question=q), lenient("#### 15", "15", "after_hash", question=q)
     (1.0, 1.0)
+    >>> planets = {"A": "Mars", "B": "Venus", "C": "Jupiter"}
+    >>> [lenient(reply, "B", options=planets) for reply in ("B. Venus", "It is venus", "(B)", "A. Mars B. Venus C. Jupiter")]
+    [1.0, 1.0, 1.0, 0.0]
+    >>> lenient("It is a planet", "A", options=planets), lenient("It is a planet", "A")
+    (0.0, 1.0)
     """
+    if options and not isinstance(answer, list) and answer in options:
+        return _chosen(output, answer, options, mode, pattern, tolerance)
     return max((_lenient(output, a, mode, pattern, tolerance, question) for a in alternatives(answer)), default=0.0)
+
+
+def _chosen(output: str, answer: str, options: dict[str, str], mode: str, pattern: str | None,
+            tolerance: float) -> float:
+    if strict(output, answer, mode, pattern, tolerance):
+        return 1.0
+    said = normalize(output)
+    named = {label for label, text in options.items()
+             if re.search(r"(?<!\w)" + re.escape(label) + r"(?!\w)", output)
+             or (normalize(text) and re.search(r"(?<!\w)" + re.escape(normalize(text)) + r"(?!\w)", said))}
+    return float(named == {answer})
 
 
 def _lenient(output: str, answer: str, mode: str, pattern: str | None, tolerance: float, question: str) -> float:

@@ -174,11 +174,13 @@ def score(cfg, outputs: list, references: list, rows: list[dict] | None = None
             continue
         if name in ("task", "lenient"):
             task = tasks.for_data(cfg.data)
-            asked = [context(r) for r in rows] if rows else [""] * len(references)
             if name == "task":
                 values = [[task.score(o, ref) for o in outs] for outs, ref in zip(samples, references)]
-            else:  # a number the reply only repeats from the question is not an answer it found
-                values = [[task.lenient(o, ref, q) for o in outs] for outs, ref, q in zip(samples, references, asked)]
+            else:  # a number the reply only repeats from the question is not an answer it found, nor a list of options
+                given = [(context(r), {"options": r["options"]} if r.get("options") else {}) for r in rows] if rows \
+                    else [("", {})] * len(references)
+                values = [[task.lenient(o, ref, q, **more) for o in outs]
+                          for outs, ref, (q, more) in zip(samples, references, given)]
             per_example[name] = [float(np.mean(v)) for v in values]
             overall[name] = float(np.mean(per_example[name])) if values else 0.0
             continue

@@ -6,7 +6,8 @@ Every source is normalized (`ftkit.sources`) to rows
      "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
      "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns),
      "accepted": [str] (optional: every acceptable answer, the reference first, where a source gives several),
-     "question": str (multiple choice only: the question without its options, which the prompt lists)}
+     "question": str (multiple choice only: the question without its options, which the prompt lists),
+     "options": {label: text} (multiple choice only: the options as lettered in the prompt)}
 
 that is, the last user turn and the assistant answer the model must learn, with any earlier turns as history;
 prompts for RL whose rewards need no reference answer have no "answer"; plain text (continued pre-training) is

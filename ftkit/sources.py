@@ -397,7 +397,7 @@ def multiple_choice(question, choices, answer, place: str, first_index: int = 0)
                         f"({first_index} to {len(choices) - 1 + first_index}), its label ({', '.join(labels)}) or its text")
     options = "\n".join(f"{label}. {text.strip()}" for label, text in zip(labels, choices))
     return {"prompt": f"{str(question).strip()}\n\n{options}\n\n{CHOOSE}", "answer": right,
-            "question": str(question).strip()}
+            "question": str(question).strip(), "options": {label: text.strip() for label, text in zip(labels, choices)}}
 
 
 def counted_from(records: list[tuple[str, dict]]) -> int:

@@ -763,7 +763,8 @@ def test_multiple_choice_questions_list_their_options_and_are_answered_by_letter
     rows = [r for _, r in sources.load_files(str(tmp_path / "mmlu.parquet"), "auto", {})[0]]
     assert rows[2] == {"prompt": "Which planet is number 2 from the sun?\n\nA. Mercury\nB. Venus\nC. Earth\nD. Mars"
                                  "\n\nAnswer with the letter of the right option.", "answer": "C",
-                       "question": "Which planet is number 2 from the sun?"}
+                       "question": "Which planet is number 2 from the sun?",
+                       "options": {"A": "Mercury", "B": "Venus", "C": "Earth", "D": "Mars"}}
     cfg = make_recipe(tmp_path, path="mmlu.parquet", test_size=12, split_by=None)
     splits, figures = data.build_splits(cfg)
     assert set(figures["classes"]["names"]) == set("ABCD"), "letters are classes: eval reads them as such"

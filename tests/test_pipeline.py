@@ -44,7 +44,8 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert m["robustness"]["typo"]["n"] == 16
         rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
         assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
-                                                                "sampled_score"}  # GRPO trained: eval.sampled is 4
+                                                                "sampled_score", "finished"}  # GRPO trained:
+        # eval.sampled is 4; the tiny model's replies never end in 4 tokens, so each is answered again with room
         assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
         # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions;
         # a wrong number copied from the question is an echo, not an estimate

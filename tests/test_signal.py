@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from ftkit import answers, display, models, recipe, rewards, rl, rundir
+from ftkit import answers, display, models, recipe, rewards, rl, rundir, sources
 from ftkit import eval as eval_stage
 from ftkit.generation import generate
 from ftkit.tasks import ReferenceAnswer
@@ -43,7 +43,7 @@ def test_every_extraction_mode_on_known_replies(reply, reference, mode, pattern,
     assert (task.score(reply, reference), task.lenient(reply, reference)) == (strict, lenient)
 
 
-def test_lenient_does_not_credit_a_number_repeated_from_the_question():
+def test_lenient_does_not_credit_what_the_reply_only_repeats_from_the_question():
     problem = "Ben has 15 shells. Ben splits them into 3 equal piles and keeps one pile. Then Ben gives away 4. " \
               "Then Ben has 3 times as many shells. How many shells does Ben have now?"
     solution = "15 / 3 = 5\n5 - 4 = 1\n1 * 3 = 3\n#### 3"
@@ -54,6 +54,12 @@ def test_lenient_does_not_credit_a_number_repeated_from_the_question():
     per_example, overall = eval_stage.score(cfg, replies, [solution] * 3, [{"prompt": problem}] * 3)
     assert (per_example["task"], per_example["lenient"]) == ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
     assert overall["lenient"] == pytest.approx(2 / 3)
+    # a multiple-choice reply names the right option and no other: not the article "a", not the options listed
+    question = sources.multiple_choice("Which planet is nearest the sun?", ["Venus", "Mercury", "Mars"], 1, "x")
+    replies = ["B", "B. Mercury", "It is mercury", "I think it is a planet", "A. Venus\nB. Mercury\nC. Mars", "A"]
+    cfg = recipe.build({"name": "m", "data": {"path": "mc.jsonl"}})
+    per_example, _ = eval_stage.score(cfg, replies, ["B"] * 6, [question] * 6)
+    assert (per_example["exact_match"], per_example["lenient"]) == ([1.0, 0, 0, 0, 0, 0], [1.0, 1.0, 1.0, 0, 0, 0])
     # an answer quoted from a passage (extract: exact) still counts where the passage has it
     passage = "The bridge, 1,200 metres long, opened in 1932. How long is the bridge?"
     assert ReferenceAnswer("exact").lenient("It is 1200 metres.", "1200", passage) == 1.0

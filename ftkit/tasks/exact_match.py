@@ -26,10 +26,12 @@ class ReferenceAnswer:
         """
         return answers.strict(output, answer, self.extract, self.pattern, self.tolerance)
 
-    def lenient(self, output: str, answer: str | list[str], question: str = "") -> float:
+    def lenient(self, output: str, answer: str | list[str], question: str = "",
+                options: dict[str, str] | None = None) -> float:
         """The reference answer (or one of the acceptable ones) anywhere in the reply; a number the reply repeats
-        from the `question` counts only with `data.extract: exact` (answers.lenient)."""
-        return answers.lenient(output, answer, self.extract, self.pattern, self.tolerance, question)
+        from the `question` counts only with `data.extract: exact`; with a multiple-choice row's `options`, the right
+        option named and no other (answers.lenient)."""
+        return answers.lenient(output, answer, self.extract, self.pattern, self.tolerance, question, options)
 
     def reward(self, completions: list, answer: list[str], accepted: list[list[str]] | None = None, **_) -> list[float]:
         """TRL's reward signature; a completion giving any of a row's `accepted` answers is right.
