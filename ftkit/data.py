@@ -134,6 +134,28 @@ def common_grams(texts: list[str]) -> dict[tuple[str, ...], int]:
     return {gram: n for gram, n in counts.items() if n >= floor}
 
 
+def _own_grams(text: str, common: dict) -> list[tuple[str, ...]]:
+    """The word 8-grams of a text's own wording: the words that template 8-grams (`common_grams`) cover are taken
+    out first, so that a template's seven words and one of the example's do not make two examples one story. None
+    where the template covers every word (a repeat of such a text is an exact duplicate).
+
+    >>> common = {tuple("what is the iso 3166-1 alpha-3 code of".split()): 249}
+    >>> _own_grams("What is the ISO 3166-1 alpha-3 code of French Polynesia?", common)
+    [('french', 'polynesia?')]
+    >>> _grams("What is the ISO 3166-1 alpha-3 code of French Polynesia?")[1]  # one word its own: shared by French Guiana
+    ('is', 'the', 'iso', '3166-1', 'alpha-3', 'code', 'of', 'french')
+    """
+    if not common:
+        return _grams(text)
+    words = text.lower().split()
+    covered = [False] * len(words)
+    for i in range(len(words) - NGRAM + 1):
+        if tuple(words[i:i + NGRAM]) in common:
+            covered[i:i + NGRAM] = [True] * NGRAM
+    own = [word for word, inside in zip(words, covered) if not inside]
+    return _grams(" ".join(own)) if own else []
+
+
 def _common_figures(common: dict) -> dict:
     """How many template 8-grams the check left out, and the most frequent one, for the report."""
     top = max(common.items(), key=lambda item: (item[1], item[0]))[0] if common else None
@@ -145,21 +167,20 @@ def contamination(train: list[dict], test: list[dict], exact_only: bool = False,
     word 8-gram (the whole text if shorter). `fraction` counts the n-gram overlaps, or with `exact_only` the exact
     repeats alone: a built-in task's generated problems share their template's wording by design, and the task
     guarantees that no test problem is a train problem. Wording that a tenth of all the prompts repeat (an
-    instruction, a template: `common_grams`) is not counted as overlap; `common_ngrams` says how many 8-grams that
-    left out, `common_example` the most frequent. `pairs`: the first `show` counted ones, side by side."""
+    instruction, a template: `common_grams`) is not counted as overlap, nor are the words it covers (`_own_grams`);
+    `common_ngrams` says how many 8-grams that left out, `common_example` the most frequent. `pairs`: the first `show` counted ones, side by side."""
     train_texts = {context(r).strip().lower(): i for i, r in enumerate(train)}
     common = {} if exact_only else common_grams([context(r) for r in train + test])
     owner = {}
     for i, row in enumerate(train):
-        for gram in _grams(context(row)):
-            if gram not in common:
-                owner.setdefault(gram, i)
+        for gram in _own_grams(context(row), common):
+            owner.setdefault(gram, i)
     exact = overlap = 0
     pairs = []
     for row in test:
         text = context(row)
         same = train_texts.get(text.strip().lower())
-        shared = next((g for g in _grams(text) if g in owner), None)
+        shared = next((g for g in _own_grams(text, common) if g in owner), None)
         exact += same is not None
         overlap += same is not None or shared is not None
         if len(pairs) < show and (same is not None or (shared is not None and not exact_only)):
@@ -193,7 +214,8 @@ def contamination_error(source: str, figures: dict, test_size: int, limit: float
 
 def group_keys(rows: list[dict], split_by: str | None) -> list:
     """Each row's group for the split: its own (no split_by), its "group" column value, or with "ngram" the
-    connected set of rows whose prompts share a word 8-gram that is not a template's (`common_grams`). Raises
+    connected set of rows whose prompts share a word 8-gram of their own wording (a template's words taken out:
+    `_own_grams`). Raises
     DataError when one group would swallow most rows: no held-out split could keep it on one side.
 
     >>> rows = [{"prompt": p, "answer": "x"} for p in ("a b c d e f g h i", "z b c d e f g h i", "q")]
@@ -215,9 +237,7 @@ def group_keys(rows: list[dict], split_by: str | None) -> list:
     common = common_grams([context(row) for row in rows])
     owner, link = {}, Counter()  # link: how often a gram joined two groups, for the error's example
     for i, row in enumerate(rows):
-        for gram in _grams(context(row)):
-            if gram in common:
-                continue
+        for gram in _own_grams(context(row), common):
             j = owner.setdefault(gram, i)
             a, b = root(i), root(j)
             if a != b:
@@ -240,8 +260,8 @@ def apart(train: list[dict], test: list[dict], split_by: str | None, drops: Coun
         return train
     if split_by == "ngram":
         common = common_grams([context(row) for row in train + test])
-        test_grams = {g for row in test for g in _grams(context(row)) if g not in common}
-        kept = [r for r in train if not any(g in test_grams for g in _grams(context(r)))]
+        test_grams = {g for row in test for g in _own_grams(context(row), common)}
+        kept = [r for r in train if not any(g in test_grams for g in _own_grams(context(r), common))]
     else:
         test_groups = {row["group"] for row in test}
         kept = [r for r in train if r["group"] not in test_groups]

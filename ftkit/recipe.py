@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,6 +32,43 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made fr
 KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "accepted",
                  "trainer_state")
 REFERENCE_REWARDS = ("task", "exact_match", "numeric_match", "code_tests")  # built-in rewards that need the answer
+# data.columns fields that hold text, and so may be filled from a template of the row's columns
+TEMPLATED = ("prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen", "rejected",
+             "system", "text")
+
+
+def template_fields(value) -> list[str] | None:
+    """The columns a data.columns template names, in order, or None where the value is a column's name (no braces).
+    A column is written `{column}` (a field inside one `{column.field}`), a literal brace twice (`{{`, `}}`); a
+    template that cannot be filled raises ValueError with the fix.
+
+    >>> template_fields("What is the ISO code of {Country}? ({Region.name})"), template_fields("Country")
+    (['Country', 'Region.name'], None)
+    """
+    if not isinstance(value, str) or ("{" not in value and "}" not in value):
+        return None
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a template ({exc}); write a column as {{column}} and a brace meant "
+                         "literally twice ({{ or }})") from None
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.strip() or name.isdigit():
+            raise ValueError(f"{value!r}: {{{name}}} names no column; put the column's name inside the braces, "
+                             "e.g. {question}")
+        if spec or conversion:
+            raise ValueError(f"{value!r}: {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                             f" formats the value, which a template does not; write {{{name}}}")
+        names.append(name)
+    if not names:
+        raise ValueError(f"{value!r} names no column: a template puts columns in braces, e.g. 'Title: {{title}}'; "
+                         "for the same text on every row use data.system")
+    return names
+
+
 
 
 def data_problem(stages, rl_method: str, kind: str, rewards=(), metrics=None) -> str | None:
@@ -144,7 +182,8 @@ class DataConfig(_Section):
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
                           "rejected", "label", "system", "messages", "conversations", "text", "accepted",
                           "choices"], str | list[str]] = Field(
-        default_factory=dict, description="ftkit's field -> your column, or a field inside one (answers.text); "
+        default_factory=dict, description="ftkit's field -> your column, a field inside one (answers.text), or, for "
+        "a text field, a template of columns ('What is the capital of {country}?'); "
         "accepted: more answers that count as right (a list, e.g. TriviaQA's answer.aliases); choices: one column "
         "holding the options, or a list of columns holding one option each (PIQA's [sol1, sol2])")
     label_names: list[str] | dict[int | str, str] | None = Field(
@@ -216,13 +255,23 @@ class DataConfig(_Section):
     @field_validator("columns")
     @classmethod
     def _column_lists(cls, columns):
+        problems = []
         for field, column in columns.items():
             if isinstance(column, list) and field != "choices":
-                raise ValueError(f"{field} maps onto one column, not a list {column}; only choices may name several "
-                                 "(one option each)")
-            if isinstance(column, list) and (len(column) < 2 or len(set(column)) < len(column)):
-                raise ValueError(f"choices: {column} names {len(set(column))} distinct column(s); a list of option "
-                                 "columns names at least two, each once, e.g. [sol1, sol2]")
+                problems.append(f"{field} maps onto one column, not a list {column}; only choices may name several "
+                                "(one option each)")
+            elif isinstance(column, list) and (len(column) < 2 or len(set(column)) < len(column)):
+                problems.append(f"choices: {column} names {len(set(column))} distinct column(s); a list of option "
+                                "columns names at least two, each once, e.g. [sol1, sol2]")
+            elif isinstance(column, str):
+                try:
+                    if template_fields(column) and field not in TEMPLATED:
+                        problems.append(f"{field}: {column!r} is a template, which fills text fields only "
+                                        f"({', '.join(TEMPLATED)}); map {field} onto a column")
+                except ValueError as exc:
+                    problems.append(f"{field}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return columns
 
     @field_validator("mix")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import glob
 import json
 import re
+import string
 from collections import Counter
 from pathlib import Path
 
 from ftkit import answers
+from ftkit.recipe import template_fields
 from ftkit.rows import DataError
 
 FORMATS = ("prompt_completion", "question_answer", "multiple_choice", "alpaca", "messages", "sharegpt", "preference",
@@ -457,6 +459,32 @@ def _nested(record: dict, path: str):
     return value
 
 
+def _filled(record: dict, template: str, place: str) -> str:
+    """A data.columns template with this record's values in place of its columns; "" where one of them is missing
+    or empty, so that the row is dropped and counted (empty_field) rather than trained on with a hole in it.
+
+    >>> _filled({"Country": "Aruba", "info": {"region": "Americas"}}, "{Country} ({info.region})?", "x")
+    'Aruba (Americas)?'
+    >>> _filled({"Country": "", "info": {}}, "{Country}?", "x")
+    ''
+    """
+    values = {}
+    for name in template_fields(template):
+        value = _nested(record, name)
+        if value is _ABSENT:
+            raise DataError(f"{place}: the template {template!r} names {name!r}, which is not a column here; the "
+                            f"columns are {sorted(record)}: fix the template, or fill this row")
+        if isinstance(value, (dict, list)):
+            inside = f"an object with the fields {sorted(value)}" if isinstance(value, dict) else "a list"
+            raise DataError(f"{place}: the template {template!r} names {name!r}, which holds {inside}, not text; "
+                            f"name a text inside it, e.g. {{{name}.<field>}}")
+        if value is None or not str(value).strip():
+            return ""
+        values[name] = str(value)
+    return "".join(text + (values[name] if name is not None else "")
+                   for text, name, _, _ in string.Formatter().parse(template))
+
+
 def _mapped(record: dict, columns: dict, named: list[str], place: str) -> dict:
     """A record with data.columns applied: each ftkit field takes its column's value (a mapped column wins over an
     unmapped one of the same name, as COPA's `question` when its premise is mapped onto question), and a list of
@@ -470,7 +498,7 @@ def _mapped(record: dict, columns: dict, named: list[str], place: str) -> dict:
     out = {k: v for k, v in record.items() if k not in columns and k not in named}
     for name, path in columns.items():
         if not isinstance(path, list):
-            value = _nested(record, path)
+            value = _filled(record, path, place) if template_fields(path) else _nested(record, path)
             if value is not _ABSENT:  # else the format's check names the missing column
                 out[name] = value
             continue
@@ -495,8 +523,11 @@ def normalize_records(records: list[tuple[str, dict]], fmt: str, columns: dict[s
     if not records:
         return []
     if columns:
-        named = [c for path in columns.values() for c in (path if isinstance(path, list) else [path])]
-        absent = [c for c in named if _nested(records[0][1], c) is _ABSENT]
+        # a mapped column leaves the record under its own name; a template's columns stay (a reward may keep one)
+        named = [c for path in columns.values() if not template_fields(path)
+                 for c in (path if isinstance(path, list) else [path])]
+        used = named + [c for path in columns.values() for c in template_fields(path) or []]
+        absent = [c for c in used if _nested(records[0][1], c) is _ABSENT]
         if absent:
             raise DataError(f"{records[0][0]}: data.columns names {absent[0]!r}, which is not a column here; "
                             f"the columns are {sorted(records[0][1])} (a field inside one: <column>.<field>)")

@@ -277,6 +277,44 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
     assert data.contamination(train, test, exact_only=True)["fraction"] == 0.0
 
 
+def test_a_template_of_columns_fills_a_text_field(tmp_path):
+    countries = [("Aruba", "ABW", 533, "Americas"), ("French Polynesia", "PYF", 258, "Oceania"),
+                 ("French Guiana", "GUF", 254, "Americas"), ("Nowhere", "NWH", 0, "")]
+    pd.DataFrame(countries * 6, columns=["Country", "Alpha-3 code", "Numeric", "Region"]).to_csv(
+        tmp_path / "c.csv", index=False)
+    columns = {"prompt": "What is the ISO code of {Country} ({Region}, number {Numeric})? {{braces}} stay",
+               "answer": "Alpha-3 code"}
+    rows, drops = sources.load_files(str(tmp_path / "c.csv"), "auto", columns, keep=["Region"])
+    assert rows[1][1] == {"prompt": "What is the ISO code of French Polynesia (Oceania, number 258)? {braces} stay",
+                          "answer": "PYF", "extra": {"Region": "Oceania"}}  # a template's column may go to a reward
+    splits, figures = data.build_splits(make_recipe(tmp_path, path="c.csv", columns=columns))
+    assert figures["drops"] == {"empty_field": 6, "duplicate": 15}  # Nowhere has no region: no prompt with a hole
+    # in JSONL a field inside a column is named by a dotted path
+    write_jsonl(tmp_path / "n.jsonl", [{"country": {"name": "Aruba", "codes": ["AW", "ABW"]}, "code": "ABW"}])
+    rows, _ = sources.load_files(str(tmp_path / "n.jsonl"), "auto",
+                                 {"prompt": "Code of {country.name}?", "answer": "code"})
+    assert rows[0][1]["prompt"] == "Code of Aruba?"
+    for template, message in (("Code of {country}?", r"names 'country', which holds an object with the fields "
+                                                     r"\['codes', 'name'\], not text; name a text inside it, e.g. "
+                                                     r"\{country.<field>\}"),
+                              ("Code of {nation}?", r"data.columns names 'nation', which is not a column here; the "
+                                                    r"columns are \['code', 'country'\]")):
+        with pytest.raises(DataError, match=r"n.jsonl.*" + message):
+            sources.load_files(str(tmp_path / "n.jsonl"), "auto", {"prompt": template, "answer": "code"})
+
+
+def test_a_templates_words_and_one_of_the_examples_own_are_not_one_story(tmp_path):
+    names = [f"{first} {second}" for first in ("French", "South", "New", "Saint", "North") for second in
+             ("Polynesia", "Guiana", "Georgia", "Caledonia", "Lucia", "Kitts", "Zealand", "Sudan")]
+    rows = [{"question": f"What is the ISO 3166-1 alpha-3 code of {name}?", "answer": name[:3].upper()}
+            for name in names]
+    overlap = data.contamination(rows[::2], rows[1::2])
+    assert overlap["ngram_overlaps"] == 0 and overlap["common_example"] == "what is the iso 3166-1 alpha-3 code of"
+    assert data.group_keys(rows, "ngram") == list(range(len(rows)))
+    asked_twice = {"question": f"What is the ISO 3166-1 alpha-3 code of {names[0]}?", "answer": "FRE"}
+    assert data.contamination(rows[::2], [asked_twice, *rows[1::2]])["ngram_overlaps"] == 1
+
+
 @pytest.mark.parametrize("section, message", [
     ({"task": "addition", "path": "x.jsonl"}, "set one source, not task ('addition') and path ('x.jsonl')"),
     ({"test_split": "test"}, "test_split needs hub"),
@@ -285,6 +323,15 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
     ({"format": "csv"}, "data.format = 'csv': Input should be 'auto', 'prompt_completion'"),
     ({"columns": {"questoin": "q"}}, "data.columns.questoin: unknown key 'questoin'; did you mean 'question'?"),
     ({"max_contamination": 2}, "data.max_contamination = 2: Input should be less than or equal to 1"),
+    ({"columns": {"prompt": "Code of {Country!r}?", "answer": "{Code", "label": "{x}"}},
+     "data.columns: answer: '{Code' is not a template (expected '}' before end of string); write a column as {column} "
+     "and a brace meant literally twice ({{ or }}); label: '{x}' is a template, which fills text fields only (prompt, "
+     "completion, question, answer, instruction, input, output, chosen, rejected, system, text); map label onto a "
+     "column; prompt: 'Code of {Country!r}?': {Country!r} formats the value, which a template does not; write "
+     "{Country}"),
+    ({"columns": {"prompt": "Say {}", "answer": "{{a}}"}}, "answer: '{{a}}' names no column: a template puts columns "
+     "in braces, e.g. 'Title: {title}'; for the same text on every row use data.system; prompt: 'Say {}': {} names no "
+     "column; put the column's name inside the braces, e.g. {question}"),
 ])
 def test_bad_data_sections_fail_validation(tmp_path, section, message):
     (tmp_path / "x.jsonl").write_text("{}\n")
