@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def limit_length(rows: list[dict], tokenizer, max_length: int, mode: str, drops:
                  figures: Counter) -> list[dict]:
     """Examples longer than `max_length` tokens are dropped, or kept and counted for the trainer to truncate."""
     lengths = token_lengths(rows, tokenizer)
+    figures["length_checked"] += len(rows)
+    figures["longest_tokens"] = max([figures["longest_tokens"], *lengths])
     too_long = sum(n > max_length for n in lengths)
     if not too_long:
         return rows
@@ -451,7 +454,9 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     names = classes(examples, splits["test"])
     if names:  # a classification: eval adds a confusion matrix and macro-F1, the report the commonest-class baseline
         out["classes"] = class_counts(splits, names)
-    warnings = (([] if evaluate_only else thin_train(splits, dict(drops))) + (unnamed_classes(splits["test"], names) if names else [])
+    warnings = (([] if evaluate_only else thin_train(splits, dict(drops)))
+                + dropped_long(drops, counts, cfg.sft.max_length)
+                + (unnamed_classes(splits["test"], names) if names else [])
                 + conflicting_answers([r for rows in splits.values() for r in rows]))
     if warnings:
         out["warnings"] = warnings
@@ -505,6 +510,41 @@ def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
             "add data"]
 
 
+def dropped_long(drops: Counter, counts: Counter, max_length: int) -> list[str]:
+    """A warning when data.too_long: drop took a twentieth or more of the examples for being over sft.max_length
+    (whose default, 128 tokens, fits short questions and answers, not documents), with the length that keeps them.
+
+    >>> dropped_long(Counter(too_long=96), Counter(length_checked=300, longest_tokens=231), 128)[0]
+    '96 of 300 examples (32 %) are longer than sft.max_length = 128 tokens and were dropped; sft.max_length: 231 keeps them all (the longest), data.too_long: truncate keeps them cut'
+    >>> dropped_long(Counter(too_long=4), Counter(length_checked=300, longest_tokens=231), 128)
+    []
+    """
+    dropped, checked = drops["too_long"], counts["length_checked"]
+    if not checked or dropped < checked / 20:
+        return []
+    return [f"{dropped} of {checked} examples ({round(100 * dropped / checked)} %) are longer than sft.max_length = "
+            f"{max_length} tokens and were dropped; sft.max_length: {counts['longest_tokens']} keeps them all (the "
+            "longest), data.too_long: truncate keeps them cut"]
+
+
+def _names_classes(text: str, names: list[str]) -> bool:
+    """Whether a prompt (with its system prompt) names every class: each as a word, or for classes that are whole
+    numbers each number, or where they run without a gap (1 to 5) the first and the last.
+
+    >>> _names_classes("Answer with a number from 1 to 5.", ["1", "2", "3", "4", "5"])
+    True
+    >>> _names_classes("Title: Review 123. How many stars?", ["1", "2", "3"]), _names_classes("Good?", ["no", "yes"])
+    (False, False)
+    """
+    text = text.lower()
+    if not all(re.fullmatch(r"-?\d+", n) for n in names):
+        return all(n.lower() in text for n in names)
+    said = {int(x) for x in re.findall(r"-?\d+" if any(n.startswith("-") for n in names) else r"\d+", text)}
+    values = sorted(int(n) for n in names)
+    ranged = len(values) > 2 and values == list(range(values[0], values[-1] + 1))
+    return set(values) <= said or ranged and {values[0], values[-1]} <= said
+
+
 def unnamed_classes(rows: list[dict], names: list[str]) -> list[str]:
     """A warning when a classification's prompts (with their system prompt) do not name its classes: a model that
     has not been tuned cannot know which words to answer with, and scores by exact match say little about it.
@@ -517,7 +557,7 @@ def unnamed_classes(rows: list[dict], names: list[str]) -> list[str]:
     True
     """
     sample = rows[:50]
-    said = [all(n.lower() in f"{r.get('system', '')} {r['prompt']}".lower() for n in names) for r in sample]
+    said = [_names_classes(f"{r.get('system', '')} {r['prompt']}", names) for r in sample]
     if not sample or sum(said) >= len(sample) / 2:
         return []
     listed = ", ".join(names)

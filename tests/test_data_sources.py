@@ -112,14 +112,21 @@ def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
     from ftkit.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    rows = qa_rows(10) + [{"question": "word " * 400, "answer": "long"}]
+    rows = qa_rows(30) + [{"question": "word " * 400, "answer": "long"}]
     write_jsonl(tmp_path / "d.jsonl", rows)
     cfg = make_recipe(tmp_path, path="d.jsonl")
     splits, figures = data.build_splits(cfg, tokenizer)
     assert figures["drops"] == {"too_long": 1}
+    assert "warnings" not in figures  # one example in 31 is noted in the drops, not warned about
     stats = data.save_splits(splits, tmp_path / "run", figures, tokenizer)
     assert stats["splits"]["train"]["tokens_max"] <= cfg.sft.max_length
     assert stats["splits"]["test"]["examples"] == 2
+    write_jsonl(tmp_path / "d.jsonl", rows + [{"question": f"{i} " + "word " * 300, "answer": "long"} for i in range(3)])
+    longest = max(data.token_lengths([{"prompt": r["question"], "answer": r["answer"]} for r in rows[-1:]], tokenizer))
+    _, figures = data.build_splits(cfg, tokenizer)
+    assert figures["warnings"] == [f"4 of 34 examples (12 %) are longer than sft.max_length = 128 tokens and were "
+                                   f"dropped; sft.max_length: {longest} keeps them all (the longest), data.too_long: "
+                                   "truncate keeps them cut"]
 
 
 def test_source_test_split_is_used_as_given(tmp_path):
