@@ -135,11 +135,13 @@ class CountingProxy:
             except OSError:
                 return
             with conn:
-                conn.settimeout(2)
+                conn.settimeout(10)
                 try:
-                    self.requests.append(conn.recv(200).decode(errors="replace").splitlines()[0])
-                except (OSError, IndexError):
-                    self.requests.append("?")
+                    line = conn.recv(200).decode(errors="replace").splitlines()
+                except OSError:
+                    line = ["?"]  # opened and silent: counted, since what it wanted is unknown
+                if line:  # closed without a byte: a socket Chromium opens ahead and never uses (seen under load)
+                    self.requests.append(line[0])
 
 
 def test_the_report_opens_offline_in_headless_chromium(tiny_run, tmp_path):
