@@ -28,6 +28,9 @@ from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, context, imitat
                         with_lengths)
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
+# reference answers this long (median, in words) are sentences: scored by their overlap with the reply first
+SENTENCE_WORDS = 5
+SENTENCE_METRICS = ["rouge_l", "f1", "exact_match", "lenient"]
 
 
 def tuned_path(cfg, run_dir: Path, name: str) -> Path | None:
@@ -124,7 +127,9 @@ def implicit_margins(policy, reference, beta: float) -> list[float]:
 
 
 def for_rows(cfg, rows: list[dict]):
-    """The recipe with the default metrics for its test rows: prompts without answers by `reward` (the recipe's
+    """The recipe with the default metrics for its test rows: answers that are sentences (SENTENCE_WORDS words or
+    more, the median) by ROUGE-L first, where exact match would call nearly every good reply wrong and a gain in
+    wording invisible; prompts without answers by `reward` (the recipe's
     rl.rewards on each reply, weighted as in training; with several, each one too), held-out preference pairs by
     `preference` (how often a model prefers the chosen answer), not by matching free-text generations to it; where
     the recipe says how an answer is scored (`data.extract`), the replies are also scored against the chosen
@@ -134,7 +139,10 @@ def for_rows(cfg, rows: list[dict]):
     if "answer" not in rows[0]:
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["reward"]})})
     if "rejected" not in rows[0]:
-        return cfg
+        sentences = not cfg.data.task and cfg.data.extract == "exact" and \
+            np.median([len(r["answer"].split()) for r in rows]) >= SENTENCE_WORDS
+        return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": SENTENCE_METRICS})}) \
+            if sentences else cfg
     scored = ["task", "lenient"] if cfg.data.extract != "exact" or cfg.data.task else []
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference", *scored]})})
 
@@ -142,7 +150,8 @@ def for_rows(cfg, rows: list[dict]):
 def metric_names(cfg) -> list[str]:
     """The recipe's metrics; the first is the headline. Default: the task's strict scorer (the answer where the
     format puts it) and the lenient one (the right answer anywhere in the reply); for data from files scored as a
-    whole reply, exact match, token F1 and ROUGE-L, then lenient (preference pairs: see `for_rows`)."""
+    whole reply, exact match, token F1 and ROUGE-L, then lenient (answers that are sentences, preference pairs:
+    see `for_rows`)."""
     if cfg.eval.metrics:
         return cfg.eval.metrics
     if cfg.data.task or cfg.data.extract != "exact":

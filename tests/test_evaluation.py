@@ -48,6 +48,22 @@ def test_scores_put_the_headline_metric_first_and_average_samples(tmp_path):
     assert per_example["task"] == [0.5, 1.0]
 
 
+def test_answers_that_are_sentences_are_scored_by_rouge_l_first(tmp_path):
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "m", "data": {"path": "d.jsonl"}}))
+    cfg = recipe.load(path)
+    sentences = [{"prompt": "What does math.atanh do?", "answer": "Return the inverse hyperbolic tangent of x."},
+                 {"prompt": "What does lzma.decompress do?", "answer": "Decompress a block of data."}]
+    short = [{"prompt": "Capital of France?", "answer": "Paris"}, {"prompt": "ISO code of Aruba?", "answer": "ABW"}]
+    assert eval_stage.metric_names(eval_stage.for_rows(cfg, sentences)) == ["rouge_l", "f1", "exact_match", "lenient"]
+    assert eval_stage.metric_names(eval_stage.for_rows(cfg, short)) == ["exact_match", "f1", "rouge_l", "lenient"]
+    asked = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["exact_match"]})})
+    assert eval_stage.metric_names(eval_stage.for_rows(asked, sentences)) == ["exact_match"]  # the recipe's own
+    numbers = cfg.model_copy(update={"data": cfg.data.model_copy(update={"extract": "last_number"})})
+    assert eval_stage.metric_names(eval_stage.for_rows(numbers, sentences)) == ["task", "lenient"]
+
+
 def test_unknown_metrics_and_sampling_without_temperature_are_refused(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["rouge"]}}))
