@@ -24,12 +24,10 @@ from ftkit import answers, judge, metrics, models, robustness, rundir, tasks
 from ftkit.generation import continuation_prompt, generate
 from ftkit.io import write_jsonl
 from ftkit.recipe import data_problem
-from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, context, imitated, kind, messages, trained_text,
-                        with_lengths)
+from ftkit.rows import (NO_CLASS, acceptable, class_of, classes, context, imitated, kind, messages, sentences,
+                        trained_text, with_lengths)
 
 BINARY = ("task", "exact_match", "accuracy", "preference")
-# reference answers this long (median, in words) are sentences: scored by their overlap with the reply first
-SENTENCE_WORDS = 5
 SENTENCE_METRICS = ["rouge_l", "f1", "exact_match", "lenient"]
 
 
@@ -127,8 +125,8 @@ def implicit_margins(policy, reference, beta: float) -> list[float]:
 
 
 def for_rows(cfg, rows: list[dict]):
-    """The recipe with the default metrics for its test rows: answers that are sentences (SENTENCE_WORDS words or
-    more, the median) by ROUGE-L first, where exact match would call nearly every good reply wrong and a gain in
+    """The recipe with the default metrics for its test rows: answers that are sentences (`rows.sentences`) by
+    ROUGE-L first, where exact match would call nearly every good reply wrong and a gain in
     wording invisible; prompts without answers by `reward` (the recipe's
     rl.rewards on each reply, weighted as in training; with several, each one too), held-out preference pairs by
     `preference` (how often a model prefers the chosen answer), not by matching free-text generations to it; where
@@ -139,10 +137,9 @@ def for_rows(cfg, rows: list[dict]):
     if "answer" not in rows[0]:
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["reward"]})})
     if "rejected" not in rows[0]:
-        sentences = not cfg.data.task and cfg.data.extract == "exact" and \
-            np.median([len(r["answer"].split()) for r in rows]) >= SENTENCE_WORDS
+        whole = not cfg.data.task and cfg.data.extract == "exact"
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": SENTENCE_METRICS})}) \
-            if sentences else cfg
+            if whole and sentences(rows) else cfg
     scored = ["task", "lenient"] if cfg.data.extract != "exact" or cfg.data.task else []
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference", *scored]})})
 
@@ -212,7 +209,7 @@ def _rewarded(cfg, samples: list[list[str]], rows: list[dict]) -> dict[str, list
     are several rewards, each one's as `reward/<name>`."""
     from ftkit import rewards
 
-    functions, weights = rewards.build(cfg, ".")
+    functions, weights = rewards.build(cfg, ".", rows)
     flat_rows = [r for r, outs in zip(rows, samples) for _ in outs]
     total, each = rewards.score_replies(functions, weights, flat_rows, [o for outs in samples for o in outs])
     named = {"reward": total, **({f"reward/{n}": v for n, v in each.items()} if len(each) > 1 else {})}

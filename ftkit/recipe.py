@@ -31,7 +31,7 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made fr
 # what TRL passes a reward itself; a kept column by one of these names would clash
 KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "accepted",
                  "trainer_state")
-REFERENCE_REWARDS = ("task", "exact_match", "numeric_match", "code_tests")  # built-in rewards that need the answer
+REFERENCE_REWARDS = ("task", "exact_match", "rouge_l", "numeric_match", "code_tests")  # built-in rewards that need the answer
 # data.columns fields that hold text, and so may be filled from a template of the row's columns
 TEMPLATED = ("prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen", "rejected",
              "system", "text")

@@ -16,14 +16,16 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import re
 from pathlib import Path
 
-from ftkit import answers, tasks
-from ftkit.rows import messages, reward_columns
+from ftkit import answers, metrics, tasks
+from ftkit.rows import messages, reward_columns, sentences
 from ftkit.tasks.common import completion_text
 
+log = logging.getLogger(__name__)
 
 
 class RewardError(ValueError):
@@ -49,6 +51,16 @@ def numeric_match(completions, answer, tolerance: float = 0.0, extract: str = "l
         wanted = [answers.numbers(answers.reference(r, extract, pattern)) for r in answers.alternatives(references)]
         scores.append(float(bool(got) and any(want and answers.same(got[-1], want[-1], tolerance) for want in wanted)))
     return scores
+
+
+def rouge_l(completions, answer: list[str], accepted: list[list[str]] | None = None, **_) -> list[float]:
+    """ROUGE-L F-measure of each completion against its reference answer (the best of the `accepted` ones): a reward
+    that rises as a sentence comes nearer the reference, where exact match is 0 for nearly every reply.
+
+    >>> [round(r, 3) for r in rouge_l(["Return the tangent of x.", "No idea.", "x"], ["Return the tangent of x."] * 3)]
+    [1.0, 0.0, 0.333]
+    """
+    return [metrics.rouge_l(completion_text(c), r) for c, r in zip(completions, accepted or answer, strict=True)]
 
 
 def think_format(completions, **_) -> list[float]:
@@ -212,6 +224,7 @@ def _extraction(cfg, default: str) -> dict:
 BUILT_IN = {
     "task": lambda cfg: (tasks.for_data(cfg.data).reward, {}),
     "exact_match": lambda cfg: (tasks.ReferenceAnswer("exact").reward, {}),
+    "rouge_l": lambda cfg: (rouge_l, {}),
     "numeric_match": lambda cfg: (numeric_match, {"tolerance": cfg.data.numeric_tolerance,
                                                   **_extraction(cfg, default="last_number")}),
     "format": lambda cfg: (format_match, {"pattern": cfg.rl.format_regex}),
@@ -239,10 +252,15 @@ def score_replies(functions, weights, rows: list[dict], replies: list[str]) -> t
     return total, each
 
 
-def build(cfg, base_dir: str | Path) -> tuple[list, list[float]]:
-    """The recipe's GRPO reward functions (checked, named by `short_name`) and their weights."""
+def build(cfg, base_dir: str | Path, rows: list[dict] = ()) -> tuple[list, list[float]]:
+    """The recipe's GRPO reward functions (checked, named by `short_name`) and their weights. `task` on answers
+    from files or the hub that are sentences (`rows.sentences` of `rows`, read as whole replies) is ROUGE-L, the
+    score eval headlines them by, and is named so."""
     functions, weights = [], []
     for name, weight in cfg.rl.rewards.items():
+        if name == "task" and not cfg.data.task and cfg.data.extract == "exact" and sentences(rows):
+            name = "rouge_l"
+            log.info("the answers are sentences: the task reward is ROUGE-L against them, as eval scores them")
         fn, options = BUILT_IN[name](cfg) if name in BUILT_IN else (load_user_reward(name, base_dir), {})
         functions.append(checked(fn, short_name(name), **options))
         weights.append(weight)

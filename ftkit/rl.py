@@ -105,7 +105,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if cfg.rl.method == "grpo" else (RLOOConfig, RLOOTrainer)
-    functions, weights = rewards.build(cfg, run_dir)
+    functions, weights = rewards.build(cfg, run_dir, rows)
     filtered = None
     if cfg.rl.filter_prompts:  # sampled from the starting model merged: several times faster than through the adapter
         start = rundir.tuned_dir(run_dir, "sft") if "sft" in cfg.stages else None

@@ -51,6 +51,22 @@ def kind(rows: list[dict]) -> str:
     return "pairs" if rows and all(r.get("rejected") for r in rows) else "answers"
 
 
+# reference answers this long (median, in words) are sentences: scored, and rewarded, by their overlap with the reply
+SENTENCE_WORDS = 5
+
+
+def sentences(rows: list[dict]) -> bool:
+    """Whether the rows' answers are sentences rather than a label, a name or a number: a median of SENTENCE_WORDS
+    words or more. Exact match calls nearly every good sentence wrong, so eval headlines them by ROUGE-L and GRPO's
+    `task` reward is ROUGE-L too.
+
+    >>> sentences([{"answer": "Return the inverse hyperbolic tangent of x."}]), sentences([{"answer": "Paris"}])
+    (True, False)
+    """
+    lengths = sorted(len(str(r.get("answer", "")).split()) for r in rows)
+    return bool(lengths) and lengths[len(lengths) // 2] >= SENTENCE_WORDS
+
+
 def imitated(rows: list[dict]) -> list[dict]:
     """The rows whose answer a model should learn to give (SFT) or be scored against (eval): all but feedback
     labelled undesirable.

@@ -28,7 +28,7 @@ def write_recipe(tmp_path, **sections):
      r"mine\(completions\) cannot take TRL's arguments; a reward takes `completions` and \*\*kwargs"),
     ("import nonexistent_module\n", "mine.py:mine",
      r"importing .*mine\.py failed: ModuleNotFoundError: No module named 'nonexistent_module'"),
-    (None, "exact", r"unknown reward 'exact'; built-in rewards: task, exact_match, numeric_match, format, "
+    (None, "exact", r"unknown reward 'exact'; built-in rewards: task, exact_match, rouge_l, numeric_match, format, "
                     r"length_penalty, json_valid, think_format, code_tests, or name your own as file\.py:function"),
     (None, "format", r"rl: rewards names format but format_regex is not set"),
 ])
@@ -71,6 +71,20 @@ def test_built_in_rewards_are_built_with_their_options(tmp_path):
     values = [f(completions, answer=["68"] * 3) for f in functions]
     # the tolerance is the data's: the task scorer (first number) and numeric_match (last number) allow 1.0
     assert values == [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, -1.0], [1.0, 0.0, 0.0]]
+
+
+def test_the_task_reward_on_answers_that_are_sentences_is_rouge_l(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "What does math.tan do?", "completion": "Return the tangent of x."}\n')
+    cfg = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl"}))
+    sentences = [{"prompt": "What does math.tan do?", "answer": "Return the tangent of x."}]
+    completions = [[{"role": "assistant", "content": c}] for c in ("Return the tangent of x.", "Tangent of x.", "7")]
+    (reward,), _ = rewards.build(cfg, tmp_path, sentences)
+    assert reward.__name__ == "rouge_l"
+    assert [round(v, 2) for v in reward(completions, answer=[sentences[0]["answer"]] * 3)] == [1.0, 0.75, 0.0]
+    (reward,), _ = rewards.build(cfg, tmp_path, [{"prompt": "Capital of France?", "answer": "Paris"}])
+    assert reward.__name__ == "task" and reward(completions[:1], answer=["Paris"]) == [0.0]
+    numbers = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl", "extract": "last_number"}))
+    assert rewards.build(numbers, tmp_path, sentences)[0][0].__name__ == "task"  # the recipe says where the answer is
 
 
 def test_numeric_tolerance_moved_to_data_and_applies_to_files_only(tmp_path):

@@ -10,6 +10,7 @@ BLEU and chrF take them as multiple references). A metric named by a hub id (e.g
 loaded from the hub instead, where it can be reached.
 """
 
+import functools
 from pathlib import Path
 
 from ftkit.answers import alternatives
@@ -60,3 +61,20 @@ def result(name: str, scores: list[float], overall: float | None = None) -> dict
     """{name: overall (default: the mean), "per_example": scores}."""
     mean = sum(scores) / len(scores) if scores else 0.0
     return {name: mean if overall is None else overall, "per_example": scores}
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference) -> float:
+    """ROUGE-L F-measure (longest common subsequence of stemmed words), against the best of the acceptable references:
+    what eval's `rouge_l` metric gives each example and the `rouge_l` reward each completion.
+
+    >>> round(rouge_l("the cat sat", "the cat sat down"), 3), rouge_l("a dog", ["cats", "a dog"])
+    (0.857, 1.0)
+    """
+    return best(lambda p, r: _rouge_scorer().score(r, p)["rougeL"].fmeasure, prediction, reference)
