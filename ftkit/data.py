@@ -171,7 +171,8 @@ def contamination(train: list[dict], test: list[dict], exact_only: bool = False,
     repeats alone: a built-in task's generated problems share their template's wording by design, and the task
     guarantees that no test problem is a train problem. Wording that a tenth of all the prompts repeat (an
     instruction, a template: `common_grams`) is not counted as overlap, nor are the words it covers (`_own_grams`);
-    `common_ngrams` says how many 8-grams that left out, `common_example` the most frequent. `pairs`: the first `show` counted ones, side by side."""
+    `common_ngrams` says how many 8-grams that left out, `common_example` the most frequent. `pairs`: the first
+    `show` counted ones, side by side."""
     train_texts = {context(r).strip().lower(): i for i, r in enumerate(train)}
     common = {} if exact_only else common_grams([context(r) for r in train + test])
     owner = {}
@@ -218,8 +219,8 @@ def contamination_error(source: str, figures: dict, test_size: int, limit: float
 def group_keys(rows: list[dict], split_by: str | None) -> list:
     """Each row's group for the split: its own (no split_by), its "group" column value, or with "ngram" the
     connected set of rows whose prompts share a word 8-gram of their own wording (a template's words taken out:
-    `_own_grams`). Raises
-    DataError when one group would swallow most rows: no held-out split could keep it on one side.
+    `_own_grams`). Raises DataError when one group would swallow most rows: no held-out split could keep it on one
+    side.
 
     >>> rows = [{"prompt": p, "answer": "x"} for p in ("a b c d e f g h i", "z b c d e f g h i", "q")]
     >>> group_keys(rows, "ngram")

@@ -31,7 +31,8 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # offline: a copy made fr
 # what TRL passes a reward itself; a kept column by one of these names would clash
 KEPT_RESERVED = ("prompt", "prompts", "completion", "completions", "completion_ids", "answer", "accepted",
                  "trainer_state")
-REFERENCE_REWARDS = ("task", "exact_match", "rouge_l", "numeric_match", "code_tests")  # built-in rewards that need the answer
+# built-in rewards that need the answer
+REFERENCE_REWARDS = ("task", "exact_match", "rouge_l", "numeric_match", "code_tests")
 # data.columns fields that hold text, and so may be filled from a template of the row's columns
 TEMPLATED = ("prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen", "rejected",
              "system", "text")
@@ -67,8 +68,6 @@ def template_fields(value) -> list[str] | None:
         raise ValueError(f"{value!r} names no column: a template puts columns in braces, e.g. 'Title: {{title}}'; "
                          "for the same text on every row use data.system")
     return names
-
-
 
 
 def data_problem(stages, rl_method: str, kind: str, rewards=(), metrics=None) -> str | None:
