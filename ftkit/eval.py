@@ -137,10 +137,9 @@ def for_rows(cfg, rows: list[dict]):
     if "answer" not in rows[0]:
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["reward"]})})
     if "rejected" not in rows[0]:
-        whole = not cfg.data.task and cfg.data.extract == "exact"
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": SENTENCE_METRICS})}) \
-            if whole and sentences(rows) else cfg
-    scored = ["task", "lenient"] if cfg.data.extract != "exact" or cfg.data.task else []
+            if cfg.data.whole_replies and sentences(rows) else cfg
+    scored = [] if cfg.data.whole_replies else ["task", "lenient"]
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["preference", *scored]})})
 
 
@@ -151,7 +150,7 @@ def metric_names(cfg) -> list[str]:
     see `for_rows`)."""
     if cfg.eval.metrics:
         return cfg.eval.metrics
-    if cfg.data.task or cfg.data.extract != "exact":
+    if not cfg.data.whole_replies:
         return ["task", "lenient"]
     return ["exact_match", "f1", "rouge_l", "lenient"]
 

@@ -251,6 +251,12 @@ class DataConfig(_Section):
             raise ValueError(f"{twice!r} names two classes; a list gives class 0, 1, ... one name each")
         return {str(k).strip(): v.strip() for k, v in pairs}
 
+    @property
+    def whole_replies(self) -> bool:
+        """Whether a reply is scored as a whole against the reference: data from files or the hub without
+        `extract` (a built-in task, or `extract`, reads the answer from inside the reply)."""
+        return not self.task and self.extract == "exact"
+
     @field_validator("columns")
     @classmethod
     def _column_lists(cls, columns):

@@ -258,7 +258,7 @@ def build(cfg, base_dir: str | Path, rows: list[dict] = ()) -> tuple[list, list[
     score eval headlines them by, and is named so."""
     functions, weights = [], []
     for name, weight in cfg.rl.rewards.items():
-        if name == "task" and not cfg.data.task and cfg.data.extract == "exact" and sentences(rows):
+        if name == "task" and cfg.data.whole_replies and sentences(rows):
             name = "rouge_l"
             log.info("the answers are sentences: the task reward is ROUGE-L against them, as eval scores them")
         fn, options = BUILT_IN[name](cfg) if name in BUILT_IN else (load_user_reward(name, base_dir), {})
