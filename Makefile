@@ -5,7 +5,7 @@ FTKIT  := $(VENV)/bin/ftkit
 STAMP  := $(VENV)/.ftkit-installed
 RECIPE ?= recipes/quickstart.yaml
 
-.PHONY: setup model quickstart run test lab tensorboard bench clean
+.PHONY: setup model quickstart run test test-fast lab tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: pip takes the local CPU wheel here; a GPU machine gets the CUDA build of this version
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -c 'from ftkit.runner import ensure_kernel; ensure_kernel()'
+	$(PY) -c 'from ftkit.run.runner import ensure_kernel; ensure_kernel()'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,8 +28,13 @@ quickstart: model
 run: setup
 	$(FTKIT) run $(RECIPE)
 
+# every test (PYTEST_ARGS adds options: .ci/run asks for the 25 slowest)
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the fast lane: every test but those that execute the stage notebooks (marked pipeline); about a minute on 2 cores
+test-fast: setup
+	$(PY) -m pytest -q -m "not pipeline" $(PYTEST_ARGS)
 
 # JupyterLab refuses to run as root unless told; containers often are root
 lab: setup

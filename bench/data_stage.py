@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ftkit.models import load_tokenizer, resolve
+from ftkit.models.loader import load_tokenizer, resolve
 from ftkit.recipe import DEFAULT_MODEL
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qui", "do", "fe", "gu", "ha", "jo"]

@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from ftkit import generation, models, recipe
-from ftkit.rows import messages
-from ftkit.tasks import Addition
+from ftkit import recipe
+from ftkit.core.rows import messages
+from ftkit.models import generation, loader
+from ftkit.scoring.tasks import Addition
 
 
 @torch.inference_mode()
@@ -42,7 +43,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=6)
     args = parser.parse_args()
     cfg = recipe.build({"name": "bench", "model": {"id": args.model, "dtype": "float32"}})
-    model, tokenizer = models.load(cfg.model)
+    model, tokenizer = loader.load(cfg.model)
     conversations = [messages(r) for r in Addition().splits(0, args.prompts, seed=0)["test"]]
     generation.generate(model, tokenizer, conversations[:4], 4, 2)  # warm-up, not timed
     start = time.perf_counter()

@@ -21,9 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_throughput import build_shape  # noqa: E402
 
-from ftkit import data, models, recipe, rl, sft  # noqa: E402
-from ftkit import eval as eval_stage  # noqa: E402
+from ftkit import recipe
+from ftkit.models import loader
 from ftkit.recipe import build  # noqa: E402
+from ftkit.stages import data, rl, sft
+from ftkit.stages import eval as eval_stage
 
 
 def main() -> int:
@@ -47,7 +49,7 @@ def main() -> int:
                      "rl": {"max_steps": args.rl_steps, "batch_size": 64, "num_generations": 8, "logging_steps": 1,
                             "save_steps": 0},
                      "eval": {"batch_size": 64, "max_new_tokens": 6}})
-        tokenizer = models.load_tokenizer(models.resolve(model_id))
+        tokenizer = loader.load_tokenizer(loader.resolve(model_id))
         splits, figures = data.build_splits(cfg, tokenizer)
         data.save_splits(splits, run_dir, figures, tokenizer)
         stages = {"sft": lambda: sft.train(cfg, run_dir), "rl": lambda: rl.train(cfg, run_dir)}

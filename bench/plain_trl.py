@@ -26,10 +26,10 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from ftkit.models import DTYPES, dtype_name, resolve  # where the default model's offline copy is; dtype auto
+from ftkit.models.loader import DTYPES, dtype_name, resolve  # where the default model's offline copy is; dtype auto
 from ftkit.recipe import ModelConfig
-from ftkit.robustness import perturb  # the perturbed prompts (data only)
-from ftkit.tasks import Addition  # the same questions
+from ftkit.scoring.robustness import perturb  # the perturbed prompts (data only)
+from ftkit.scoring.tasks import Addition  # the same questions
 
 NUMBER = re.compile(r"-?\d+")
 

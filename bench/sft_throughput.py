@@ -34,7 +34,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_stage import example  # noqa: E402  (variable-length multi-turn chat examples)
 
-from ftkit import data, machine, models, recipe, rundir, sft, training  # noqa: E402
+from ftkit import recipe
+from ftkit.core import machine, rundir
+from ftkit.models import loader
+from ftkit.stages import data, sft
+from ftkit.training.trainer import settings as trainer_settings
+from ftkit.training.trainer import to_dataset
 
 # Public architecture numbers of Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B and -1.5B).
 SHAPES = {
@@ -50,7 +55,7 @@ def build_shape(name: str, tokenizer_from: str, dest: Path) -> str:
     """Random weights of a named architecture (bf16), saved with a tokenizer: throughput needs no trained weights."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    tokenizer = models.load_tokenizer(models.resolve(tokenizer_from))
+    tokenizer = loader.load_tokenizer(loader.resolve(tokenizer_from))
     config = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=tokenizer.bos_token_id)
@@ -89,14 +94,14 @@ def trl_run(model_path: str, rows: list[dict], args, steps: int, out: Path, **ch
                        learning_rate=args.learning_rate, max_length=args.max_length, logging_steps=1,
                        save_strategy="no", report_to="none", disable_tqdm=True,
                        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, **changes)
-    trainer = SFTTrainer(model=model_path, args=config, train_dataset=training.to_dataset(rows),
+    trainer = SFTTrainer(model=model_path, args=config, train_dataset=to_dataset(rows),
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h][-1]
-    settings = training.settings(trainer)
+    settings = trainer_settings(trainer)
     del trainer
     return {"steps": steps, "train_seconds": round(seconds, 1), "real_tokens": int(tokens),
             "real_tokens_per_second": round(tokens / seconds, 1), "settings": settings}
@@ -158,7 +163,7 @@ def main() -> int:
             data_section = {"task": "addition", "train_size": args.examples, "test_size": 50}
         cfg = recipe_for(model_id, data_section, args)
         run_dir = tmp / "run"
-        tokenizer = models.load_tokenizer(models.resolve(model_id))
+        tokenizer = loader.load_tokenizer(loader.resolve(model_id))
         splits, figures = data.build_splits(cfg, tokenizer)
         data.save_splits(splits, run_dir, figures, tokenizer)
         rows = rundir.load_split(run_dir, "train")
@@ -169,14 +174,14 @@ def main() -> int:
             from transformers import AutoModelForCausalLM
 
             n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
-                AutoConfig.from_pretrained(models.resolve(model_id))).parameters())
+                AutoConfig.from_pretrained(loader.resolve(model_id))).parameters())
         out = {"model": args.model, "parameters": n_params, "data": args.data, "train_examples": len(rows),
                "example_tokens": {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
                                   "max": max(lengths)},
                "batch_size": args.batch_size, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
                else f"CPU {machine.describe_cpu()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
                "runs": {}}
-        path = models.resolve(model_id)
+        path = loader.resolve(model_id)
         if torch.cuda.is_available() and args.warmup_steps:  # CUDA context, cuBLAS and kernel caches: paid once
             warm = recipe_for(model_id, data_section, args, [f"sft.max_steps={args.warmup_steps}"])
             sft.train(warm, run_dir)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ftkit import recipe as recipes
-from ftkit import rundir
+from ftkit.core import rundir
 
 EXIT_FAILED, EXIT_INVALID = 1, 2
 
@@ -113,7 +113,7 @@ def _load(recipe_path: str, overrides: list[str], stages_option: str | None = No
 def _checked(cfg, recipe_path: str, stages: list[str]) -> bool:
     """The memory estimate (printed) and the machine checks for the stages that will run; False (problems printed)
     when the recipe cannot run here."""
-    from ftkit import preflight
+    from ftkit.training import preflight
 
     figures = None
     if {"sft", "rl"} & set(stages):
@@ -150,7 +150,7 @@ def _resume(args) -> int:
 
 
 def _run(args) -> int:
-    from ftkit import runner
+    from ftkit.run import runner
 
     try:
         cfg, stages = _load(args.recipe, args.overrides, args.stages)
@@ -179,20 +179,20 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
-    from ftkit import report
+    from ftkit.report import page
 
     if not _is_run_dir(args.run_dir):
         return EXIT_INVALID
-    print(report.render(args.run_dir))
+    print(page.render(args.run_dir))
     return 0
 
 
 def _model(args) -> int:
-    from ftkit import models
+    from ftkit.models import loader
 
     try:
-        print(models.resolve(args.id or recipes.DEFAULT_MODEL))
-    except models.ModelNotFound as exc:
+        print(loader.resolve(args.id or recipes.DEFAULT_MODEL))
+    except loader.ModelNotFound as exc:
         print(f"ftkit: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -201,7 +201,7 @@ def _model(args) -> int:
 def _compare(args) -> int:
     import datetime as dt
 
-    from ftkit import compare
+    from ftkit.report import compare
 
     if len(args.run_dirs) < 2:
         print("ftkit: compare needs at least two run directories", file=sys.stderr)
@@ -233,7 +233,8 @@ def _run_sweep(args, variants, stages) -> int:
     """One run per value (run directories named after it), then the comparison page next to them."""
     import datetime as dt
 
-    from ftkit import compare, runner
+    from ftkit.report import compare
+    from ftkit.run import runner
 
     stamp, run_dirs, failed = f"{dt.datetime.now():%Y%m%d-%H%M%S}", [], []
     for assignment, _ in variants:

@@ -25,7 +25,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from ftkit.tasks import Addition
+    from ftkit.scoring.tasks import Addition
 
     corpus = [f"user\n{e['prompt']}\nassistant\n{e['answer']}\n" for e in Addition().splits(300, 50, 0)["train"]]
     raw = Tokenizer(models.BPE())

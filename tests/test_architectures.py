@@ -9,9 +9,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftkit import cli, data, generation, models, preflight, recipe, rundir, sft
-from ftkit.io import read_json
-from ftkit.rows import messages
+from ftkit import cli, recipe
+from ftkit.stages import data, sft
+from ftkit.models import generation, loader
+from ftkit.training import preflight
+from ftkit.core import rundir
+from ftkit.core.io import read_json
+from ftkit.core.rows import messages
 from tests.conftest import TOLERANCE, build_tokenizer, make_model_dir, tiny_cfg
 
 DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -26,9 +30,9 @@ BASE_TOKENIZER = {"gpt_neo", "gemma3"}  # no chat template, no pad token (GPT-Ne
 def test_architecture_trains_generates_and_merges(tmp_path, arch):
     model_dir = make_model_dir(tmp_path, arch, base_tokenizer=arch in BASE_TOKENIZER)
     cfg, run_dir = tiny_cfg(model_dir), tmp_path / "run"
-    tokenizer = models.load_tokenizer(str(model_dir))
+    tokenizer = loader.load_tokenizer(str(model_dir))
     if arch in BASE_TOKENIZER:
-        assert tokenizer.chat_template == models.DEFAULT_CHAT_TEMPLATE
+        assert tokenizer.chat_template == loader.DEFAULT_CHAT_TEMPLATE
         assert tokenizer.pad_token == tokenizer.eos_token and len(tokenizer) == len(build_tokenizer()), \
             "no token is added, so the embeddings keep their size"
     splits, figures = data.build_splits(cfg, tokenizer)
@@ -48,15 +52,15 @@ def test_architecture_trains_generates_and_merges(tmp_path, arch):
 
     # merged against base + adapter unmerged in float32; in bfloat16, the same float32 reference within its rounding
     float32 = cfg.model.model_copy(update={"dtype": "float32"})
-    base, _ = models.load(float32)
+    base, _ = loader.load(float32)
     assert type(base).__name__ == CLASSES[arch]
     unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()
     ids = tokenizer(["What is 12 plus 34?"], return_tensors="pt")
     with torch.no_grad():
         reference = unmerged(**ids).logits
         for dtype in ("float32", "bfloat16"):
-            merged, tokenizer = models.load(cfg.model.model_copy(update={"dtype": dtype}), tuned=adapter)
-            assert merged.dtype == models.DTYPES[dtype]
+            merged, tokenizer = loader.load(cfg.model.model_copy(update={"dtype": dtype}), tuned=adapter)
+            assert merged.dtype == loader.DTYPES[dtype]
             torch.testing.assert_close(merged(**ids).logits.float(), reference, **TOLERANCE[dtype])
     outputs = generation.generate(merged, tokenizer, [messages(r) for r in splits["test"][:4]], 4, 5)
     assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
@@ -65,7 +69,7 @@ def test_architecture_trains_generates_and_merges(tmp_path, arch):
 def test_full_fine_tuning_saves_a_whole_model(tmp_path):
     model_dir = make_model_dir(tmp_path, "qwen2")
     cfg, run_dir = tiny_cfg(model_dir, adapter="none", gradient_checkpointing=False), tmp_path / "run"
-    tokenizer = models.load_tokenizer(str(model_dir))
+    tokenizer = loader.load_tokenizer(str(model_dir))
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
     result = sft.train(cfg, run_dir)
@@ -75,7 +79,7 @@ def test_full_fine_tuning_saves_a_whole_model(tmp_path):
     before = load_file(model_dir / "model.safetensors")
     after = load_file(saved / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    model, _ = models.load(cfg.model, tuned=saved)
+    model, _ = loader.load(cfg.model, tuned=saved)
     assert generation.generate(model, tokenizer, [messages(splits["test"][0])], 1, 3)[0] is not None
 
 
@@ -88,7 +92,7 @@ def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_m
     assert figures["parameters"] == sum(p.numel() for p in model.parameters())
     from peft import get_peft_model
 
-    lora = get_peft_model(model, models.lora_config(cfg.model))
+    lora = get_peft_model(model, loader.lora_config(cfg.model))
     assert figures["trainable_parameters"] == sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert figures["fits"] == "yes" and preflight.preflight(cfg) == []
     # Llama 2 7B's shape (config only, nothing allocated): full fine-tuning in float32 needs ~100 GB for its state

@@ -5,9 +5,10 @@ import json
 import pytest
 import yaml
 
-from ftkit import cli, data, recipe
-from ftkit.io import read_json
-from ftkit.rows import DataError, trained_tokens
+from ftkit import cli, recipe
+from ftkit.stages import data
+from ftkit.core.io import read_json
+from ftkit.core.rows import DataError, trained_tokens
 from tests.conftest import build_tokenizer
 
 

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from ftkit import cli, data, display, recipe, sources
-from ftkit.io import read_json
-from ftkit.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
+from ftkit import cli, recipe, sources
+from ftkit.stages import data
+from ftkit.report import display
+from ftkit.core.io import read_json
+from ftkit.core.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
 
 
 def write_jsonl(path, rows):
@@ -109,7 +111,7 @@ def test_turn_order_problems_are_dropped_and_counted(tmp_path):
 
 
 def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
-    from ftkit.models import load_tokenizer
+    from ftkit.models.loader import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows = qa_rows(30) + [{"question": "word " * 400, "answer": "long"}]
@@ -352,7 +354,7 @@ def test_bad_data_sections_fail_validation(tmp_path, section, message):
 
 
 def test_token_view_marks_trained_tokens_and_escapes(tiny_model_dir):
-    from ftkit.models import load_tokenizer
+    from ftkit.models.loader import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     row = {"system": "Be brief.", "prompt": "<b>What is 1 plus 2?</b>", "answer": "3"}
@@ -365,7 +367,7 @@ def test_token_view_marks_trained_tokens_and_escapes(tiny_model_dir):
 
 
 def test_all_masked_labels_are_an_error(tiny_model_dir):
-    from ftkit.models import load_tokenizer
+    from ftkit.models.loader import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     # a template that drops assistant turns leaves nothing to learn
@@ -573,7 +575,7 @@ def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_t
 
 
 def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):
-    from ftkit.models import load_tokenizer
+    from ftkit.models.loader import load_tokenizer
 
     write_jsonl(tmp_path / "d.jsonl", qa_rows(10) + [{"question": "word " * 400, "answer": "long"}])
     splits, figures = data.build_splits(make_recipe(tmp_path, path="d.jsonl", too_long="truncate"),
@@ -606,7 +608,7 @@ def test_hub_dataset_loads_by_id_subset_and_split(tmp_path):
 def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tiny_model_dir):
     import shutil
 
-    from ftkit.models import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+    from ftkit.models.loader import DEFAULT_CHAT_TEMPLATE, load_tokenizer
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model_dir, plain)
@@ -723,8 +725,9 @@ def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
         sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {"answer": "answer.value", "accepted": "answer"})
 
     # eval: a reply giving any acceptable answer is right, by the task (strict and lenient) and by ftkit's metrics
-    from ftkit import eval as eval_stage, rewards, rl
-    from ftkit.rows import acceptable
+    from ftkit.stages import eval as eval_stage, rl
+    from ftkit.scoring import rewards
+    from ftkit.core.rows import acceptable
 
     test = [{"prompt": "Who wrote Hamlet?", "answer": "William Shakespeare",
              "accepted": ["William Shakespeare", "Shakespeare"]}, {"prompt": "Who wrote Faust?", "answer": "Goethe"}]

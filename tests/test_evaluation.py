@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from ftkit import display, metrics, recipe, robustness, rundir
-from ftkit import eval as eval_stage
-from ftkit.tasks import Addition
+from ftkit.report import display
+from ftkit.scoring import metrics, robustness
+from ftkit import recipe
+from ftkit.core import rundir
+from ftkit.stages import eval as eval_stage
+from ftkit.scoring.tasks import Addition
 from tests.conftest import make_model_dir
 
 
@@ -119,7 +122,7 @@ def test_perturbations_change_only_the_prompt_and_are_the_same_for_every_model()
 
 def test_cut_replies_are_answered_again_with_room_to_finish(tmp_path):
     from ftkit import cli
-    from ftkit.io import read_json
+    from ftkit.core.io import read_json
 
     model_dir = make_model_dir(tmp_path, "llama", tied=False)  # random text that rarely ends: cut at 4 tokens
     path = tmp_path / "r.yaml"
@@ -153,7 +156,7 @@ def test_cut_replies_are_answered_again_with_room_to_finish(tmp_path):
 
 def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path):
     from ftkit import cli
-    from ftkit.io import read_json
+    from ftkit.core.io import read_json
 
     _, earlier = tiny_run
     path = tmp_path / "r.yaml"
@@ -184,8 +187,8 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     from sklearn.metrics import f1_score
 
     from ftkit import cli
-    from ftkit.io import read_json
-    from ftkit.rows import class_of
+    from ftkit.core.io import read_json
+    from ftkit.scoring.classes import class_of
 
     # an export that lost its class names: labels 0, 1, 2, named by data.label_names (one name needs escaping)
     names = ["negative", "positive", "mixed <b>"]
@@ -219,9 +222,9 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert figures["macro_f1"] == pytest.approx(f1_score(wanted, given, labels=found["names"], average="macro",
                                                          zero_division=0), abs=1e-4)
     # the likeliest class as the whole reply, recomputed from the base model: what it knows whatever it writes
-    from ftkit import models
+    from ftkit.models import loader
 
-    model, tokenizer = models.load(recipe.load(path).model)
+    model, tokenizer = loader.load(recipe.load(path).model)
     likelihoods = eval_stage.class_log_likelihoods(model, tokenizer, test, found["names"], 8, 256)
     assert likelihoods.shape == (30, 3)
     picked = [found["names"][i] for i in likelihoods.argmax(axis=1)]
@@ -254,7 +257,7 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
 
 def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe, tmp_path):
     from ftkit import cli
-    from ftkit.io import read_json
+    from ftkit.core.io import read_json
 
     # a multiple-choice benchmark scored whole: data.test_size: all, no training stage
     questions = [{"question": f"Which option is number {i}?", "choices": ["one", "two", "three", "four"],
@@ -290,8 +293,8 @@ def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tiny_recipe
     from transformers import AutoTokenizer
 
     from ftkit import cli
-    from ftkit.io import read_json
-    from ftkit.rows import reply_budget
+    from ftkit.core.io import read_json
+    from ftkit.core.rows import reply_budget
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in ("4", "no", "a longer answer"))

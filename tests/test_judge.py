@@ -6,8 +6,12 @@ import doctest
 import pytest
 import torch
 
-from ftkit import data, judge, recipe, report, rundir
-from ftkit import eval as eval_stage
+from ftkit.stages import data
+from ftkit.models import judge
+from ftkit import recipe
+from ftkit.report.page import render
+from ftkit.core import rundir
+from ftkit.stages import eval as eval_stage
 from tests.conftest import build_model, build_tokenizer
 
 
@@ -66,7 +70,7 @@ def test_a_judge_that_follows_the_position_gives_ties_in_both_orders(tmp_path, t
     assert verdict["judge"] == str(judge_dir) and verdict["against"] == "reference"
     assert "Reply A:" in verdict["prompt"] and "{rubric}" in verdict["prompt"]
     rundir.record(run_dir, "eval", results)
-    page = report.render(run_dir).read_text()
+    page = render(run_dir).read_text()
     assert "A judge&#x27;s verdicts" in page or "A judge's verdicts" in page
     assert "The better reply does what the request asks" in page and "A | A" in page
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftkit import cli, launch, models
+from ftkit import cli
+from ftkit.training import launch
+from ftkit.models import loader
 from ftkit import recipe as recipes
-from ftkit.io import read_json
+from ftkit.core.io import read_json
 
 
 def test_two_processes_end_in_sync_and_match_one_process(tiny_recipe, tmp_path):
@@ -23,14 +25,14 @@ def test_two_processes_end_in_sync_and_match_one_process(tiny_recipe, tmp_path):
     digests = double["sft"]["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1], f"ranks ended with different weights: {digests}"
     log = (two / "sft" / "launch.log").read_text()
-    assert "accelerate.commands.launch --num_processes 2" in log and "-m ftkit.sft " in log
+    assert "accelerate.commands.launch --num_processes 2" in log and "-m ftkit.stages.sft " in log
     assert not (one / "sft" / "launch.log").exists()  # one process: trained in the kernel
     # batch 8 split 4 + 4 over two processes: the same examples per step, so (nearly) the same training
     assert double["sft"]["final_loss"] == pytest.approx(single["sft"]["final_loss"], abs=2e-3)
     # the result is an ordinary adapter: it loads like a single-process one and went through eval
     cfg = recipes.load(recipe)
-    model, _ = models.load(cfg.model, tuned=two / "sft" / "adapter")
-    reference, _ = models.load(cfg.model, tuned=one / "sft" / "adapter")
+    model, _ = loader.load(cfg.model, tuned=two / "sft" / "adapter")
+    reference, _ = loader.load(cfg.model, tuned=one / "sft" / "adapter")
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
         assert torch.allclose(a, b, atol=2e-3), name
     assert double["eval"]["sft"]["n"] == single["eval"]["sft"]["n"]
@@ -47,7 +49,7 @@ def test_launch_command_and_validation(tiny_recipe, tmp_path):
     assert "--num_processes 16 --num_machines 2 --machine_rank 1" in joined
     assert "--main_process_ip 10.0.0.1 --main_process_port 29500" in joined
     assert f"--config_file {tmp_path / 'fsdp.yaml'}" in joined and "--multi_gpu" not in cmd
-    assert cmd[-3:] == ["-m", "ftkit.sft", str((tmp_path / "run").resolve())], "the stage module runs itself"
+    assert cmd[-3:] == ["-m", "ftkit.stages.sft", str((tmp_path / "run").resolve())], "the stage module runs itself"
     for bad, message in [({"num_processes": 3}, "multiple of launch.num_processes 3"),
                          ({"num_machines": 2, "num_processes": 2}, "needs main_process_ip"),
                          ({"machine_rank": 1}, "must be below num_machines"),

@@ -12,35 +12,41 @@ from pathlib import Path
 
 import pytest
 
-from ftkit import rundir
+from ftkit.core import rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ftkit"
-LAYERS = {  # module -> layer; a module may import its own layer's modules (without a circle) or lower ones
-    **dict.fromkeys(["rundir", "io", "recipe", "rows", "answers", "tasks", "rewards", "metrics", "robustness",
-                    "machine", "sandbox"], 0),
-    **dict.fromkeys(["sources", "models", "preflight", "training", "launch", "generation", "default_model",
-                     "judge"], 1),
-    **dict.fromkeys(["data", "sft", "rl", "eval", "export"], 2),
-    **dict.fromkeys(["runner", "fingerprints", "cli", "__main__", "report", "display", "compare"], 3),
-}
-STAGES = {"data", "sft", "rl", "eval", "export"}
-READERS = {"report", "display", "compare"}  # the report layer: the run directory's files only
+# the package's folders, bottom to top: a module may import its own folder, a folder of its layer (without a circle),
+# or a lower layer. A module's layer is its folder's: nothing else is kept by hand.
+LAYERS = [("core",), ("scoring",), ("recipe",), ("models", "sources", "training"), ("stages",), ("run", "report"),
+          ("cli", "__main__")]
+LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+READERS = "report"  # the report layer: the run directory's files only
 HEAVY = {"torch", "transformers", "trl", "peft", "accelerate"}
 
 
-def modules() -> dict[str, Path]:
-    """Top-level module name (a package counts as one: tasks, metrics) -> its files."""
+def unit_of(parts) -> str:
+    """A module as the layers see it: its folder and name ("core.rundir"; a subpackage inside a folder counts as one:
+    "scoring.tasks"), a folder's own __init__ as the folder ("recipe"), or a top-level module ("cli")."""
+    parts = [p for p in parts if p != "__init__"]
+    return ".".join(parts[:2])
+
+
+def modules() -> dict[str, list[Path]]:
+    """Unit -> its files."""
     found: dict[str, list[Path]] = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
         if parts != ("__init__",):
-            found.setdefault(parts[0], []).append(path)
+            found.setdefault(unit_of(parts), []).append(path)
     return found
 
 
+UNITS = set(modules())
+
+
 def imports(paths: list[Path]) -> tuple[set[str], set[str]]:
-    """(ftkit modules, other top-level packages) that these files import anywhere, in functions too."""
+    """(ftkit units, other top-level packages) that these files import anywhere, in functions too."""
     own, other = set(), set()
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -48,56 +54,66 @@ def imports(paths: list[Path]) -> tuple[set[str], set[str]]:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "ftkit"
-                                         else [])
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
                 parts = name.split(".")
-                if parts[0] == "ftkit":
-                    if len(parts) > 1:
-                        own.add(parts[1])
-                else:
+                if parts[0] != "ftkit":
                     other.add(parts[0])
+                elif len(parts) > 1:
+                    unit = unit_of(parts[1:])
+                    own.add(unit if unit in UNITS else parts[1])  # `from ftkit.recipe import load` is recipe.load
     return own, other
 
 
 GRAPH = {name: imports(paths) for name, paths in modules().items()}
+STAGES = {name for name in GRAPH if name.startswith("stages.")}
 
 
-def test_every_module_has_a_layer():
-    assert set(GRAPH) == set(LAYERS), f"place new modules in LAYERS: {sorted(set(GRAPH) ^ set(LAYERS))}"
+def test_every_folder_is_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    tops = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert folders | tops == set(LAYER), f"give each folder a place in LAYERS: {sorted((folders | tops) ^ set(LAYER))}"
 
 
 def test_imports_run_one_way_and_close_no_circle():
     wrong = []
     for name, (own, _) in GRAPH.items():
         for target in own - {name}:
-            if LAYERS[target] > LAYERS[name]:
-                wrong.append(f"{name} (layer {LAYERS[name]}) imports {target} (layer {LAYERS[target]})")
+            if target.split(".")[0] not in LAYER:
+                continue
+            mine, theirs = LAYER[name.split(".")[0]], LAYER[target.split(".")[0]]
+            if theirs > mine:
+                wrong.append(f"{name} (layer {mine}) imports {target} (layer {theirs})")
             elif name in STAGES and target in STAGES:
-                wrong.append(f"stage {name} imports stage {target}: share the code through a layer-1 module")
+                wrong.append(f"stage {name} imports stage {target}: share the code through a lower layer")
     assert not wrong, "\n".join(wrong)
+    rooms = {}
+    for name, (own, _) in GRAPH.items():
+        rooms.setdefault(name.split(".")[0], set()).update(t.split(".")[0] for t in own)
 
-    def visit(name, path):
+    def visit(graph, name, path):
         if name in path:
             return path[path.index(name):] + [name]
-        for target in sorted(GRAPH[name][0] - {name}):
-            circle = visit(target, path + [name])
+        for target in sorted(graph.get(name, set()) - {name}):
+            circle = visit(graph, target, path + [name])
             if circle:
                 return circle
         return None
 
-    for name in GRAPH:
-        circle = visit(name, [])
-        assert circle is None, f"import circle: {' -> '.join(circle)}"
+    for graph in ({n: own for n, (own, _) in GRAPH.items()}, rooms):  # between modules, and between folders
+        for name in graph:
+            circle = visit(graph, name, [])
+            assert circle is None, f"import circle: {' -> '.join(circle)}"
 
 
 def test_the_report_layer_reads_files_only():
-    reached, todo = set(), set(READERS)
+    reached, todo = set(), {n for n in GRAPH if n.split(".")[0] == READERS}
     while todo:
         name = todo.pop()
         reached.add(name)
-        todo |= GRAPH[name][0] - reached
-    assert not reached & (STAGES | {n for n, layer in LAYERS.items() if layer == 1}), sorted(reached)
+        todo |= {t for t in GRAPH.get(name, (set(),))[0] if t in GRAPH} - reached
+    above_core = {n for n in GRAPH if LAYER[n.split(".")[0]] >= LAYER["models"] and n.split(".")[0] != READERS}
+    assert not reached & above_core, sorted(reached & above_core)
     heavy = {name: GRAPH[name][1] & HEAVY for name in reached if GRAPH[name][1] & HEAVY}
     assert not heavy, f"the report layer reaches {heavy}"
 
@@ -109,7 +125,7 @@ def test_report_and_compare_run_without_torch(tiny_run, tmp_path):
               f"assert cli.main(['report', {str(run_dir)!r}]) == 0\n"
               f"assert cli.main(['compare', {str(run_dir)!r}, {str(run_dir)!r}, '-o', {str(tmp_path / 'c.html')!r}]) == 0\n"
               f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r} "
-              f"or m in {sorted('ftkit.' + s for s in STAGES)!r})\n"
+              f"or m.startswith('ftkit.stages.'))\n"
               "print('LOADED', loaded)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -141,7 +157,7 @@ def test_every_artifact_file_name_is_spelled_once():
         if path.name != "rundir.py":
             built += [f"{path.name}: {kind}_" for kind in rundir.EVAL_FILES if f"{kind}_{{" in path.read_text()]
     again = {name: places for name, places in spelled.items() if places != ["rundir.py"]}
-    assert not again and not built, f"spell these through ftkit.rundir: {again} {built}"
+    assert not again and not built, f"spell these through ftkit.core.rundir: {again} {built}"
 
 
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)

@@ -9,7 +9,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from ftkit import default_model, models, recipe
+from ftkit.models import offline, loader
+from ftkit import recipe
 from ftkit.recipe import ModelConfig
 from tests.conftest import CHAT_TEMPLATE, SPECIALS, TOLERANCE, build_model, build_tokenizer
 
@@ -60,10 +61,10 @@ def test_gguf_checkpoint_converts_to_an_identical_plain_model(tmp_path):
     tokenizer = build_tokenizer()
     original = build_model(tokenizer, seed=1).eval()
     write_gguf(original, tokenizer, tmp_path / "tiny.gguf")
-    dest = default_model.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
+    dest = offline.convert_gguf(tmp_path, "tiny.gguf", tmp_path / "plain")
     assert (dest / "model.safetensors").is_file() and (dest / "config.json").is_file()
 
-    model, loaded_tok = models.load(ModelConfig(id=str(dest), dtype="float32"))  # the conversion is float32-exact
+    model, loaded_tok = loader.load(ModelConfig(id=str(dest), dtype="float32"))  # the conversion is float32-exact
     text = loaded_tok.apply_chat_template([{"role": "user", "content": "What is 12 plus 30?"}], tokenize=False,
                                           add_generation_prompt=True)
     assert loaded_tok(text)["input_ids"] == tokenizer(text)["input_ids"]
@@ -76,20 +77,20 @@ def test_gguf_checkpoint_converts_to_an_identical_plain_model(tmp_path):
 
 
 def test_resolve_prefers_a_local_directory(tiny_model_dir):
-    assert models.resolve(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert loader.resolve(str(tiny_model_dir)) == str(tiny_model_dir)
 
 
 def test_resolve_reports_every_place_it_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(models.ModelNotFound) as info:
-        models.resolve(str(tmp_path / "missing-model"))
+    with pytest.raises(loader.ModelNotFound) as info:
+        loader.resolve(str(tmp_path / "missing-model"))
     text = str(info.value)
     assert "local directory" in text and "Hugging Face cache" in text and "Hugging Face hub" in text
     assert "Fix:" in text
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(models.ModelNotFound, match="no config.json in it"):
-        models.resolve(str(empty))
+    with pytest.raises(loader.ModelNotFound, match="no config.json in it"):
+        loader.resolve(str(empty))
 
 
 def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch, tiny_model_dir):
@@ -97,8 +98,8 @@ def test_default_model_uses_the_offline_copy_when_present(tmp_path, monkeypatch,
 
     monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    shutil.copytree(tiny_model_dir, default_model.offline_copy_dir())
-    assert models.resolve(recipe.DEFAULT_MODEL) == str(default_model.offline_copy_dir())
+    shutil.copytree(tiny_model_dir, offline.offline_copy_dir())
+    assert loader.resolve(recipe.DEFAULT_MODEL) == str(offline.offline_copy_dir())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -108,8 +109,8 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
     from peft import get_peft_model
 
     cfg = ModelConfig(id=str(tiny_model_dir), lora_r=4, lora_alpha=8, dtype="float32")
-    model, tokenizer = models.load(cfg)
-    peft_model = get_peft_model(model, models.lora_config(cfg))
+    model, tokenizer = loader.load(cfg)
+    peft_model = get_peft_model(model, loader.lora_config(cfg))
     targets = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     with torch.no_grad():
@@ -118,17 +119,17 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
                 param.normal_(std=0.5)
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = peft_model(ids).logits
-    adapter = models.save_trained(peft_model, tokenizer, tmp_path, "sft")
+    adapter = loader.save_trained(peft_model, tokenizer, tmp_path, "sft")
     assert adapter == tmp_path / "sft" / "adapter"
-    merged, _ = models.load(cfg.model_copy(update={"dtype": dtype}), tuned=adapter)
-    assert merged.dtype == models.DTYPES[dtype]
+    merged, _ = loader.load(cfg.model_copy(update={"dtype": dtype}), tuned=adapter)
+    assert merged.dtype == loader.DTYPES[dtype]
     torch.testing.assert_close(merged(ids).logits.float(), expected, **TOLERANCE[dtype])
     assert not (tmp_path / "sft" / ".adapter.partial").exists()
     if dtype != "float32":
-        exact = models.load(cfg, tuned=adapter)[0].state_dict()
+        exact = loader.load(cfg, tuned=adapter)[0].state_dict()
         assert all(torch.equal(p, exact[n].to(p.dtype)) for n, p in merged.named_parameters()), \
             "every weight is the float32 merge cast once"
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=models.DTYPES[dtype])
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=loader.DTYPES[dtype])
         naive = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         assert any(not torch.equal(p, exact[n].to(p.dtype)) for n, p in naive.named_parameters()), \
             "merging into half-precision weights rounds twice: the test would not see the difference otherwise"
@@ -136,15 +137,15 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
 
 def test_bfloat16_follows_the_cpu(monkeypatch):
     """dtype auto reads the CPU flags: bfloat16 only where the CPU computes in it (both branches, on any machine)."""
-    from ftkit import machine
+    from ftkit.core import machine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     auto = ModelConfig()
     for cpuinfo, expected in ((EPYC_AVX2, "float32"), (XEON_AMX, "bfloat16"), (EPYC_AVX512_BF16, "bfloat16"),
                               ("", "float32")):
         monkeypatch.setattr(machine, "read_cpuinfo", lambda text=cpuinfo: text)
-        assert models.dtype_name(auto) == expected, cpuinfo[:60]
-        assert models.dtype_name(ModelConfig(dtype="float32")) == "float32", "an explicit dtype is kept"
+        assert loader.dtype_name(auto) == expected, cpuinfo[:60]
+        assert loader.dtype_name(ModelConfig(dtype="float32")) == "float32", "an explicit dtype is kept"
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: XEON_AMX)
     info = machine.cpu()
     assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+" and info["bf16"]

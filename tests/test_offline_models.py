@@ -1,4 +1,4 @@
-"""Offline models from PyPI (ftkit.default_model.OFFLINE): parts checked and joined, a corrupt part refused by
+"""Offline models from PyPI (ftkit.models.offline.OFFLINE): parts checked and joined, a corrupt part refused by
 name, and the whole path — wheels, parts, SHA256SUMS, GGUF conversion, terms — on a tiny model, with the download
 itself replaced by wheels written here (no network in tests)."""
 
@@ -8,8 +8,9 @@ import zipfile
 
 import pytest
 
-from ftkit import default_model, models, runner
-from ftkit.default_model import CorruptPart, OfflineModel
+from ftkit.models import offline, loader
+from ftkit.run import runner
+from ftkit.models.offline import CorruptPart, OfflineModel
 from ftkit.recipe import ModelConfig
 from tests.conftest import build_model, build_tokenizer
 from tests.test_models import write_gguf
@@ -39,22 +40,22 @@ def test_parts_join_and_a_corrupt_part_is_named(tmp_path):
         parts.append(tmp_path / f"model.gguf.part0{i}")
         parts[-1].write_bytes(chunk)
     whole = sha(b"".join(chunks))
-    joined = default_model.join_parts(parts, tmp_path / "model.gguf", whole, {p.name: sha(c) for p, c in
+    joined = offline.join_parts(parts, tmp_path / "model.gguf", whole, {p.name: sha(c) for p, c in
                                                                                 zip(parts, chunks)})
     assert joined.read_bytes() == b"".join(chunks)
     parts[1].write_bytes(b"second pArt ")  # one flipped byte
     with pytest.raises(CorruptPart, match=r"model\.gguf\.part01: its sha256 does not match"):
-        default_model.join_parts(parts, tmp_path / "again.gguf", whole, {p.name: sha(c) for p, c in zip(parts, chunks)})
+        offline.join_parts(parts, tmp_path / "again.gguf", whole, {p.name: sha(c) for p, c in zip(parts, chunks)})
     with pytest.raises(CorruptPart, match=r"again\.gguf, joined from model\.gguf\.part00, model\.gguf\.part01, "
                                           r"model\.gguf\.part02, does not match its SHA256SUMS entry"):
-        default_model.join_parts(parts, tmp_path / "again.gguf", whole)
+        offline.join_parts(parts, tmp_path / "again.gguf", whole)
     assert not (tmp_path / "again.gguf").exists(), "nothing is left behind"
 
 
 def test_a_part_that_does_not_match_its_wheel_record_is_named(tmp_path):
     wheel = write_wheel(tmp_path / "p1.whl", "pkg_part1", {"m.gguf.part00": b"abc" * 100}, corrupt="m.gguf.part00")
     with pytest.raises(CorruptPart, match=r"m\.gguf\.part00 from p1\.whl does not match the sha256 its wheel records"):
-        default_model.unpack(wheel, tmp_path, {"m.gguf.part00"})
+        offline.unpack(wheel, tmp_path, {"m.gguf.part00"})
 
 
 def test_a_split_model_is_assembled_converted_and_its_terms_kept(tmp_path, monkeypatch, capsys):
@@ -73,7 +74,7 @@ def test_a_split_model_is_assembled_converted_and_its_terms_kept(tmp_path, monke
     spec = OfflineModel(packages=("tiny-meta", "tiny-part1", "tiny-part2"), gguf="tiny.gguf",
                         parts=("tiny.gguf.part00", "tiny.gguf.part01"), size_mb=1, licence="Tiny Terms",
                         good_for="tests", terms="TERMS.html")
-    monkeypatch.setitem(default_model.OFFLINE, "org/tiny", spec)
+    monkeypatch.setitem(offline.OFFLINE, "org/tiny", spec)
     monkeypatch.setenv("FTKIT_CACHE", str(tmp_path / "cache"))
     downloads = []
 
@@ -84,17 +85,17 @@ def test_a_split_model_is_assembled_converted_and_its_terms_kept(tmp_path, monke
         import shutil
         shutil.copytree(wheels, target)
 
-    monkeypatch.setattr(default_model, "run_command", pip_download)
+    monkeypatch.setattr(offline, "run_command", pip_download)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = models.resolve("org/tiny")
-    assert path == str(default_model.offline_copy_dir("org/tiny")) and len(downloads) == 1
-    assert default_model.is_checkpoint(default_model.offline_copy_dir("org/tiny"))
-    assert (default_model.offline_copy_dir("org/tiny") / "TERMS.html").read_text() == "<p>Tiny terms.</p>"
-    assert default_model.terms_of(path).startswith("Tiny Terms: ")
+    path = loader.resolve("org/tiny")
+    assert path == str(offline.offline_copy_dir("org/tiny")) and len(downloads) == 1
+    assert offline.is_checkpoint(offline.offline_copy_dir("org/tiny"))
+    assert (offline.offline_copy_dir("org/tiny") / "TERMS.html").read_text() == "<p>Tiny terms.</p>"
+    assert offline.terms_of(path).startswith("Tiny Terms: ")
     assert "org/tiny is made available under the Tiny Terms" in capsys.readouterr().err
-    assert models.resolve("org/tiny") == path and len(downloads) == 1, "made once, then found"
+    assert loader.resolve("org/tiny") == path and len(downloads) == 1, "made once, then found"
     assert capsys.readouterr().err == "", "the terms are shown once, when the copy is made"
     assert runner.environment(0, "org/tiny")["model_terms"] == "Tiny Terms"
-    model, loaded = models.load(ModelConfig(id="org/tiny", dtype="float32"))
+    model, loaded = loader.load(ModelConfig(id="org/tiny", dtype="float32"))
     assert type(model).__name__ == "LlamaForCausalLM"
     assert loaded.chat_template, "a tokenizer without one gets ftkit's default"

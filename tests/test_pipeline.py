@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from ftkit import answers, cli, display, report, rundir
-from ftkit.io import read_json
+from ftkit.scoring import answers
+from ftkit import cli
+from ftkit.report import display
+from ftkit.report.page import render
+from ftkit.core import rundir
+from ftkit.core.io import read_json
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
 
@@ -93,7 +97,8 @@ def test_grpo_with_a_user_reward_file_moves_the_weights(tiny_run, tmp_path):
     adapter, and that the samples table records each reward."""
     import shutil
 
-    from ftkit import recipe, rl
+    from ftkit import recipe
+    from ftkit.stages import rl
 
     _, run_dir = tiny_run
     copy = tmp_path / "copy"
@@ -137,7 +142,7 @@ def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows[0].update(prompt=PAYLOAD, output=PAYLOAD)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    page = report.render(copy).read_text()
+    page = render(copy).read_text()
     assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the eval notebook's side-by-side table (a DataFrame rendered as HTML) escapes it too
@@ -227,8 +232,8 @@ def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
 def test_progress_of_a_running_stage_is_reported_by_tenths(tmp_path, monkeypatch):
     import time
 
-    from ftkit.rundir import write_progress
-    from ftkit.runner import ProgressWatcher
+    from ftkit.core.rundir import write_progress
+    from ftkit.run.runner import ProgressWatcher
 
     events = []
     monkeypatch.chdir(tmp_path)

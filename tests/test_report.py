@@ -11,8 +11,9 @@ from html.parser import HTMLParser
 import pytest
 import yaml
 
-from ftkit import cli, report
-from ftkit.io import read_json
+from ftkit import cli
+from ftkit.report.page import render
+from ftkit.core.io import read_json
 
 PAYLOADS = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "</textarea><b>bold</b>",
             '<a href="javascript:alert(3)">click</a>', "<svg onload=alert(4)>"]
@@ -55,7 +56,7 @@ def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_pa
     for record, payload in zip(records, PAYLOADS):
         record["output"] = record["finished"] = payload
     predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
-    page = report.render(run_dir).read_text()
+    page = render(run_dir).read_text()
     parser = LiveParts()
     parser.feed(page)
     assert parser.found == [], parser.found

@@ -16,8 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ftkit import cli, fingerprints, rundir, runner, training
-from ftkit.io import read_json
+from ftkit import cli
+from ftkit.run import fingerprints, runner
+from ftkit.core import rundir
+from ftkit.training import trainer
+from ftkit.core.io import read_json
 
 TRAINING = {"sft": {"max_steps": 12, "save_steps": 3}, "rl": {"max_steps": 6, "save_steps": 2}}
 
@@ -156,9 +159,9 @@ def test_checkpoints_made_with_other_settings_are_not_loaded(tmp_path):
     good = tmp_path / "checkpoint-2"
     good.mkdir()
     (good / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"step": 2, "fingerprint": "new"}))
-    assert training.resume_point(tmp_path, "new") == good
+    assert trainer.resume_point(tmp_path, "new") == good
     assert not folder.exists()
-    assert training.resume_point(tmp_path, "newer") is None
+    assert trainer.resume_point(tmp_path, "newer") is None
 
 
 def test_unchanged_stages_are_skipped_and_an_eval_change_reruns_only_eval(reference, tmp_path, capsys):

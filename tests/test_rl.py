@@ -6,10 +6,15 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from ftkit import data, display, models, recipe, rewards, rl, rundir, sft, sources
-from ftkit import eval as eval_stage
-from ftkit.rows import DataError
-from ftkit.tasks import Addition
+from ftkit.stages import data, rl, sft
+from ftkit.report import display
+from ftkit.models import loader
+from ftkit import recipe, sources
+from ftkit.scoring import rewards
+from ftkit.core import rundir
+from ftkit.stages import eval as eval_stage
+from ftkit.core.rows import DataError
+from ftkit.scoring.tasks import Addition
 from tests.conftest import ROOT
 
 
@@ -126,7 +131,7 @@ def _prepared_run(tmp_path, tiny_model_dir, stages, **sections):
         data={"path": "prefs.jsonl", "test_size": 8},
         sft={"max_steps": 2, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}, **sections))
     run_dir = tmp_path / "run"
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    tokenizer = loader.load_tokenizer(str(tiny_model_dir))
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
     if "sft" in stages:
@@ -186,7 +191,7 @@ def test_kto_learns_from_answers_labelled_desirable_or_not(tmp_path, tiny_model_
         rl={"method": "kto", "max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}))
     assert cfg.rl.kl_beta == 0.1
     run_dir = tmp_path / "run"
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    tokenizer = loader.load_tokenizer(str(tiny_model_dir))
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
     assert {type(r["label"]) for r in splits["train"]} == {bool}
@@ -260,7 +265,7 @@ def test_prompts_without_answers_train_with_grpo_and_are_evaluated_by_their_rewa
     """Prompts alone (RL where no demonstration exists): a reward reads a kept column; eval scores held-out replies by
     the same rewards, paired against the base."""
     from ftkit import cli
-    from ftkit.io import read_json
+    from ftkit.core.io import read_json
 
     path, run_dir = _prompts_recipe(tmp_path, tiny_model_dir), tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftkit import cli, io, machine, rundir
+from ftkit import cli
+from ftkit.core import io, machine, rundir
 from ftkit import recipe as recipes
-from ftkit.io import read_json
+from ftkit.core.io import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARIES = {"HF_TOKEN": "hf_CANARYcanary0123456789", "WANDB_API_KEY": "wandb-CANARY-0123456789abcdef",
@@ -162,7 +163,7 @@ def test_sigkill_during_writes_leaves_the_old_or_the_new_file(tmp_path):
     target = tmp_path / "status.json"
     writer = textwrap.dedent(f'''
         import json, sys
-        from ftkit.io import write_atomic
+        from ftkit.core.io import write_atomic
         versions = [json.dumps({{"v": v, "pad": str(v) * 2_000_000}}) for v in (1, 2)]
         write_atomic({str(target)!r}, versions[0])
         print("ready", flush=True)

@@ -1,4 +1,4 @@
-"""Model-written code runs in ftkit.sandbox: known completions score what they pass, and code that loops, allocates
+"""Model-written code runs in ftkit.scoring.sandbox: known completions score what they pass, and code that loops, allocates
 without bound, opens a socket, reads outside its folder, spawns a process or looks for a secret is stopped or finds
 nothing — the reward still returns a score for every completion, so the RL run goes on."""
 
@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from ftkit import recipe, rewards, sandbox
-from ftkit.tasks import Code, code
+from ftkit import recipe
+from ftkit.scoring import rewards, sandbox
+from ftkit.scoring.tasks import Code, code
 
 TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0"
 SECRET = "hf_SANDBOXcanary987654321"

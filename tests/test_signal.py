@@ -11,10 +11,15 @@ import pytest
 import torch
 import yaml
 
-from ftkit import answers, display, models, recipe, rewards, rl, rundir, sources
-from ftkit import eval as eval_stage
-from ftkit.generation import generate
-from ftkit.tasks import ReferenceAnswer
+from ftkit.scoring import answers, rewards
+from ftkit.report import display
+from ftkit.models import loader
+from ftkit import recipe, sources
+from ftkit.stages import rl
+from ftkit.core import rundir
+from ftkit.stages import eval as eval_stage
+from ftkit.models.generation import generate
+from ftkit.scoring.tasks import ReferenceAnswer
 
 REPLIES = [  # reply, reference, mode, regex, strict, lenient
     ("68", "68", "first_number", None, 1.0, 1.0),
@@ -235,7 +240,7 @@ def test_generation_says_which_replies_were_cut(tiny_model_dir):
     """One greedy token per reply: it ended exactly when that token ends a sequence, else it was cut."""
     from ftkit.recipe import ModelConfig
 
-    model, tokenizer = models.load(ModelConfig(id=str(tiny_model_dir), dtype="float32"))
+    model, tokenizer = loader.load(ModelConfig(id=str(tiny_model_dir), dtype="float32"))
     prompts = [[{"role": "user", "content": f"What is {i} plus 1?"}] for i in range(6)]
     with torch.no_grad():
         first = [int(model(**tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
@@ -249,7 +254,7 @@ def test_generation_says_which_replies_were_cut(tiny_model_dir):
 
 
 def test_compare_puts_sampled_accuracy_beside_the_headline():
-    from ftkit import compare
+    from ftkit.report import compare
 
     run = {"metrics": {"eval": {"sft": {"metric": "accuracy", "accuracy": 0.8, "ci95": [0.7, 0.9],
                                         "sampled": {"value": 0.7, "ci95": [0.65, 0.75], "k": 4, "temperature": 1.0}},

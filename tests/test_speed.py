@@ -6,13 +6,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftkit import data, models, preflight, recipe, sft
+from ftkit.stages import data, sft
+from ftkit.models import loader
+from ftkit.training import preflight
+from ftkit import recipe
 from ftkit.recipe import RecipeError
 from tests.conftest import build_model, build_tokenizer, make_model_dir, tiny_cfg
 
 
 def sft_run(cfg, run_dir):
-    tokenizer = models.load_tokenizer(cfg.model.id)
+    tokenizer = loader.load_tokenizer(cfg.model.id)
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
     return sft.train(cfg, run_dir)
@@ -40,7 +43,7 @@ def test_examples_in_one_row_do_not_see_each_other(tiny_model_dir):
     """What padding-free relies on: with restarting position_ids, the second example's logits are the ones it has
     alone (with no cache, as in training: transformers looks for restarts only then)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    assert models.packs_examples(model)
+    assert loader.packs_examples(model)
     first, second = torch.tensor([[5, 9, 14, 3, 7]]), torch.tensor([[11, 4, 8]])
     row = torch.cat([first, second], dim=1)
     positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
@@ -58,21 +61,21 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     cfg = tiny_cfg(tiny_model_dir)
     assert cfg.model.gradient_checkpointing == "auto" and cfg.sft.padding_free == "auto"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert not models.padding_free(cfg, model), "sdpa: a masked row costs more than the padding it removes"
+    assert not loader.padding_free(cfg, model), "sdpa: a masked row costs more than the padding it removes"
     monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
-    assert models.padding_free(cfg, model), "flash attention's variable-length kernels"
+    assert loader.padding_free(cfg, model), "flash attention's variable-length kernels"
     truncating = tiny_cfg(tiny_model_dir)
     truncating.data.too_long = "truncate"
-    assert not models.padding_free(truncating, model), "truncation needs padded batches"
+    assert not loader.padding_free(truncating, model), "truncation needs padded batches"
     monkeypatch.undo()
     assert preflight.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=False) == 8 * 50
     assert preflight.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=True) == 2 * (50 + 40 + 30) + 20 + 20
     neo = AutoModelForCausalLM.from_config(build_model(build_tokenizer(), arch="gpt_neo").config)
-    assert not models.packs_examples(neo), "GPT-Neo's eager attention has a fixed-size causal buffer"
+    assert not loader.packs_examples(neo), "GPT-Neo's eager attention has a fixed-size causal buffer"
     asked = tiny_cfg(tiny_model_dir)
     asked.sft.padding_free = True
     with pytest.raises(ValueError, match="sft.padding_free true: GPTNeoForCausalLM"):
-        models.padding_free(asked, neo)
+        loader.padding_free(asked, neo)
 
     assert preflight.gradient_checkpointing(cfg) is False, "a tiny model fits: no recomputation"
     real = psutil.virtual_memory()
@@ -87,16 +90,16 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     assert preflight.gradient_checkpointing(cfg, tokens=1) is False, "one token's activations fit even there"
     monkeypatch.undo()
 
-    from ftkit import machine
+    from ftkit.core import machine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: "flags\t: avx2 avx512f amx_bf16\n")
-    assert models.dtype_name(cfg.model) == "bfloat16"
+    assert loader.dtype_name(cfg.model) == "bfloat16"
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: "flags\t: avx2\n")
-    assert models.dtype_name(cfg.model) == "float32"
+    assert loader.dtype_name(cfg.model) == "float32"
     monkeypatch.undo()
     explicit = tiny_cfg(tiny_model_dir, dtype="float32", gradient_checkpointing=True)
-    assert models.dtype_name(explicit.model) == "float32" and preflight.gradient_checkpointing(explicit) is True
+    assert loader.dtype_name(explicit.model) == "float32" and preflight.gradient_checkpointing(explicit) is True
 
 
 def test_padding_free_cannot_truncate(tiny_recipe):

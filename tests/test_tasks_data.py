@@ -5,16 +5,22 @@ import json
 
 import pytest
 
-from ftkit import data, display, report, rewards, rundir
+from ftkit.stages import data
+from ftkit.report import display, page
+from ftkit.scoring import rewards
+from ftkit.core import rundir
 from ftkit.recipe import Recipe
-from ftkit.rows import DataError
-from ftkit.tasks import addition, get
+from ftkit.core.rows import DataError
+from ftkit.scoring.tasks import addition, get
 
 
 def test_doctests():
-    from ftkit import answers, io, machine, metrics, recipe, rl, robustness, rows, sources
-    from ftkit import eval as eval_stage
-    from ftkit.tasks import common, exact_match, word_problems
+    from ftkit.scoring import answers, metrics, robustness
+    from ftkit.core import io, machine, rows
+    from ftkit import recipe, sources
+    from ftkit.stages import rl
+    from ftkit.stages import eval as eval_stage
+    from ftkit.scoring.tasks import common, exact_match, word_problems
 
     for module in (addition, exact_match, word_problems, answers, metrics, rewards, robustness, eval_stage, io, machine,
                    recipe, data, display, rows, sources, rl, common):
@@ -93,7 +99,7 @@ def test_word_problems_are_disjoint_worked_and_right():
     import operator
     import re
 
-    from ftkit.tasks import WordProblems
+    from ftkit.scoring.tasks import WordProblems
 
     ops = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 
@@ -142,7 +148,7 @@ def test_augment_shares_are_checked():
 
 
 def test_teacher_errors_make_demonstrations_wrong_while_rewards_and_test_stay_right(tmp_path):
-    from ftkit.rows import reward_columns
+    from ftkit.core.rows import reward_columns
 
     clean = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 200, "test_size": 40}})
     careless = Recipe.model_validate({"name": "t", "data": {"task": "addition", "train_size": 200, "test_size": 40,
@@ -167,7 +173,7 @@ def test_teacher_errors_make_demonstrations_wrong_while_rewards_and_test_stay_ri
     assert reward[0](replies, answer=answer) == [0.0, 0.0] and reward[0](right, answer=answer) == [1.0, 1.0]
     stats = data.save_splits(after, tmp_path, figures)
     assert rundir.load_split(tmp_path, "train") == after["train"]
-    assert f"{found['wrong']} of the 200 training answers are wrong on purpose" in report._data(stats)
+    assert f"{found['wrong']} of the 200 training answers are wrong on purpose" in page._data(stats)
     with pytest.raises(ValueError, match=r"teacher_errors \(0.2\) makes a built-in task's demonstrations wrong on "
                                          r"purpose \(addition, word_problems\), not data from files or the hub's"):
         Recipe.model_validate({"name": "t", "data": {"path": "x.jsonl", "teacher_errors": 0.2}})

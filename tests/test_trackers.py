@@ -5,7 +5,10 @@ import importlib.util
 
 import pytest
 
-from ftkit import data, models, recipe, rundir, sft
+from ftkit.stages import data, sft
+from ftkit.models import loader
+from ftkit import recipe
+from ftkit.core import rundir
 from tests.conftest import tiny_cfg
 
 
@@ -15,7 +18,7 @@ def test_tensorboard_files_hold_the_sft_loss(tmp_path, tiny_model_dir):
     cfg = tiny_cfg(tiny_model_dir)
     assert recipe.trackers(cfg.report_to) == ["tensorboard"], "auto: TensorBoard where it is installed"
     run_dir = tmp_path / "run"
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    tokenizer = loader.load_tokenizer(str(tiny_model_dir))
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
     sft.train(cfg, run_dir)
@@ -33,7 +36,7 @@ def test_no_tracker_writes_nothing(tmp_path, tiny_model_dir):
     cfg = tiny_cfg(tiny_model_dir)
     cfg.report_to = "none"
     run_dir = tmp_path / "run"
-    splits, figures = data.build_splits(cfg, models.load_tokenizer(str(tiny_model_dir)))
+    splits, figures = data.build_splits(cfg, loader.load_tokenizer(str(tiny_model_dir)))
     data.save_splits(splits, run_dir, figures)
     sft.train(cfg, run_dir)
     assert not rundir.tensorboard_dir(run_dir, "sft").exists()

@@ -1,0 +1,356 @@
+"""The recipe's schema: one section per stage (model, data, sft, rl, eval, export, launch) and the rules across
+them. Every key has its type, default and description here; the data section has its own module."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from ftkit.core.rundir import STAGES
+from ftkit.recipe.data import DataConfig
+from ftkit.recipe.rules import (
+    DEFAULT_MODEL,
+    DEFAULT_STAGES,
+    TRACKERS,
+    TUNED_MODELS,
+    check_regex,
+    data_problem,
+    trackers,
+)
+from ftkit.recipe.section import Section
+from ftkit.scoring.robustness import PERTURBATIONS
+
+
+class ModelConfig(Section):
+    id: str = Field(DEFAULT_MODEL, min_length=1, description="hub id or local directory")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU or CPU that computes in it natively (CPU: AVX-512-BF16 or AMX), "
+        "else float32")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="default: transformers' choice (sdpa where supported)")
+    trust_remote_code: bool = Field(False, description="run modelling code shipped with the model; off unless set")
+    adapter: Literal["lora", "qlora", "none"] = Field(
+        "lora", description="qlora: LoRA on a 4-bit base (CUDA + bitsandbytes); none: full fine-tuning")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="default: every linear layer but the output")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute activations: less memory, 11-30% slower; auto: only when the memory estimate "
+        "says training would not fit without it")
+
+
+class SFTConfig(Section):
+    max_steps: int = Field(60, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(128, gt=8)
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="a step's examples in one row without padding, each attending only to itself; auto: "
+        "where the model's attention keeps them apart and data.too_long is drop")
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
+
+
+class RLConfig(Section):
+    method: Literal["grpo", "rloo", "dpo", "kto"] = Field(
+        "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs; kto: "
+        "answers labelled desirable or not (or preference pairs, unpaired)")
+    max_steps: int = Field(30, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step (prompts_per_step x "
+                            "num_generations); dpo: preference pairs per step; kto: labelled answers per step")
+    prompts_per_step: int | None = Field(None, gt=0, description="grpo/rloo: prompts per step, each sampled "
+                                         "num_generations times (sets batch_size); default batch_size / num_generations")
+    loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo"] | None = Field(
+        None, description="grpo: TRL's loss (how token losses are aggregated); default TRL's, dapo")
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        None, description="grpo: advantages divided by the reward std of the group, the batch, or not at all "
+        "(Dr. GRPO); default TRL's, group")
+    filter_prompts: bool | Literal["hard"] = Field(
+        False, description="grpo/rloo: before training, sample num_generations completions for a pool of train "
+        "prompts with the starting model and train only on those whose rewards differ (true: 1.5x the prompts "
+        "training draws; the others, always or never solved, give no signal), or with hard only on those it mostly "
+        "fails (mean reward in the lower half of its completions' range; a pool of 6x)")
+    beta: float | None = Field(None, ge=0, description="grpo/rloo: KL coefficient (default 0: no reference model); "
+                               "dpo/kto: pull towards the reference (default 0.1)")
+    logging_steps: int = Field(1, gt=0, description="every step: the learning-signal diagnostics are per step")
+
+    @property
+    def kl_beta(self) -> float:
+        """beta as trained: the recipe's, else the method's default (DPO 0.1; GRPO/RLOO 0, no reference model)."""
+        return self.beta if self.beta is not None else (0.1 if self.method in ("dpo", "kto") else 0.0)
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="tokens a completion may take; auto: fitted to the train answers (rows.reply_budget: "
+        "1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
+    rewards: dict[str, float] = Field(default_factory=lambda: {"task": 1.0},
+                                      description="reward -> weight: built-in names or file.py:function")
+    format_regex: str | None = Field(None, description="format: regular expression the whole completion must match")
+    length_target: int = Field(200, gt=0, description="length_penalty: characters allowed before the penalty")
+    use_vllm: bool = Field(False, description="generate with vLLM (CUDA + vllm installed)")
+
+    @model_validator(mode="after")
+    def _generations_divide_batch(self):
+        sampled = self.method in ("grpo", "rloo")
+        if sampled and self.prompts_per_step is not None:
+            wanted = self.prompts_per_step * self.num_generations
+            if "batch_size" in self.model_fields_set and self.batch_size != wanted:
+                raise ValueError(f"batch_size ({self.batch_size}) and prompts_per_step ({self.prompts_per_step}) x "
+                                 f"num_generations ({self.num_generations}) = {wanted} disagree; set one of them")
+            if self.batch_size != wanted:
+                self.batch_size = wanted
+        if self.method != "grpo":
+            set_here = [k for k in ("loss_type", "scale_rewards") if getattr(self, k) is not None]
+            if set_here:
+                raise ValueError(f"{' and '.join(set_here)} {'apply' if len(set_here) > 1 else 'applies'} to rl.method "
+                                 f"grpo, not {self.method}; remove {'them' if len(set_here) > 1 else 'it'}")
+        if not sampled and self.filter_prompts:
+            raise ValueError(f"filter_prompts applies to grpo and rloo (sampled completions), not {self.method}; "
+                             "remove it")
+        if self.method == "kto" and self.batch_size < 2:
+            raise ValueError("kto estimates its KL term from mismatched pairs within a batch: batch_size must be at "
+                             "least 2")
+        if sampled and self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                f"({self.num_generations}); try batch_size: {self.num_generations * max(1, self.batch_size // self.num_generations)}")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_options(self):
+        if not self.rewards:
+            raise ValueError("rewards is empty; name at least one, e.g. {task: 1.0}")
+        if "format" in self.rewards:
+            check_regex("rewards names format", "format_regex", self.format_regex, "'\\d+'")
+        return self
+
+
+class JudgeConfig(Section):
+    model: str = Field(..., min_length=1, description="the judge: a hub id, a local model directory, or base (the "
+                       "recipe's base model)")
+    mode: Literal["pairwise", "grade"] = Field("pairwise", description="pairwise: each model's reply against "
+                                               "eval.judge.against's, in both orders; grade: each reply graded 1-5")
+    against: str = Field("reference", description="pairwise: reference (the data's answers) or a model of "
+                         "eval.models")
+    rubric: str = Field("The better reply does what the request asks: correct, complete and to the point.",
+                        min_length=1, description="what the judge looks for; shown in its prompt and the report")
+    examples: int = Field(50, gt=0, description="test examples judged (the first ones)")
+    max_new_tokens: int = Field(8, gt=0, description="the judge's reply: a verdict, not an essay")
+    batch_size: int = Field(8, gt=0)
+
+
+class EvalConfig(Section):
+    models: list[str] | None = Field(
+        None, description="models to evaluate: base, sft, rl or a label of eval.extra; default: base, every tuned "
+                          "model the recipe trains, and eval.extra")
+    extra: dict[str, str] = Field(default_factory=dict, description="more models to compare: label -> an adapter "
+                                  "(of the same base model) or a model directory, e.g. an earlier run's sft/adapter")
+    metrics: list[str] | None = Field(None, description="task (strict: the answer where data.extract says), lenient "
+                                      "(the right answer anywhere in the reply), preference (held-out pairs: how "
+                                      "often the chosen answer is the likelier), reward (rl.rewards on each reply), "
+                                      "exact_match, accuracy, f1, rouge_l, chrf, bleu or an evaluate hub id; the first "
+                                      "is the headline; default: task, lenient (files scored whole: exact_match, f1, "
+                                      "rouge_l, lenient; preference pairs: preference; prompts alone: reward)")
+    batch_size: int = Field(32, gt=0)
+    max_new_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="tokens a reply may take; auto: fitted to the answers of train and test "
+        "(rows.reply_budget: 1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
+    temperature: float = Field(0.0, ge=0, description="0: greedy; above 0: sampling")
+    samples: int = Field(1, gt=0, description="completions per prompt (pass@k with temperature > 0)")
+    sampled: int | None = Field(None, ge=0, description="completions per test prompt also sampled at rl.temperature: "
+                                "the sampled accuracy, what GRPO and RLOO maximise, beside the greedy one (default 4 "
+                                "when the recipe trains with GRPO or RLOO and eval is greedy, else 0: none)")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion")
+    answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
+    likeliest_class: bool = Field(True, description="for a classification: the class each model finds likeliest as "
+                                  "its whole reply (one scoring pass per class and test prompt)")
+    robustness_size: int = Field(50, ge=0, description="test prompts perturbed per perturbation (0: none)")
+    finish_cut: int = Field(50, ge=0, description="test prompts whose reply was cut at max_new_tokens answered again "
+                                                  "with room to finish (twice the limit, at least 128 tokens), to "
+                                                  "tell a model that explains before it answers from one that does "
+                                                  "not know the answer; the headline is not changed (0: none)")
+    perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
+    n_examples_shown: int = Field(10, ge=0)
+    judge: JudgeConfig | None = Field(None, description="a model that grades the replies or compares them pairwise")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics):
+        from ftkit.scoring.metrics import LOCAL
+
+        if metrics is not None:
+            if not metrics:
+                raise ValueError("name at least one metric, or leave metrics out for the default")
+            own = ("task", "lenient", "preference", "reward")
+            unknown = [m for m in metrics if m not in own and m not in LOCAL and "/" not in m]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], [*own, *LOCAL], n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown metric {unknown[0]!r}; {hint}built-in: {', '.join(own)}, {', '.join(LOCAL)}, "
+                                 "or an evaluate hub id such as evaluate-metric/bertscore")
+        return metrics
+
+    @model_validator(mode="after")
+    def _known_models(self):
+        reserved = [label for label in self.extra if label in TUNED_MODELS + ("base",)
+                    or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", label)]
+        if reserved:
+            raise ValueError(f"extra label {reserved[0]!r}: use letters, digits, '.', '_' or '-', and not base, sft "
+                             "or rl")
+        judge = self.judge
+        if judge and judge.mode == "pairwise" and judge.against != "reference" and self.models is not None \
+                and judge.against not in self.models:
+            raise ValueError(f"judge.against is {judge.against!r}, which eval.models ({self.models}) does not "
+                             "evaluate; add it there or judge against reference")
+        unknown = [m for m in self.models or [] if m not in ("base", *TUNED_MODELS, *self.extra)]
+        if unknown:
+            raise ValueError(f"models lists {unknown[0]!r}; use base, sft, rl or a label of eval.extra "
+                             f"({', '.join(self.extra) or 'none set'})")
+        return self
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self):
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples = {self.samples} needs temperature > 0 (greedy decoding gives the same "
+                             "completion every time); e.g. temperature: 0.8")
+        return self
+
+
+class ExportConfig(Section):
+    model: Literal["sft", "rl"] | None = Field(None, description="tuned model to export (default: the last trained)")
+    merged: bool = Field(True, description="base and adapter merged into one checkpoint, loadable with transformers")
+    adapter: bool = Field(True, description="the LoRA adapter alone (small; needs the base model)")
+    push_to_hub: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                                    description="hub repo id for the merged model; the token comes from HF_TOKEN")
+    private: bool = True
+
+
+class LaunchConfig(Section):
+    num_processes: int = Field(1, ge=1, description="training processes in all machines (one per GPU); 1: train in "
+                                                    "the notebook's kernel; more: through `accelerate launch`")
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0, description="this machine's rank (run the same command on each machine)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (several machines)")
+    main_process_port: int = Field(29500, gt=0, lt=65536)
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="accelerate's autocast; ftkit's own bf16/fp16 training follows model.dtype")
+    config_file: str | None = Field(None, description="accelerate config file (FSDP, DeepSpeed), relative to the "
+                                                      "recipe; default: plain data parallel (DDP)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines}")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError(f"num_machines {self.num_machines} needs main_process_ip: the address of machine 0")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes {self.num_processes} must be a multiple of num_machines "
+                             f"{self.num_machines} (processes in all, the same number on each machine)")
+        return self
+
+
+class Recipe(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    seed: int = 0
+    report_to: Literal["auto", "none", "tensorboard", "trackio", "wandb", "mlflow"] | list[
+        Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        "auto", description="experiment trackers for SFT and RL (TRL's report_to): auto (TensorBoard, in "
+        "<run_dir>/<stage>/tb/, where it is installed), none, tensorboard, trackio, wandb, mlflow, or a list")
+    stages: list[Literal["data", "sft", "rl", "eval", "export"]] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES), description="export runs only when listed")
+    cell_timeout: int = Field(3600, gt=0, description="seconds one notebook cell may run")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @field_validator("report_to")
+    @classmethod
+    def _installed_trackers(cls, report_to):
+        import importlib.util
+
+        missing = [n for n in trackers(report_to) if importlib.util.find_spec(TRACKERS[n]) is None]
+        if missing:
+            raise ValueError(f"{missing[0]} is not installed here; pip install {missing[0]} (in ftkit's environment: "
+                             f".venv/bin/pip install {missing[0]}), or leave it out of report_to")
+        return report_to
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered_unique(cls, stages):
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"stages {stages} repeat a stage; list each once")
+        return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _batches_split_over_processes(self):
+        n = self.launch.num_processes
+        uneven = [f"{name}.batch_size {section.batch_size}" for name, section in (("sft", self.sft), ("rl", self.rl))
+                  if name in self.stages and section.batch_size % n]
+        if uneven:
+            raise ValueError(f"{' and '.join(uneven)} must be a multiple of launch.num_processes {n}: batch_size is "
+                             "the batch of one step over all processes, each process trains batch_size / "
+                             "num_processes of it")
+        return self
+
+    @model_validator(mode="after")
+    def _padding_free_needs_whole_examples(self):
+        if self.sft.padding_free is True and self.data.too_long == "truncate":
+            raise ValueError("sft.padding_free true trains examples as they are, so it cannot truncate them: set "
+                             "data.too_long: drop, or sft.padding_free: auto (padded batches when truncating)")
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits_the_stages(self):
+        kind = ("answers" if self.data.task else "text" if self.data.format == "text"
+                else "pairs" if self.data.format == "preference" else "feedback" if self.data.format == "feedback"
+                else "prompts" if self.data.format == "prompts" else "unknown")
+        problem = data_problem(self.stages, self.rl.method, kind, list(self.rl.rewards), self.eval.metrics)
+        if problem:
+            source = f"task {self.data.task!r}" if self.data.task else f"data.format {self.data.format}"
+            raise ValueError(f"{source}: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _something_left_to_train_on(self):
+        training = [s for s in TUNED_MODELS if s in self.stages]
+        if self.data.test_size == "all" and training:
+            raise ValueError(f"data.test_size: all holds every example out for test, and stages {self.stages} train "
+                             f"({', '.join(training)}) on what is left: give data.test_size a number (e.g. 200), or "
+                             "evaluate only (stages: [data, eval])")
+        return self
+
+    @model_validator(mode="after")
+    def _export_has_a_model(self):
+        if "export" in self.stages:
+            if self.export.model is None:
+                tuned = [s for s in TUNED_MODELS if s in self.stages]
+                self.export.model = tuned[-1] if tuned else None
+            if self.export.model is None:
+                raise ValueError("stages lists export but no training stage (sft, rl); add one, or set export.model "
+                                 "to the stage whose result this run directory already holds")
+            if not (self.export.merged or self.export.adapter):
+                raise ValueError("export.merged and export.adapter are both false: nothing to export")
+        return self
+
+    @model_validator(mode="after")
+    def _default_eval_models(self):
+        if self.eval.models is None:
+            self.eval.models = ["base"] + [s for s in TUNED_MODELS if s in self.stages] + list(self.eval.extra)
+        return self
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

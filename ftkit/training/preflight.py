@@ -1,0 +1,176 @@
+"""Before anything loads: the model's size, what a recipe trains, a rough estimate of the memory training needs (and
+so whether gradient checkpointing is needed), and what the recipe asks of this machine (a GPU, packages, a token) —
+each problem found with its fix, before any stage runs.
+
+Built from the model's config on the meta device: nothing is downloaded but config.json, nothing is allocated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ftkit.core import machine
+from ftkit.models import offline
+from ftkit.models.loader import ModelNotFound, dtype_name
+
+log = logging.getLogger(__name__)
+GB = 1024 ** 3
+
+
+def step_tokens(cfg, lengths: list[int], padding_free: bool) -> int:
+    """The most tokens one training step can hold on one process: its batch of the longest examples, padded to
+    the longest unless padding-free (examples kept over max_length are cut to it)."""
+    per_process = cfg.sft.batch_size // cfg.launch.num_processes
+    longest = sorted((min(n, cfg.sft.max_length) for n in lengths), reverse=True)[:per_process]
+    if not longest:
+        return per_process * cfg.sft.max_length
+    return sum(longest) if padding_free else per_process * longest[0]
+
+
+def gradient_checkpointing(cfg, tokens: int | None = None) -> bool:
+    """model.gradient_checkpointing with auto resolved by `estimate` for a step of `tokens` (default: batch_size *
+    max_length); on where the config cannot be read and a GPU is in use."""
+    if cfg.model.gradient_checkpointing != "auto":
+        return cfg.model.gradient_checkpointing
+    try:
+        return estimate(cfg, tokens)["gradient_checkpointing"]
+    except ModelNotFound:
+        return torch.cuda.is_available()
+
+
+def _config(model_cfg):
+    """The model's config alone (no weights): from a local directory, the cache, the offline copy or the hub."""
+    machine.settle_offline()
+    candidates = [model_cfg.id]
+    copy = offline.offline_copy_dir(model_cfg.id)
+    if model_cfg.id in offline.OFFLINE and offline.is_checkpoint(copy):
+        candidates.insert(0, str(copy))
+    for candidate in candidates:
+        try:
+            return AutoConfig.from_pretrained(candidate, revision=model_cfg.revision,
+                                              trust_remote_code=model_cfg.trust_remote_code)
+        except Exception as exc:
+            error = exc
+    raise ModelNotFound(f"model.id = {model_cfg.id!r}: its config could not be read ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160]})")
+
+
+def estimate(cfg, tokens: int | None = None) -> dict:
+    """Parameters, trainable parameters and a rough estimate of the memory that training needs (GB), against the
+    memory available (the GPU's, else the machine's free RAM). Built from the config on the meta device: nothing
+    is downloaded but config.json and nothing is allocated.
+
+    Memory = weights (4 bytes per parameter in float32, 2 in bf16/fp16, about 0.5 for QLoRA's 4-bit linears)
+    + gradients and AdamW state of the trainable parameters (16 bytes each for a float32 adapter; the weight's
+    size plus 8 for full fine-tuning) + activations of one batch of `sft.max_length` tokens (one hidden state per
+    layer with gradient checkpointing, about 16 without) + float32 logits and their gradient, for a step of
+    `tokens` (default: batch_size * max_length; training passes the data's longest step). With
+    gradient_checkpointing auto, it is on only when the total without it would not fit. It is a rough guide
+    (within about ±50%), used to refuse only what clearly cannot fit: weights, gradients and optimizer state alone
+    above the memory available.
+    """
+    import torch.nn as nn
+
+    model_cfg = cfg.model
+    config = _config(model_cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    output = model.get_output_embeddings()
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output}
+    targets = model_cfg.target_modules
+    if targets != "all-linear":
+        wanted = {targets} if isinstance(targets, str) else set(targets)
+        linears = {n: m for n, m in linears.items() if n.split(".")[-1] in wanted}
+    params = sum(p.numel() for p in model.parameters())
+    linear_params = sum(m.weight.numel() for m in linears.values())
+    dtype_bytes = 4 if dtype_name(model_cfg) == "float32" else 2
+    if model_cfg.adapter == "none":
+        trainable, state_bytes = params, params * (dtype_bytes + 8)
+    else:
+        trainable = sum(model_cfg.lora_r * (m.in_features + m.out_features) for m in linears.values())
+        state_bytes = trainable * 16
+    weight_bytes = (linear_params * 0.5 + (params - linear_params) * 2 if model_cfg.adapter == "qlora"
+                    else params * dtype_bytes)
+    text = config.get_text_config()
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0)
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
+    tokens = tokens or (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) * cfg.sft.max_length
+    if torch.cuda.is_available():
+        available, where = torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    else:
+        import psutil
+
+        available, where = psutil.virtual_memory().available, "free RAM (no CUDA GPU)"
+
+    def total_with(checkpointing: bool) -> tuple[float, float]:
+        per_layer = 1 if checkpointing else 16
+        activations = tokens * hidden * layers * per_layer * max(dtype_bytes, 2) + tokens * text.vocab_size * 8
+        return weight_bytes + state_bytes + activations, activations
+
+    checkpointing = model_cfg.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = total_with(False)[0] >= 0.8 * available
+    total, activation_bytes = total_with(checkpointing)
+    return {"model": model_cfg.id, "architecture": type(model).__name__, "parameters": params,
+            "trainable_parameters": trainable, "adapter": model_cfg.adapter, "dtype": dtype_name(model_cfg),
+            "weights_gb": round(weight_bytes / GB, 2), "gradients_optimizer_gb": round(state_bytes / GB, 2),
+            "activations_gb": round(activation_bytes / GB, 2), "gradient_checkpointing": checkpointing,
+            "estimated_gb": round(total / GB, 2),
+            "available_gb": round(available / GB, 2), "available_on": where,
+            "fits": "yes" if total < 0.8 * available else ("no" if weight_bytes + state_bytes > available
+                                                          else "tight")}
+
+
+def describe(figures: dict) -> str:
+    """One line for the command line: size, trained parameters and memory, from `estimate`."""
+    return (f"{figures['model']}: {figures['parameters'] / 1e6:,.0f}M parameters, "
+            f"{figures['trainable_parameters'] / 1e6:,.1f}M trained ({figures['adapter']}, {figures['dtype']}); "
+            f"training needs about {figures['estimated_gb']} GB, {figures['available_on']} has "
+            f"{figures['available_gb']} GB")
+
+
+def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> list[str]:
+    """What the recipe needs from this machine and would only find out at load or train time: each problem with
+    the fix. Empty when the recipe can run here. `figures`: an `estimate` already made."""
+    import importlib.util
+
+    problems, model_cfg = [], cfg.model
+    cuda = torch.cuda.is_available()
+    if model_cfg.adapter == "qlora" and not (cuda and importlib.util.find_spec("bitsandbytes")):
+        missing = "no CUDA GPU" if not cuda else "bitsandbytes is not installed (pip install -e '.[gpu]')"
+        problems.append(f"model.adapter = 'qlora' needs a CUDA GPU and bitsandbytes, and here there is {missing}; "
+                        "on a CPU use model.adapter: lora (--set model.adapter=lora)")
+    if model_cfg.attn_implementation == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
+        problems.append("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU and the flash-attn "
+                        "package; use sdpa (or leave it unset)")
+    if "rl" in cfg.stages and cfg.rl.use_vllm and not (cuda and importlib.util.find_spec("vllm")):
+        problems.append("rl.use_vllm = true needs a CUDA GPU and the vllm package; set rl.use_vllm: false to "
+                        "generate with transformers")
+    if model_cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        problems.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name(0)} does not support bfloat16; "
+                        "use float16 or auto")
+    if model_cfg.dtype == "float16" and not cuda and {"sft", "rl"} & set(cfg.stages):
+        problems.append("model.dtype = 'float16': mixed-precision training in float16 needs a CUDA GPU; use auto "
+                        "or float32 on a CPU")
+    export = getattr(cfg, "export", None)
+    if export is not None and export.push_to_hub and "export" in cfg.stages and not os.environ.get("HF_TOKEN"):
+        problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "
+                        "variable HF_TOKEN (it is read from there only and never written anywhere); set it, or "
+                        "set export.push_to_hub: null")
+    if check_memory and {"sft", "rl"} & set(cfg.stages) and not problems:
+        try:
+            figures = figures or estimate(cfg)
+        except ModelNotFound as exc:
+            log.info("memory estimate skipped: %s", exc)
+        else:
+            if figures["fits"] == "no":
+                problems.append(
+                    f"model.id = {model_cfg.id!r} with adapter {model_cfg.adapter!r} in {figures['dtype']} needs about "
+                    f"{figures['weights_gb'] + figures['gradients_optimizer_gb']:.1f} GB for weights, gradients and "
+                    f"optimizer state alone, and {figures['available_on']} has {figures['available_gb']:.1f} GB; use "
+                    "adapter: lora or qlora, a smaller model, or a machine with more memory")
+    return problems

@@ -1,0 +1,176 @@
+"""What the SFT and RL stages share: TRL's training arguments built from the recipe with ftkit's fast defaults, the
+training loop around `trainer.train` (checkpoints that resume after a crash, progress, the saved result, the figures)
+and the data conversion to TRL's formats.
+
+Checkpoints: SFT and RL save one every `save_steps` steps (transformers' own format: adapter or model, optimizer,
+scheduler, RNG states, trainer state with the data position). Once a checkpoint is fully written a marker naming the
+step and the stage's fingerprint (recorded by `ftkit run` in status.json) is added; a training stage started again
+resumes from the newest checkpoint whose marker has its fingerprint. A checkpoint without one (killed mid-save) or
+made with other settings is deleted, never loaded. A notebook run by hand (no fingerprint recorded) starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from ftkit.core import rundir
+from ftkit.core.io import read_json, write_atomic
+from ftkit.core.rows import messages
+from ftkit.models import loader
+from ftkit.recipe import trackers
+from ftkit.training import preflight
+
+log = logging.getLogger(__name__)
+
+
+def to_dataset(rows: list[dict]) -> Dataset:
+    """Rows -> a TRL dataset: conversational prompt-completion (loss on the answer only), or language modeling
+    ("text", loss on every token; TRL appends EOS) for plain text."""
+    if rows and "text" in rows[0]:
+        return Dataset.from_list([{"text": r["text"]} for r in rows])
+    return Dataset.from_list([{"prompt": messages(r),
+                               "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
+
+
+def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls, tokens: int | None = None, **extra):
+    """TrainingArguments fields shared by the SFT and RL stages, built from the recipe, with the fast defaults:
+    bf16 where the hardware computes in it (`models.dtype_name`), gradient checkpointing only where memory needs
+    it (`tokens`: the most a step holds), transformers' fused AdamW."""
+    dtype = loader.dtype_name(cfg.model)
+    report_to = trackers(cfg.report_to)
+    if "tensorboard" in report_to:  # transformers' TensorBoard callback reads its folder from here
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(rundir.tensorboard_dir(run_dir, stage))
+    return trl_config_cls(
+        output_dir=str(rundir.checkpoints_dir(run_dir, stage)), max_steps=section.max_steps,
+        learning_rate=section.learning_rate, logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
+        save_total_limit=2, report_to=report_to or "none", run_name=f"{cfg.name}/{Path(run_dir).name}/{stage}",
+        disable_tqdm=True, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        gradient_checkpointing=preflight.gradient_checkpointing(cfg, tokens), dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        dataloader_pin_memory=torch.cuda.is_available(), **extra)
+
+
+def per_process(cfg, batch_size: int) -> int:
+    """A step's batch shared out over the recipe's processes (validated to divide evenly)."""
+    return batch_size // cfg.launch.num_processes
+
+
+def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list[dict]]:
+    """Train (from the last complete checkpoint of this stage with these settings, if there is one), save the
+    adapter (or model) and the log history into the stage's directory, delete the checkpoints; return figures and
+    history."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                rundir.write_progress(run_dir, stage, state.global_step, state.max_steps, "steps")
+
+    fingerprint = rundir.running_fingerprint(run_dir, stage)
+    checkpoint = resume_point(rundir.checkpoints_dir(run_dir, stage), fingerprint)
+    trainer.add_callback(Progress())
+    trainer.add_callback(checkpoint_callback(fingerprint))
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - start
+    history = trainer.state.log_history
+    digests = weight_digests(trainer.model)
+    if trainer.is_world_process_zero():
+        loader.save_trained(trainer.model, tokenizer, run_dir, stage)
+        write_atomic(rundir.stage_file(run_dir, stage, rundir.LOG_HISTORY), json.dumps(history, indent=2))
+        shutil.rmtree(rundir.checkpoints_dir(run_dir, stage), ignore_errors=True)  # only for resuming
+    figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),
+               "steps": result.global_step, "train_seconds": round(seconds, 1),
+               "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
+               **real_tokens(history, seconds),
+               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+               "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads(),
+               "settings": settings(trainer)}
+    return figures, history
+
+
+def settings(trainer) -> dict:
+    """The speed-related training settings in force (recipe defaults resolved): the frozen weights' dtype, the
+    autocast dtype, gradient checkpointing, padding-free batches, the optimizer, Liger kernels."""
+    args = trainer.args
+    frozen = next((p.dtype for p in trainer.model.parameters() if not p.requires_grad), None)
+    return {"weights": str(frozen or next(trainer.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
+            "gradient_checkpointing": args.gradient_checkpointing, "padding_free": getattr(args, "padding_free", False),
+            "optimizer": str(getattr(args.optim, "value", args.optim)), "liger_kernels": args.use_liger_kernel}
+
+
+def real_tokens(history: list[dict], seconds: float) -> dict:
+    """Tokens trained on that were not padding (TRL's `num_tokens`, summed over processes; counted from this
+    process's start when training resumed) and their rate."""
+    counted = [h["num_tokens"] for h in history if "num_tokens" in h]
+    if not counted:
+        return {}
+    return {"real_tokens": int(counted[-1]), "real_tokens_per_second": round(counted[-1] / max(seconds, 1e-9), 1)}
+
+
+def weight_digests(model) -> list[str]:
+    """A digest of the trained weights on every process (one entry with a single process): data-parallel ranks
+    that end in sync have equal digests."""
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    if not (dist.is_available() and dist.is_initialized()):
+        return [digest.hexdigest()[:16]]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest()[:16])
+    return gathered
+
+
+# ---------------------------------------------------------------- checkpoints
+
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_callback(stage_fingerprint: str | None):
+    """A Trainer callback that marks a checkpoint complete once transformers has written all of it."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_atomic(folder / rundir.CHECKPOINT_MARKER, json.dumps({"step": state.global_step,
+                                                                            "fingerprint": stage_fingerprint}))
+
+    return MarkComplete()
+
+
+def resume_point(checkpoints: str | Path, stage_fingerprint: str | None) -> Path | None:
+    """The newest complete checkpoint made with this fingerprint; incomplete ones and ones made with other settings
+    (or any, without a fingerprint) are deleted (logged), so that they can be neither loaded nor rotated in place of
+    a good one."""
+    found = sorted((int(m.group(1)), p) for p in Path(checkpoints).glob("checkpoint-*")
+                   if p.is_dir() and (m := _STEP.match(p.name)))
+    best = None
+    for step, folder in found:
+        marker = read_json(folder / rundir.CHECKPOINT_MARKER)
+        if marker is None:
+            log.warning("checkpoint %s is incomplete (no %s: the run stopped while saving it); deleted, not loaded",
+                        folder, rundir.CHECKPOINT_MARKER)
+            shutil.rmtree(folder, ignore_errors=True)  # every process of a launch checks; one deletes
+        elif stage_fingerprint is None or marker.get("fingerprint") != stage_fingerprint:
+            log.warning("checkpoint %s was made with other settings; deleted, not loaded", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            best = folder
+    return best
