@@ -74,14 +74,71 @@ def make_model_dir(tmp_path, arch, base_tokenizer=False, tied=True) -> Path:
     return path
 
 
-def tiny_cfg(model_dir, **model):
-    """A validated recipe for three fast SFT steps on a tiny model (data, sft, eval), `model:` keys overridden."""
-    from ftkit import recipe
+def recipe_file(tmp_path, *bases: dict, file: str = "r.yaml", **sections) -> Path:
+    """Write a recipe to tmp_path/file and return its path: the bases, then the sections given by keyword, each
+    merged into what came before (a section's keys into that section's, a top-level value replacing the one before).
+    Without a base it is {"name": "r"} and the sections given; `tiny(model_dir)` is the fast run of a tiny model."""
+    data: dict = {"name": "r"}
+    for layer in (*bases, sections):
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+    path = tmp_path / file
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
-    return recipe.build({"name": "arch", "stages": ["data", "sft", "eval"],
-                         "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, **model},
-                         "data": {"train_size": 32, "test_size": 8},
-                         "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}})
+
+def tiny(model_dir, **sections) -> dict:
+    """A recipe of seconds on a tiny model: data -> sft -> rl -> eval on 48 addition questions (16 held out), three
+    SFT steps, two GRPO steps, four-token replies."""
+    return {"name": "tiny", "seed": 0, "stages": ["data", "sft", "rl", "eval"],
+            "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8},
+            "data": {"task": "addition", "train_size": 48, "test_size": 16},
+            "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
+            "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3,
+                   "logging_steps": 1, "max_completion_length": 4},
+            "eval": {"batch_size": 8, "max_new_tokens": 4}, **sections}
+
+
+def tiny_sft(model_dir, **model) -> dict:
+    """Three fast SFT steps on a tiny model (data -> sft -> eval, eval's defaults), `model:` keys overridden."""
+    return {"name": "arch", "stages": ["data", "sft", "eval"],
+            "model": {"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, **model},
+            "data": {"train_size": 32, "test_size": 8},
+            "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1}}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pipeline: executes stage notebooks (papermill, a kernel per stage): the slow "
+                                       "lane, which `make test-fast` leaves out")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:  # a test that reads the shared full run is a pipeline test
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.fixture(autouse=True)
+def _notebooks_only_in_pipeline_tests(request, monkeypatch):
+    """A test not marked `pipeline` that executes a notebook fails, so the fast lane stays fast: the runner records a
+    notebook's error as the stage's failure, so the refusal is checked after the test too."""
+    if request.node.get_closest_marker("pipeline") is not None:
+        yield
+        return
+    import papermill
+
+    refused = []
+
+    def refuse(notebook, *args, **kwargs):
+        refused.append(str(notebook))
+        raise RuntimeError(f"{request.node.nodeid} executes {notebook}: mark it @pytest.mark.pipeline")
+
+    monkeypatch.setattr(papermill, "execute_notebook", refuse)
+    yield
+    assert not refused, f"this test executes notebooks ({refused}): mark it @pytest.mark.pipeline"
 
 
 @pytest.fixture(scope="session")
@@ -93,44 +150,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture()
-def tiny_recipe(tmp_path, tiny_model_dir):
-    """Write a fast recipe on the tiny model; returns a function taking overrides of its sections."""
-
-    def write(**sections) -> Path:
-        data = {"name": "tiny", "seed": 0, "stages": ["data", "sft", "rl", "eval"],
-                "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
-                "data": {"task": "addition", "train_size": 48, "test_size": 16},
-                "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
-                "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3,
-                       "logging_steps": 1, "max_completion_length": 4},
-                "eval": {"batch_size": 8, "max_new_tokens": 4}}
-        for key, value in sections.items():
-            if isinstance(value, dict):
-                data.setdefault(key, {}).update(value)
-            else:
-                data[key] = value
-        path = tmp_path / "tiny.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
-
-    return write
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     """One full run (data -> sft -> rl -> eval) of the tiny model through the CLI, shared by the tests that read a
     complete run directory."""
     root = tmp_path_factory.mktemp("run")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "tiny", "seed": 0,
-        "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
-        "data": {"train_size": 48, "test_size": 16},
-        "sft": {"max_steps": 3, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
-        "rl": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3, "logging_steps": 1,
-               "max_completion_length": 4},
-        "eval": {"batch_size": 8, "max_new_tokens": 4}}))
+    recipe = recipe_file(root, tiny(tiny_model_dir), file="tiny.yaml")
     run_dir = root / "out"
     from ftkit import cli
 

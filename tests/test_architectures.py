@@ -5,18 +5,17 @@ import json
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftkit import cli, recipe
-from ftkit.stages import data, sft
-from ftkit.models import generation, loader
-from ftkit.training import preflight
 from ftkit.core import rundir
 from ftkit.core.io import read_json
 from ftkit.core.rows import messages
-from tests.conftest import TOLERANCE, build_tokenizer, make_model_dir, tiny_cfg
+from ftkit.models import generation, loader
+from ftkit.stages import data, sft
+from ftkit.training import preflight
+from tests.conftest import TOLERANCE, build_tokenizer, make_model_dir, recipe_file, tiny, tiny_sft
 
 DECODER = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TARGETS = {"gpt_neo": {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"},
@@ -29,7 +28,7 @@ BASE_TOKENIZER = {"gpt_neo", "gemma3"}  # no chat template, no pad token (GPT-Ne
 @pytest.mark.parametrize("arch", list(TARGETS))
 def test_architecture_trains_generates_and_merges(tmp_path, arch):
     model_dir = make_model_dir(tmp_path, arch, base_tokenizer=arch in BASE_TOKENIZER)
-    cfg, run_dir = tiny_cfg(model_dir), tmp_path / "run"
+    cfg, run_dir = recipe.load(recipe_file(tmp_path, tiny_sft(model_dir))), tmp_path / "run"
     tokenizer = loader.load_tokenizer(str(model_dir))
     if arch in BASE_TOKENIZER:
         assert tokenizer.chat_template == loader.DEFAULT_CHAT_TEMPLATE
@@ -68,7 +67,7 @@ def test_architecture_trains_generates_and_merges(tmp_path, arch):
 
 def test_full_fine_tuning_saves_a_whole_model(tmp_path):
     model_dir = make_model_dir(tmp_path, "qwen2")
-    cfg, run_dir = tiny_cfg(model_dir, adapter="none", gradient_checkpointing=False), tmp_path / "run"
+    cfg, run_dir = recipe.load(recipe_file(tmp_path, tiny_sft(model_dir, adapter="none", gradient_checkpointing=False))), tmp_path / "run"
     tokenizer = loader.load_tokenizer(str(model_dir))
     splits, figures = data.build_splits(cfg, tokenizer)
     data.save_splits(splits, run_dir, figures, tokenizer)
@@ -86,7 +85,7 @@ def test_full_fine_tuning_saves_a_whole_model(tmp_path):
 def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir):
     from transformers import LlamaConfig
 
-    cfg = tiny_cfg(tiny_model_dir)
+    cfg = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir)))
     figures = preflight.estimate(cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert figures["parameters"] == sum(p.numel() for p in model.parameters())
@@ -99,7 +98,7 @@ def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_m
     seven_b = tmp_path / "llama-2-7b-config"
     LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 vocab_size=32000).save_pretrained(seven_b)
-    big = tiny_cfg(seven_b, adapter="none", dtype="float32")
+    big = recipe.load(recipe_file(tmp_path, tiny_sft(seven_b, adapter="none", dtype="float32")))
     assert preflight.estimate(big)["parameters"] == 6_738_415_616
     [problem] = preflight.preflight(big)
     assert "needs about 100.4 GB for weights, gradients and optimizer state alone" in problem
@@ -107,8 +106,7 @@ def test_estimate_counts_parameters_and_refuses_what_cannot_fit(tmp_path, tiny_m
 
 
 def test_qlora_on_a_cpu_fails_at_validation_with_the_fix(tmp_path, tiny_model_dir, capsys):
-    path = tmp_path / "q.yaml"
-    path.write_text(yaml.safe_dump({"name": "q", "model": {"id": str(tiny_model_dir), "adapter": "qlora"}}))
+    path = recipe_file(tmp_path, {"name": "q", "model": {"id": str(tiny_model_dir), "adapter": "qlora"}}, file="q.yaml")
     recipe.load(path)  # the schema is fine: the same recipe runs on a GPU
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
@@ -126,11 +124,12 @@ def test_push_to_hub_needs_a_token_from_the_environment(tmp_path, tiny_model_dir
                for p in preflight.preflight(cfg, check_memory=False))
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tiny_recipe, tmp_path, dtype):
+def test_export_loads_with_plain_transformers_and_reproduces_the_tuned_model(tmp_path, dtype, tiny_model_dir):
     """export/merged holds the weights eval measured (in bfloat16: the float32 merge rounded once), so plain
     transformers reproduces the eval stage's outputs exactly, in either dtype."""
-    path = tiny_recipe(stages=["data", "sft", "eval", "export"], model={"dtype": dtype})
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "sft", "eval", "export"], model={"dtype": dtype}, file="tiny.yaml")
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     exported = read_json(run_dir / "metrics.json")["export"]

@@ -5,24 +5,16 @@ import re
 
 import pandas as pd
 import pytest
-import yaml
 
 from ftkit import cli, recipe, sources
-from ftkit.stages import data
-from ftkit.report import display
-from ftkit.core.io import read_json
+from ftkit.core.io import read_json, write_jsonl
 from ftkit.core.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
+from ftkit.report import display
+from ftkit.stages import data
+from tests.conftest import recipe_file
 
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def make_recipe(tmp_path, **data_section):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "files", "data": {"test_size": 2, **data_section}}))
-    return recipe.load(path)
+FILES = {"name": "files", "data": {"test_size": 2}}  # a recipe on local files, the data section merged in
+from ftkit.scoring import grading
 
 
 def qa_rows(n, start=0):
@@ -75,16 +67,16 @@ def test_cleaning_counts_every_reason_and_splits_are_seeded(tmp_path):
     write_jsonl(tmp_path / "part2.jsonl", rows[12:] + [{"messages": [{"role": "user", "content": "a"}]}])
     # a file's format is read off its first row: a chat row among question/answer rows is a missing column
     with pytest.raises(DataError, match="part2.jsonl:14: missing column 'question'"):
-        data.build_splits(make_recipe(tmp_path, path="part*.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="part*.jsonl"))))
     (tmp_path / "part2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
-    cfg = make_recipe(tmp_path, path="part*.jsonl", test_size=4)
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="part*.jsonl", test_size=4)))
     splits, figures = data.build_splits(cfg)
     assert figures["drops"] == {"duplicate": 3, "empty_field": 2}
     assert len(splits["test"]) == 4 and len(splits["train"]) == 16
     assert figures["contamination"]["exact_matches"] == 0
     again, _ = data.build_splits(cfg)
     assert again == splits
-    capped, _ = data.build_splits(make_recipe(tmp_path, path="part*.jsonl", test_size=4, train_size=5))
+    capped, _ = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="part*.jsonl", test_size=4, train_size=5))))
     assert len(capped["train"]) == 5 and capped["test"] == splits["test"]
 
 
@@ -116,7 +108,7 @@ def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows = qa_rows(30) + [{"question": "word " * 400, "answer": "long"}]
     write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = make_recipe(tmp_path, path="d.jsonl")
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl")))
     splits, figures = data.build_splits(cfg, tokenizer)
     assert figures["drops"] == {"too_long": 1}
     assert "warnings" not in figures  # one example in 31 is noted in the drops, not warned about
@@ -134,16 +126,16 @@ def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
 def test_source_test_split_is_used_as_given(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(6))
     write_jsonl(tmp_path / "test.jsonl", qa_rows(3, start=100))
-    splits, _ = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+    splits, _ = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl"))))
     assert [r["answer"] for r in splits["test"]] == ["City 100", "City 101", "City 102"]
     assert len(splits["train"]) == 6
 
 
+@pytest.mark.pipeline
 def test_data_stage_runs_on_files_through_the_cli(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "qa.jsonl", qa_rows(30) + qa_rows(2))
-    path = tmp_path / "files.yaml"
-    path.write_text(yaml.safe_dump({"name": "files", "model": {"id": str(tiny_model_dir)},
-                                    "data": {"path": "qa.jsonl", "test_size": 5}}))
+    path = recipe_file(tmp_path, {"name": "files", "model": {"id": str(tiny_model_dir)},
+                                    "data": {"path": "qa.jsonl", "test_size": 5}}, file="files.yaml")
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--stages", "data", "--run-dir", str(run_dir)]) == 0
     metrics = read_json(run_dir / "metrics.json")["data"]
@@ -233,8 +225,7 @@ def test_no_file_matches_at_run_time(tmp_path):
 
 
 def test_missing_file_is_caught_by_validate(tmp_path, capsys):
-    path = tmp_path / "r.yaml"
-    path.write_text("name: x\ndata:\n  path: missing.jsonl\n")
+    path = recipe_file(tmp_path, data={"path": "missing.jsonl"})
     assert cli.main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:3: data.path = 'missing.jsonl': no file matches" in err and "Traceback" not in err
@@ -244,20 +235,20 @@ def test_empty_split_after_cleaning(tmp_path):
     write_jsonl(tmp_path / "e.jsonl", [{"prompt": "a", "completion": " "}] * 3 + [{"prompt": "b", "completion": "c"}])
     with pytest.raises(DataError, match="1 examples after cleaning, not enough for a test split of 2 .*"
                                              "lower data.test_size"):
-        data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="e.jsonl"))))
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(DataError, match="0 examples after cleaning"):
-        data.build_splits(make_recipe(tmp_path, path="e.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="e.jsonl"))))
 
 
 def test_empty_test_file(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(4))
     write_jsonl(tmp_path / "test.jsonl", [{"question": "", "answer": "x"}])
     with pytest.raises(DataError, match="split 'test' is empty after cleaning"):
-        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl"))))
 
 
 def test_contamination_above_threshold_fails(tmp_path):
@@ -266,12 +257,12 @@ def test_contamination_above_threshold_fails(tmp_path):
     with pytest.raises(DataError, match=r"2 of 4 test prompts share a word 8-gram with a train prompt \(2 of them "
                                              r"word for word\); fraction 0.5 is above data.max_contamination = 0.0"
                        ) as caught:
-        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl"))))
     message = str(caught.value)
     assert "test:   'What is the capital of country number 0?'" in message  # the pairs, side by side
     assert "train:  'What is the capital of country number 0?'" in message and "data.split_by: ngram" in message
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
-                                                    max_contamination=0.5))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl",
+                                                    max_contamination=0.5))))
     assert figures["contamination"]["fraction"] == 0.5
 
 
@@ -296,7 +287,7 @@ def test_a_template_of_columns_fills_a_text_field(tmp_path):
     rows, drops = sources.load_files(str(tmp_path / "c.csv"), "auto", columns, keep=["Region"])
     assert rows[1][1] == {"prompt": "What is the ISO code of French Polynesia (Oceania, number 258)? {braces} stay",
                           "answer": "PYF", "extra": {"Region": "Oceania"}}  # a template's column may go to a reward
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="c.csv", columns=columns))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="c.csv", columns=columns))))
     assert figures["drops"] == {"empty_field": 6, "duplicate": 15}  # Nowhere has no region: no prompt with a hole
     # in JSONL a field inside a column is named by a dotted path
     write_jsonl(tmp_path / "n.jsonl", [{"country": {"name": "Aruba", "codes": ["AW", "ABW"]}, "code": "ABW"}])
@@ -332,20 +323,19 @@ def test_a_templates_words_and_one_of_the_examples_own_are_not_one_story(tmp_pat
     ({"format": "csv"}, "data.format = 'csv': Input should be 'auto', 'prompt_completion'"),
     ({"columns": {"questoin": "q"}}, "data.columns.questoin: unknown key 'questoin'; did you mean 'question'?"),
     ({"max_contamination": 2}, "data.max_contamination = 2: Input should be less than or equal to 1"),
-    ({"columns": {"prompt": "Code of {Country!r}?", "answer": "{Code", "label": "{x}"}},
+    ({"columns": {"answer": "{Code", "label": "{x}", "prompt": "Code of {Country!r}?"}},
      "data.columns: answer: '{Code' is not a template (expected '}' before end of string); write a column as {column} "
      "and a brace meant literally twice ({{ or }}); label: '{x}' is a template, which fills text fields only (prompt, "
      "completion, question, answer, instruction, input, output, chosen, rejected, system, text); map label onto a "
      "column; prompt: 'Code of {Country!r}?': {Country!r} formats the value, which a template does not; write "
      "{Country}"),
-    ({"columns": {"prompt": "Say {}", "answer": "{{a}}"}}, "answer: '{{a}}' names no column: a template puts columns "
+    ({"columns": {"answer": "{{a}}", "prompt": "Say {}"}}, "answer: '{{a}}' names no column: a template puts columns "
      "in braces, e.g. 'Title: {title}'; for the same text on every row use data.system; prompt: 'Say {}': {} names no "
      "column; put the column's name inside the braces, e.g. {question}"),
 ])
 def test_bad_data_sections_fail_validation(tmp_path, section, message):
     (tmp_path / "x.jsonl").write_text("{}\n")
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "data": section}))
+    path = recipe_file(tmp_path, {"name": "x", "data": section})
     with pytest.raises(recipe.RecipeError, match=re.escape(message)):
         recipe.load(path)
 
@@ -393,7 +383,7 @@ def test_a_preference_pair_with_identical_answers_is_dropped_and_counted(tmp_pat
               "rejected": "no" if i % 2 == 0 else "yes"} for i in range(12)]
     pairs[5]["rejected"] = pairs[5]["chosen"]
     write_jsonl(tmp_path / "p.jsonl", pairs)
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="p.jsonl", max_contamination=1.0))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="p.jsonl", max_contamination=1.0))))
     assert figures["drops"] == {"identical_pair": 1}
     assert sum(len(rows) for rows in splits.values()) == 11
     assert all(r["answer"] != r["rejected"] for rows in splits.values() for r in rows)
@@ -496,7 +486,7 @@ def test_too_few_rows_after_cleaning_names_what_was_dropped(tmp_path):
     with pytest.raises(DataError, match=r"0 examples after cleaning, not enough for a test split of 2 and a train "
                                         r"split \(cleaning dropped 5: 5 turn_order \(a conversation that is not user "
                                         r"and assistant turns in turn"):
-        data.build_splits(make_recipe(tmp_path, path="chat.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="chat.jsonl"))))
 
 
 def story_rows(stories, questions=3):
@@ -510,9 +500,9 @@ def story_rows(stories, questions=3):
 def test_a_grouped_split_keeps_every_group_on_one_side(tmp_path, split_by):
     write_jsonl(tmp_path / "d.jsonl", story_rows(20))
     with pytest.raises(DataError, match="data.split_by"):  # split per question, stories straddle train and test
-        data.build_splits(make_recipe(tmp_path, path="d.jsonl", test_size=6))
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="d.jsonl", test_size=6, validation_size=3,
-                                                    split_by=split_by))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl", test_size=6))))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl", test_size=6, validation_size=3,
+                                                    split_by=split_by))))
     side = {}
     for name, rows in splits.items():
         for row in rows:
@@ -527,8 +517,8 @@ def test_with_its_own_test_split_train_examples_grouped_with_test_ones_are_dropp
     rows = story_rows(10)
     write_jsonl(tmp_path / "train.jsonl", rows[:24])
     write_jsonl(tmp_path / "test.jsonl", rows[21:])  # story 7 on both sides
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl",
-                                                    split_by=split_by))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl",
+                                                    split_by=split_by))))
     assert figures["drops"] == {"grouped_with_test": 3} and len(splits["train"]) == 21
     assert figures["contamination"]["ngram_overlaps"] == 0
 
@@ -536,7 +526,7 @@ def test_with_its_own_test_split_train_examples_grouped_with_test_ones_are_dropp
 def test_split_by_a_missing_column_names_it(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", qa_rows(6))
     with pytest.raises(DataError, match=r"d.jsonl:1: data.split_by names the column 'story', which this row lacks"):
-        data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="story"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl", split_by="story"))))
 
 
 def test_split_by_ngram_refuses_wording_that_links_everything(tmp_path):
@@ -545,7 +535,7 @@ def test_split_by_ngram_refuses_wording_that_links_everything(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"question": " ".join(f"w{j}" for j in range(i, i + 12)), "answer": str(i)}
                                        for i in range(20)])
     with pytest.raises(DataError, match=r"links 20 of 20 examples into one group .* belongs in data.system"):
-        data.build_splits(make_recipe(tmp_path, path="d.jsonl", split_by="ngram"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl", split_by="ngram"))))
 
 
 def temperature_rows(values):
@@ -555,7 +545,7 @@ def temperature_rows(values):
 
 def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_twice_is(tmp_path):
     write_jsonl(tmp_path / "t.jsonl", temperature_rows(range(-20, 40)))
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=10))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="t.jsonl", test_size=10))))
     overlap = figures["contamination"]
     assert overlap["fraction"] == 0.0 and overlap["ngram_overlaps"] == 0 and len(splits["train"]) == 50
     assert overlap["common_ngrams"] == 1
@@ -570,7 +560,7 @@ def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_t
     with pytest.raises(DataError, match=r"1 of 11 test prompts share a word 8-gram with a train prompt \(0 of them word "
                                         r"for word; wording that a tenth of the prompts repeat, a template's, is not "
                                         r"counted: 1 8-gram such as 'degrees celsius to fahrenheit") as caught:
-        data.build_splits(make_recipe(tmp_path, path="train.jsonl", test_path="test.jsonl"))
+        data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl"))))
     assert "shared: 'mara walked her three dogs along the river'" in str(caught.value)  # the story, caught
 
 
@@ -578,7 +568,7 @@ def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):
     from ftkit.models.loader import load_tokenizer
 
     write_jsonl(tmp_path / "d.jsonl", qa_rows(10) + [{"question": "word " * 400, "answer": "long"}])
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="d.jsonl", too_long="truncate"),
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl", too_long="truncate"))),
                                         load_tokenizer(str(tiny_model_dir)))
     assert figures["truncated"] == 1 and figures["drops"] == {}
     assert sum(len(rows) for rows in splits.values()) == 11
@@ -598,9 +588,8 @@ def test_unreachable_hub_dataset_says_how_to_use_a_local_file(monkeypatch):
                     reason="HF_HUB_OFFLINE is set (the suite runs offline); run with HF_HUB_OFFLINE=0 where the "
                            "Hugging Face hub can be reached")
 def test_hub_dataset_loads_by_id_subset_and_split(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "hub", "data": {
-        "hub": "trl-internal-testing/zen", "subset": "standard_prompt_completion", "test_size": 2}}))
+    path = recipe_file(tmp_path, {"name": "hub", "data": {
+        "hub": "trl-internal-testing/zen", "subset": "standard_prompt_completion", "test_size": 2}})
     splits, figures = data.build_splits(recipe.load(path))
     assert splits["train"] and len(splits["test"]) == 2 and figures["source"].startswith("hub dataset")
 
@@ -628,14 +617,14 @@ def test_models_without_a_chat_template_get_the_documented_default(tmp_path, tin
 
 def test_validation_split_is_held_out_of_train(tmp_path):
     write_jsonl(tmp_path / "v.jsonl", qa_rows(20))
-    splits, _ = data.build_splits(make_recipe(tmp_path, path="v.jsonl", test_size=3, validation_size=4))
+    splits, _ = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="v.jsonl", test_size=3, validation_size=4))))
     assert {k: len(v) for k, v in splits.items()} == {"test": 3, "validation": 4, "train": 13}
     prompts = [{r["prompt"] for r in rows} for rows in splits.values()]
     assert sum(len(p) for p in prompts) == len(set().union(*prompts)) == 20
     write_jsonl(tmp_path / "t.jsonl", qa_rows(2, start=100))
-    own, _ = data.build_splits(make_recipe(tmp_path, path="v.jsonl", test_path="t.jsonl", validation_size=5))
+    own, _ = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="v.jsonl", test_path="t.jsonl", validation_size=5))))
     assert {k: len(v) for k, v in own.items()} == {"validation": 5, "train": 15, "test": 2}
-    cfg = make_recipe(tmp_path, test_size=10, validation_size=5, train_size=50)
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(test_size=10, validation_size=5, train_size=50)))
     task, _ = data.build_splits(cfg)
     assert {k: len(v) for k, v in task.items()} == {"validation": 5, "train": 45, "test": 10, "generalization": 100}
 
@@ -643,18 +632,18 @@ def test_validation_split_is_held_out_of_train(tmp_path):
 def test_a_test_split_larger_than_what_is_left_to_train_on_is_warned_about(tmp_path):
     rows = temperature_rows(range(-20, 40))
     write_jsonl(tmp_path / "t.jsonl", rows + rows[:5])
-    splits, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=50))
+    splits, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="t.jsonl", test_size=50))))
     assert len(splits["train"]) == 10
     assert figures["warnings"] == ["train keeps 10 examples, fewer than the 50 held out for test (cleaning dropped "
                                    "5: duplicate 5); lower data.test_size or add data"]
-    assert "warnings" not in data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=30))[1]
+    assert "warnings" not in data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="t.jsonl", test_size=30))))[1]
 
 
+@pytest.mark.pipeline
 def test_ftkit_run_prints_the_data_stage_warning(tmp_path, tiny_model_dir, capsys):
     write_jsonl(tmp_path / "t.jsonl", temperature_rows(range(-20, 40)))
-    path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({"name": "thin", "stages": ["data"], "model": {"id": str(tiny_model_dir)},
-                                    "data": {"path": "t.jsonl", "test_size": 40}}))
+    path = recipe_file(tmp_path, {"name": "thin", "stages": ["data"], "model": {"id": str(tiny_model_dir)},
+                                    "data": {"path": "t.jsonl", "test_size": 40}}, file="t.yaml")
     assert cli.main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
     assert "  ⚠ train keeps 20 examples, fewer than the 40 held out for test; lower data.test_size or add data\n" \
            in capsys.readouterr().out
@@ -664,7 +653,7 @@ def test_a_prompt_labelled_two_ways_is_warned_about(tmp_path):
     rows = temperature_rows(range(30))
     rows.append({**rows[4], "answer": "-40"})  # the same question again with a wrong answer
     write_jsonl(tmp_path / "t.jsonl", rows)
-    _, figures = data.build_splits(make_recipe(tmp_path, path="t.jsonl", test_size=5))
+    _, figures = data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="t.jsonl", test_size=5))))
     assert figures["warnings"] == [
         "1 prompt comes with different answers, e.g. 'Convert 4 degrees Celsius to Fahrenheit. Give the number only.' "
         "-> '-40' / '39.2'; where the task has one right answer (a label, a number), fix them in the sources (several "
@@ -704,8 +693,8 @@ def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
                                                                         "shakespeare."]}} for i in range(6)]
     squad.append({"question": "Who wrote Faust?", "answers": {"text": ["Goethe"]}})
     write_jsonl(tmp_path / "squad.jsonl", squad)
-    cfg = make_recipe(tmp_path, path="squad.jsonl", test_size=3, split_by=None,
-                      columns={"prompt": "question", "answer": "answers.text"})
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="squad.jsonl", test_size=3, split_by=None,
+                      columns={"prompt": "question", "answer": "answers.text"})))
     splits, figures = data.build_splits(cfg)
     rows = [r for split in splits.values() for r in split]
     assert {(r["answer"], tuple(r.get("accepted", ()))) for r in rows} == {
@@ -725,23 +714,23 @@ def test_several_acceptable_answers_are_kept_and_any_one_scores(tmp_path):
         sources.load_files(str(tmp_path / "trivia.jsonl"), "auto", {"answer": "answer.value", "accepted": "answer"})
 
     # eval: a reply giving any acceptable answer is right, by the task (strict and lenient) and by ftkit's metrics
-    from ftkit.stages import eval as eval_stage, rl
-    from ftkit.scoring import rewards
     from ftkit.core.rows import acceptable
+    from ftkit.scoring import rewards
+    from ftkit.stages import rl
 
     test = [{"prompt": "Who wrote Hamlet?", "answer": "William Shakespeare",
              "accepted": ["William Shakespeare", "Shakespeare"]}, {"prompt": "Who wrote Faust?", "answer": "Goethe"}]
     scored = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": [
         "task", "lenient", "f1", "exact_match", "bleu"]})})
-    per_example, _ = eval_stage.score(scored, ["Shakespeare.", "Schiller"], [acceptable(r) for r in test], test)
+    per_example, _ = grading.score(scored, ["Shakespeare.", "Schiller"], [acceptable(r) for r in test], test)
     assert per_example["task"] == per_example["exact_match"] == [1.0, 0.0]
     assert per_example["f1"] == [1.0, 0.0]
-    alone, _ = eval_stage.score(scored, ["Shakespeare."], ["William Shakespeare"])
+    alone, _ = grading.score(scored, ["Shakespeare."], ["William Shakespeare"])
     assert alone["f1"][0] == pytest.approx(2 / 3)
-    several = eval_stage.score(scored, ["the cat sat on the mat"] * 2, [["a dog ran off", "the cat sat on the mat"],
+    several = grading.score(scored, ["the cat sat on the mat"] * 2, [["a dog ran off", "the cat sat on the mat"],
                                                                         "a dog ran off"])[0]["bleu"]
     assert several[0] == pytest.approx(1.0) and several[1] < 0.1  # BLEU: the references as sacreBLEU's streams
-    per_example, _ = eval_stage.score(scored, ["It was Shakespeare", "Goethe, I think"], [acceptable(r) for r in test])
+    per_example, _ = grading.score(scored, ["It was Shakespeare", "Goethe, I think"], [acceptable(r) for r in test])
     assert per_example["task"] == [0.0, 0.0] and per_example["lenient"] == [1.0, 1.0]
     # GRPO's rewards see the same: every row gets the `accepted` column, the task reward takes any of them
     total, _ = rewards.score_replies(*rewards.build(cfg, tmp_path), test, ["shakespeare", "Goethe"])
@@ -794,7 +783,7 @@ def test_class_numbers_become_their_names(tmp_path):
         plain, _ = sources.load_files(str(tmp_path / name), "auto", columns)
         assert [r["answer"] for _, r in plain][:2] == ["1", "0"]
     for names in (["negative", "positive"], {0: "negative", 1: "positive"}):
-        cfg = make_recipe(tmp_path, path="reviews.csv", test_size=1, label_names=names, columns=columns)
+        cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="reviews.csv", test_size=1, label_names=names, columns=columns)))
         splits, _ = data.build_splits(cfg)
         assert sorted(r["answer"] for split in splits.values() for r in split) == ["negative", "positive"]
     with pytest.raises(DataError, match=r"reviews.jsonl:3: the answer '-1' is not a class of data.label_names "
@@ -802,7 +791,7 @@ def test_class_numbers_become_their_names(tmp_path):
         sources.load_files(str(tmp_path / "reviews.jsonl"), "auto", columns, label_names={"0": "negative",
                                                                                            "1": "positive"})
     with pytest.raises(ValueError, match="'negative' names two classes"):
-        make_recipe(tmp_path, path="reviews.csv", label_names=["negative", "negative"])
+        recipe.load(recipe_file(tmp_path, FILES, data=dict(path="reviews.csv", label_names=["negative", "negative"])))
 
 
 def test_multiple_choice_questions_list_their_options_and_are_answered_by_letter(tmp_path):
@@ -822,7 +811,7 @@ def test_multiple_choice_questions_list_their_options_and_are_answered_by_letter
                                  "\n\nAnswer with the letter of the right option.", "answer": "C",
                        "question": "Which planet is number 2 from the sun?",
                        "options": {"A": "Mercury", "B": "Venus", "C": "Earth", "D": "Mars"}}
-    cfg = make_recipe(tmp_path, path="mmlu.parquet", test_size=12, split_by=None)
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="mmlu.parquet", test_size=12, split_by=None)))
     splits, figures = data.build_splits(cfg)
     assert set(figures["classes"]["names"]) == set("ABCD"), "letters are classes: eval reads them as such"
     assert sum(figures["classes"]["counts"]["train"].values()) == len(splits["train"]) == 28
@@ -850,8 +839,8 @@ def test_options_in_columns_of_their_own_become_the_choices(tmp_path):
     # PIQA: a goal, one column per solution, the right one's index from 0; mapped through a recipe
     pd.DataFrame([{"goal": f"To open jar {i}", "sol1": "twist the lid", "sol2": "lick the lid", "label": i % 2}
                   for i in range(30)]).to_csv(tmp_path / "piqa.csv", index=False)
-    cfg = make_recipe(tmp_path, path="piqa.csv", test_size=10, split_by=None,
-                      columns={"question": "goal", "choices": ["sol1", "sol2"]})
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="piqa.csv", test_size=10, split_by=None,
+                      columns={"question": "goal", "choices": ["sol1", "sol2"]})))
     splits, figures = data.build_splits(cfg)
     row = next(r for r in splits["test"] + splits["train"] if r["question"] == "To open jar 3")
     assert row["answer"] == "B" and "A. twist the lid\nB. lick the lid" in row["prompt"]
@@ -880,4 +869,4 @@ def test_options_in_columns_of_their_own_become_the_choices(tmp_path):
     for columns, message in (({"answer": ["a", "b"]}, "answer maps onto one column, not a list"),
                              ({"choices": ["a"]}, "names at least two, each once")):
         with pytest.raises(recipe.RecipeError, match=message):
-            make_recipe(tmp_path, path="opts.jsonl", columns=columns)
+            recipe.load(recipe_file(tmp_path, FILES, data=dict(path="opts.jsonl", columns=columns)))

@@ -6,15 +6,15 @@ import random
 
 import numpy as np
 import pytest
-import yaml
 
-from ftkit.report import display
-from ftkit.scoring import metrics, robustness
 from ftkit import recipe
 from ftkit.core import rundir
-from ftkit.stages import eval as eval_stage
+from ftkit.models import likelihood
+from ftkit.report import display
+from ftkit.scoring import grading, metrics, robustness, stats
 from ftkit.scoring.tasks import Addition
-from tests.conftest import make_model_dir
+from ftkit.stages import eval as eval_stage
+from tests.conftest import make_model_dir, recipe_file, tiny
 
 
 def test_metric_modules_load_offline_and_give_exact_values(monkeypatch):
@@ -38,51 +38,48 @@ def test_metric_modules_load_offline_and_give_exact_values(monkeypatch):
 
 
 def test_scores_put_the_headline_metric_first_and_average_samples(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["task", "exact_match", "f1"]}}))
+    path = recipe_file(tmp_path, {"name": "m", "eval": {"metrics": ["task", "exact_match", "f1"]}})
     cfg = recipe.load(path)
     # the task's scorer reads the first number; exact match wants the answer alone; F1: 1 of 3 words, recall 1
-    per_example, overall = eval_stage.score(cfg, ["68", "I think 67", "66"], ["68", "67", "67"])
+    per_example, overall = grading.score(cfg, ["68", "I think 67", "66"], ["68", "67", "67"])
     assert per_example == {"task": [1.0, 1.0, 0.0], "exact_match": [1.0, 0.0, 0.0],
                            "f1": [1.0, pytest.approx(0.5), 0.0]}
     assert overall["task"] == pytest.approx(2 / 3)
     # two samples per prompt: each example's score is the mean over its samples
-    per_example, _ = eval_stage.score(cfg, [["68", "69"], ["67", "67"]], ["68", "67"])
+    per_example, _ = grading.score(cfg, [["68", "69"], ["67", "67"]], ["68", "67"])
     assert per_example["task"] == [0.5, 1.0]
 
 
 def test_answers_that_are_sentences_are_scored_by_rouge_l_first(tmp_path):
     (tmp_path / "d.jsonl").write_text("{}\n")
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "m", "data": {"path": "d.jsonl"}}))
+    path = recipe_file(tmp_path, {"name": "m", "data": {"path": "d.jsonl"}})
     cfg = recipe.load(path)
     sentences = [{"prompt": "What does math.atanh do?", "answer": "Return the inverse hyperbolic tangent of x."},
                  {"prompt": "What does lzma.decompress do?", "answer": "Decompress a block of data."}]
     short = [{"prompt": "Capital of France?", "answer": "Paris"}, {"prompt": "ISO code of Aruba?", "answer": "ABW"}]
-    assert eval_stage.metric_names(eval_stage.for_rows(cfg, sentences)) == ["rouge_l", "f1", "exact_match", "lenient"]
-    assert eval_stage.metric_names(eval_stage.for_rows(cfg, short)) == ["exact_match", "f1", "rouge_l", "lenient"]
+    assert grading.metric_names(grading.for_rows(cfg, sentences)) == ["rouge_l", "f1", "exact_match", "lenient"]
+    assert grading.metric_names(grading.for_rows(cfg, short)) == ["exact_match", "f1", "rouge_l", "lenient"]
     asked = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": ["exact_match"]})})
-    assert eval_stage.metric_names(eval_stage.for_rows(asked, sentences)) == ["exact_match"]  # the recipe's own
+    assert grading.metric_names(grading.for_rows(asked, sentences)) == ["exact_match"]  # the recipe's own
     numbers = cfg.model_copy(update={"data": cfg.data.model_copy(update={"extract": "last_number"})})
-    assert eval_stage.metric_names(eval_stage.for_rows(numbers, sentences)) == ["task", "lenient"]
+    assert grading.metric_names(grading.for_rows(numbers, sentences)) == ["task", "lenient"]
 
 
 def test_unknown_metrics_and_sampling_without_temperature_are_refused(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "m", "eval": {"metrics": ["rouge"]}}))
+    path = recipe_file(tmp_path, {"name": "m", "eval": {"metrics": ["rouge"]}})
     with pytest.raises(recipe.RecipeError, match=r"r\.yaml:\d+: eval\.metrics = \['rouge'\]: unknown metric 'rouge'; "
                                                  r"did you mean 'rouge_l'\?"):
         recipe.load(path)
-    path.write_text(yaml.safe_dump({"name": "m", "eval": {"samples": 4}}))
+    recipe_file(tmp_path, {"name": "m", "eval": {"samples": 4}})
     with pytest.raises(recipe.RecipeError, match=r"samples = 4 needs temperature > 0"):
         recipe.load(path)
 
 
 def test_bootstrap_ci_and_pass_at_k():
-    assert eval_stage.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
-    low, high = eval_stage.bootstrap_ci([0.0, 1.0] * 100, seed=0)
+    assert stats.bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    low, high = stats.bootstrap_ci([0.0, 1.0] * 100, seed=0)
     assert 0.42 < low < 0.5 < high < 0.58
-    assert eval_stage.pass_at_k(1, 4, 1) == 0.25 and eval_stage.pass_at_k(2, 4, 2) == pytest.approx(5 / 6)
+    assert stats.pass_at_k(1, 4, 1) == 0.25 and stats.pass_at_k(2, 4, 2) == pytest.approx(5 / 6)
 
 
 def _predictions(run_dir, name, scores):
@@ -120,16 +117,16 @@ def test_perturbations_change_only_the_prompt_and_are_the_same_for_every_model()
     assert robustness.typo("a b c", random.Random(0)) == "a b c", "no word long enough: unchanged"
 
 
+@pytest.mark.pipeline
 def test_cut_replies_are_answered_again_with_room_to_finish(tmp_path):
     from ftkit import cli
     from ftkit.core.io import read_json
 
     model_dir = make_model_dir(tmp_path, "llama", tied=False)  # random text that rarely ends: cut at 4 tokens
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({
+    path = recipe_file(tmp_path, {
         "name": "cut", "stages": ["data", "eval"], "model": {"id": str(model_dir)},
         "data": {"train_size": 48, "test_size": 24},
-        "eval": {"batch_size": 8, "max_new_tokens": 4, "finish_cut": 20, "robustness_size": 0}}))
+        "eval": {"batch_size": 8, "max_new_tokens": 4, "finish_cut": 20, "robustness_size": 0}})
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     results = read_json(run_dir / "metrics.json")["eval"]
@@ -159,12 +156,11 @@ def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path)
     from ftkit.core.io import read_json
 
     _, earlier = tiny_run
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({
+    path = recipe_file(tmp_path, {
         "name": "extra", "stages": ["data", "eval"], "model": {"id": str(tiny_model_dir)},
         "data": {"train_size": 48, "test_size": 16},
         "eval": {"extra": {"earlier-sft": str(earlier / "sft" / "adapter")}, "batch_size": 8, "max_new_tokens": 4,
-                 "robustness_size": 4, "perturbations": ["case"]}}))
+                 "robustness_size": 4, "perturbations": ["case"]}})
     assert recipe.load(path).eval.models == ["base", "earlier-sft"]
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
@@ -173,16 +169,17 @@ def test_any_adapter_can_join_the_comparison(tiny_run, tiny_model_dir, tmp_path)
     # the same adapter on the same test set gives the earlier run's sft predictions
     before = [p["output"] for p in rundir.load_predictions(earlier, "sft")]
     assert [p["output"] for p in rundir.load_predictions(run_dir, "earlier-sft")] == before
-    path.write_text(yaml.safe_dump({"name": "extra", "eval": {"extra": {"old": "nowhere"}, "models": ["base", "rl2"]}}))
+    recipe_file(tmp_path, {"name": "extra", "eval": {"extra": {"old": "nowhere"}, "models": ["base", "rl2"]}})
     with pytest.raises(recipe.RecipeError, match="models lists 'rl2'; use base, sft, rl or a label of eval.extra"):
         recipe.load(path)
-    path.write_text(yaml.safe_dump({"name": "extra", "eval": {"extra": {"old": "nowhere"}}}))
+    recipe_file(tmp_path, {"name": "extra", "eval": {"extra": {"old": "nowhere"}}})
     with pytest.raises(recipe.RecipeError, match=r"eval\.extra\.old = 'nowhere': .* holds no adapter_config\.json or "
                                                  r"config\.json"):
         recipe.load(path)
 
 
-def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_baseline(tiny_recipe, tmp_path):
+@pytest.mark.pipeline
+def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_baseline(tmp_path, tiny_model_dir):
     import pandas as pd
     from sklearn.metrics import f1_score
 
@@ -195,10 +192,10 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     labels = [i % 3 if i % 5 else 1 for i in range(90)]
     pd.DataFrame({"review": [f"Review number {i} of the film." for i in range(90)], "label": labels}).to_csv(
         tmp_path / "reviews.csv", index=False)
-    path = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
                                                       "columns": {"prompt": "review", "answer": "label"},
                                                       "label_names": names},
-                       eval={"models": ["base"], "robustness_size": 0})
+                       eval={"models": ["base"], "robustness_size": 0}, file="tiny.yaml")
     run_dir = tmp_path / "out"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     metrics = read_json(run_dir / "metrics.json")
@@ -225,7 +222,7 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     from ftkit.models import loader
 
     model, tokenizer = loader.load(recipe.load(path).model)
-    likelihoods = eval_stage.class_log_likelihoods(model, tokenizer, test, found["names"], 8, 256)
+    likelihoods = likelihood.class_log_likelihoods(model, tokenizer, test, found["names"], 8, 256)
     assert likelihoods.shape == (30, 3)
     picked = [found["names"][i] for i in likelihoods.argmax(axis=1)]
     assert figures["likeliest"]["value"] == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, test)) / 30,
@@ -246,16 +243,17 @@ def test_a_classification_gets_its_classes_a_confusion_matrix_and_the_commonest_
     assert "reference: positive" in page
 
     # eval.likeliest_class: false skips the scoring passes; the rest of the classes' figures stay
-    skip = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
+    skip = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "eval"], data={"task": None, "path": "reviews.csv", "test_size": 30,
                                                       "columns": {"prompt": "review", "answer": "label"},
                                                       "label_names": names},
-                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False})
+                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False}, file="tiny.yaml")
     assert cli.main(["run", str(skip), "--run-dir", str(tmp_path / "skip")]) == 0
     skipped = read_json(tmp_path / "skip" / "metrics.json")["eval"]["base"]["classes"]
     assert "likeliest" not in skipped and skipped["confusion"] == matrix
 
 
-def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe, tmp_path):
+@pytest.mark.pipeline
+def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tmp_path, tiny_model_dir):
     from ftkit import cli
     from ftkit.core.io import read_json
 
@@ -263,9 +261,9 @@ def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe,
     questions = [{"question": f"Which option is number {i}?", "choices": ["one", "two", "three", "four"],
                   "answer": i % 4} for i in range(24)]
     (tmp_path / "bench.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    path = tiny_recipe(stages=["data", "eval"], data={"task": None, "path": "bench.jsonl", "test_size": "all",
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "eval"], data={"task": None, "path": "bench.jsonl", "test_size": "all",
                                                       "train_size": None},
-                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False})
+                       eval={"models": ["base"], "robustness_size": 0, "likeliest_class": False}, file="tiny.yaml")
     run_dir = tmp_path / "out"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     assert rundir.load_split(run_dir, "train", empty_ok=True) == []
@@ -289,7 +287,8 @@ def test_a_recipe_that_only_evaluates_scores_every_example_in_order(tiny_recipe,
     assert not (tmp_path / "refused").exists()
 
 
-def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tiny_recipe, tmp_path, tiny_model_dir):
+@pytest.mark.pipeline
+def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from ftkit import cli
@@ -302,9 +301,9 @@ def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tiny_recipe
     assert reply_budget(rows, tokenizer) == {"longest_answer": longest, "tokens": max(8, -(-longest * 5 // 4) + 4)}
     assert reply_budget([{"prompt": "Write a haiku"}], tokenizer) == {"longest_answer": None, "tokens": 64}
     # worked word problems: eval and GRPO take `auto` from the answers; the data stage says what it will be
-    path = tiny_recipe(stages=["data", "rl", "eval"], data={"task": "word_problems", "train_size": 24, "test_size": 8},
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "rl", "eval"], data={"task": "word_problems", "train_size": 24, "test_size": 8},
                        rl={"max_steps": 1, "max_completion_length": "auto"},
-                       eval={"models": ["base", "rl"], "max_new_tokens": "auto", "robustness_size": 0, "sampled": 0})
+                       eval={"models": ["base", "rl"], "max_new_tokens": "auto", "robustness_size": 0, "sampled": 0}, file="tiny.yaml")
     run_dir = tmp_path / "out"
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     found = read_json(run_dir / "metrics.json")

@@ -1,23 +1,16 @@
 """The judge (eval.judge): verdicts read by fixed rules, asked in both orders, summarized with intervals — on tiny
 models, one of them trained to always answer "A" (a judge that only follows the position)."""
 
-import doctest
-
 import pytest
 import torch
 
-from ftkit.stages import data
-from ftkit.models import judge
 from ftkit import recipe
-from ftkit.report.page import render
 from ftkit.core import rundir
+from ftkit.models import judge
+from ftkit.report.page import render
+from ftkit.stages import data
 from ftkit.stages import eval as eval_stage
 from tests.conftest import build_model, build_tokenizer
-
-
-def test_doctests():
-    result = doctest.testmod(judge)
-    assert result.failed == 0 and result.attempted >= 4
 
 
 def always_a_judge(path):

@@ -7,15 +7,17 @@ import pytest
 import torch
 
 from ftkit import cli
-from ftkit.training import launch
-from ftkit.models import loader
 from ftkit import recipe as recipes
 from ftkit.core.io import read_json
+from ftkit.models import loader
+from ftkit.training import launch
+from tests.conftest import recipe_file, tiny
 
 
-def test_two_processes_end_in_sync_and_match_one_process(tiny_recipe, tmp_path):
+@pytest.mark.pipeline
+def test_two_processes_end_in_sync_and_match_one_process(tmp_path, tiny_model_dir):
     sft = {"max_steps": 4, "batch_size": 8, "save_steps": 2}
-    recipe = tiny_recipe(stages=["data", "sft", "eval"], sft=sft, eval={"robustness_size": 0})
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "sft", "eval"], sft=sft, eval={"robustness_size": 0}, file="tiny.yaml")
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli.main(["run", str(recipe), "--run-dir", str(one)]) == 0
     assert cli.main(["run", str(recipe), "--run-dir", str(two), "--set", "launch.num_processes=2"]) == 0
@@ -38,11 +40,11 @@ def test_two_processes_end_in_sync_and_match_one_process(tiny_recipe, tmp_path):
     assert double["eval"]["sft"]["n"] == single["eval"]["sft"]["n"]
 
 
-def test_launch_command_and_validation(tiny_recipe, tmp_path):
+def test_launch_command_and_validation(tmp_path, tiny_model_dir):
     (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\n")
-    recipe = tiny_recipe(sft={"batch_size": 32}, rl={"batch_size": 32},
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), sft={"batch_size": 32}, rl={"batch_size": 32},
                          launch={"num_processes": 16, "num_machines": 2, "machine_rank": 1,
-                                 "main_process_ip": "10.0.0.1", "config_file": "fsdp.yaml"})
+                                 "main_process_ip": "10.0.0.1", "config_file": "fsdp.yaml"}, file="tiny.yaml")
     cfg = recipes.load(recipe)
     cmd = launch.command(cfg, "sft", tmp_path / "run")
     joined = " ".join(cmd)
@@ -55,4 +57,4 @@ def test_launch_command_and_validation(tiny_recipe, tmp_path):
                          ({"machine_rank": 1}, "must be below num_machines"),
                          ({"config_file": "missing.yaml"}, "launch.config_file")]:
         with pytest.raises(recipes.RecipeError, match=message):
-            recipes.load(tiny_recipe(launch=bad))
+            recipes.load(recipe_file(tmp_path, tiny(tiny_model_dir), launch=bad, file="tiny.yaml"))

@@ -9,10 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from ftkit.models import offline, loader
 from ftkit import recipe
+from ftkit.models import loader, offline
 from ftkit.recipe import ModelConfig
-from tests.conftest import CHAT_TEMPLATE, SPECIALS, TOLERANCE, build_model, build_tokenizer
+from tests.conftest import CHAT_TEMPLATE, SPECIALS, TOLERANCE, build_model, build_tokenizer, recipe_file
 
 
 def write_gguf(model, tokenizer, path):
@@ -161,8 +161,7 @@ def test_hub_out_of_reach_is_said_once_and_nothing_retries(tmp_path, monkeypatch
     import sys
     import time
 
-    path = tmp_path / "hub.yaml"
-    path.write_text("name: hub\nmodel:\n  id: meta-llama/Llama-2-7b-hf\n")
+    path = recipe_file(tmp_path, model={"id": "meta-llama/Llama-2-7b-hf"}, file="hub.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing listens on port 9
     start = time.perf_counter()

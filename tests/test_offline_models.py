@@ -8,10 +8,10 @@ import zipfile
 
 import pytest
 
-from ftkit.models import offline, loader
-from ftkit.run import runner
+from ftkit.models import loader, offline
 from ftkit.models.offline import CorruptPart, OfflineModel
 from ftkit.recipe import ModelConfig
+from ftkit.run import runner
 from tests.conftest import build_model, build_tokenizer
 from tests.test_models import write_gguf
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from ftkit.scoring import answers
 from ftkit import cli
-from ftkit.report import display
-from ftkit.report.page import render
 from ftkit.core import rundir
 from ftkit.core.io import read_json
+from ftkit.report import display
+from ftkit.report.page import render
+from ftkit.scoring import answers
+from tests.conftest import recipe_file, tiny
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror=alert(2)></textarea><a href="javascript:alert(3)">x</a>'
 
@@ -158,13 +159,14 @@ def test_report_command_rerenders(tiny_run, capsys):
     assert cli.main(["report", str(run_dir / "nope")]) == 2
 
 
-def test_failing_stage_is_recorded_and_stops_the_run(tiny_recipe, tiny_model_dir, tmp_path, capsys):
+@pytest.mark.pipeline
+def test_failing_stage_is_recorded_and_stops_the_run(tiny_model_dir, tmp_path, capsys):
     import shutil
 
     # tokenizer and config but no weights: the data stage (which needs only the tokenizer) passes, SFT fails
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, broken, ignore=shutil.ignore_patterns("*.safetensors"))
-    recipe = tiny_recipe(model={"id": str(broken)}, stages=["data", "sft", "eval"])
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), model={"id": str(broken)}, stages=["data", "sft", "eval"], file="tiny.yaml")
     run_dir = tmp_path / "failed"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
     err = capsys.readouterr().err
@@ -177,8 +179,9 @@ def test_failing_stage_is_recorded_and_stops_the_run(tiny_recipe, tiny_model_dir
     assert "Stage sft failed" in page
 
 
-def test_missing_model_fails_in_the_data_stage_before_training(tiny_recipe, tmp_path, capsys):
-    recipe = tiny_recipe(model={"id": str(tmp_path / "no-such-model")})
+@pytest.mark.pipeline
+def test_missing_model_fails_in_the_data_stage_before_training(tmp_path, capsys, tiny_model_dir):
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), model={"id": str(tmp_path / "no-such-model")}, file="tiny.yaml")
     run_dir = tmp_path / "failed"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
     assert "stage data failed: ModelNotFound" in capsys.readouterr().err
@@ -188,8 +191,9 @@ def test_missing_model_fails_in_the_data_stage_before_training(tiny_recipe, tmp_
     assert not (run_dir / "sft").exists()
 
 
-def test_cell_timeout_is_a_failure_not_a_success(tiny_recipe, tmp_path):
-    recipe = tiny_recipe(stages=["data", "sft"], sft={"max_steps": 200})
+@pytest.mark.pipeline
+def test_cell_timeout_is_a_failure_not_a_success(tmp_path, tiny_model_dir):
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "sft"], sft={"max_steps": 200}, file="tiny.yaml")
     run_dir = tmp_path / "timeout"
     assert cli.main(["run", str(recipe), "--stages", "data", "--run-dir", str(run_dir)]) == 0
     # importing torch and training 200 steps takes far longer than 3 s in one cell
@@ -201,9 +205,9 @@ def test_cell_timeout_is_a_failure_not_a_success(tiny_recipe, tmp_path):
     assert "sft" not in read_json(run_dir / "metrics.json", {})
 
 
+@pytest.mark.pipeline
 def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
     """Multi-turn chat data from a file: validation split, SFT with an eval loss, GRPO and exact-match eval."""
-    import yaml
 
     rows = [{"messages": [{"role": "system", "content": "Reply with the color."},
                           {"role": "user", "content": f"Item {i} is it red or blue?"},
@@ -211,14 +215,13 @@ def test_chat_files_flow_through_every_stage(tiny_model_dir, tmp_path):
                           {"role": "user", "content": "Say it again."},
                           {"role": "assistant", "content": "red" if i % 2 else "blue"}]} for i in range(40)]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = tmp_path / "chat.yaml"
-    recipe.write_text(yaml.safe_dump({
+    recipe = recipe_file(tmp_path, {
         "name": "chat", "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
         # templated examples share 8-grams; this test is about the flow, not contamination
         "data": {"path": "chat.jsonl", "test_size": 6, "validation_size": 4, "max_contamination": 1.0},
         "sft": {"max_steps": 4, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 2},
         "rl": {"max_steps": 1, "batch_size": 4, "num_generations": 2, "max_completion_length": 3},
-        "eval": {"batch_size": 8, "max_new_tokens": 3}}))
+        "eval": {"batch_size": 8, "max_new_tokens": 3}}, file="chat.yaml")
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     metrics = read_json(run_dir / "metrics.json")

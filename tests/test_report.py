@@ -9,11 +9,11 @@ import threading
 from html.parser import HTMLParser
 
 import pytest
-import yaml
 
 from ftkit import cli
-from ftkit.report.page import render
 from ftkit.core.io import read_json
+from ftkit.report.page import render
+from tests.conftest import recipe_file, tiny_sft
 
 PAYLOADS = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "</textarea><b>bold</b>",
             '<a href="javascript:alert(3)">click</a>', "<svg onload=alert(4)>"]
@@ -38,16 +38,16 @@ class LiveParts(HTMLParser):
             self.found.append("/textarea")
 
 
+@pytest.mark.pipeline
 def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_path):
     template = "answer <b>now</b> in one short word only please"  # every prompt's: the report names it, escaped
     rows = [{"question": f"{PAYLOADS[i % len(PAYLOADS)]} question {i}: {template}",
              "answer": f"{PAYLOADS[(i + 1) % 5]} {i}"} for i in range(30)]
     (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = tmp_path / "x.yaml"
-    recipe.write_text(yaml.safe_dump({
+    recipe = recipe_file(tmp_path, {
         "name": "xss", "stages": ["data", "eval"], "model": {"id": str(tiny_model_dir)},
         "data": {"path": "x.jsonl", "test_size": 6, "max_contamination": 1.0},
-        "eval": {"batch_size": 8, "max_new_tokens": 3, "robustness_size": 2}}))
+        "eval": {"batch_size": 8, "max_new_tokens": 3, "robustness_size": 2}}, file="x.yaml")
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
     predictions = run_dir / "eval" / "predictions_base.jsonl"  # and a model that answers with every payload
@@ -66,19 +66,10 @@ def test_payloads_in_data_and_model_output_are_never_live(tiny_model_dir, tmp_pa
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;/textarea&gt;" in page
 
 
-def _tiny(tmp_path, tiny_model_dir):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "stages": ["data", "sft"], "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8,
-                                                              "gradient_checkpointing": False},
-        "data": {"train_size": 32, "test_size": 8},
-        "sft": {"max_steps": 2, "batch_size": 8, "logging_steps": 1}}))
-    return path
-
-
+@pytest.mark.pipeline
 def test_a_sweep_runs_each_value_and_compares_them(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FTKIT_REPORTS", str(tmp_path / "reports"))
-    recipe = _tiny(tmp_path, tiny_model_dir)
+    recipe = recipe_file(tmp_path, tiny_sft(tiny_model_dir, gradient_checkpointing=False), name="tiny", stages=["data", "sft"], data={"train_size": 32, "test_size": 8}, sft={"max_steps": 2, "batch_size": 8, "logging_steps": 1, "learning_rate": 1.0e-3}, file="tiny.yaml")
     assert cli.main(["run", str(recipe), "--sweep", "sft.learning_rate=1e-2,1e-3"]) == 0
     runs = sorted(p for p in (tmp_path / "reports" / "tiny").iterdir() if p.is_dir())
     assert [p.name.split("-", 2)[-1] for p in runs] == ["sft.learning_rate=1e-2", "sft.learning_rate=1e-3"]
@@ -167,10 +158,6 @@ def test_the_report_opens_offline_in_headless_chromium(tiny_run, tmp_path):
 
 
 def test_the_network_check_would_catch_a_page_that_loads_from_a_cdn(tmp_path):
-    import doctest
-    import sys
-
-    assert doctest.testmod(sys.modules[__name__]).failed == 0
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")

@@ -17,10 +17,11 @@ import psutil
 import pytest
 
 from ftkit import cli
-from ftkit.run import fingerprints, runner
 from ftkit.core import rundir
-from ftkit.training import trainer
 from ftkit.core.io import read_json
+from ftkit.run import fingerprints, runner
+from ftkit.training import trainer
+from tests.conftest import recipe_file
 
 TRAINING = {"sft": {"max_steps": 12, "save_steps": 3}, "rl": {"max_steps": 6, "save_steps": 2}}
 
@@ -61,17 +62,15 @@ def _wait_for(proc, condition, what: str, timeout: float = 240):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir):
     """One uninterrupted run (data, sft, rl, eval) with checkpoints every 3 SFT and 2 RL steps."""
-    import yaml
 
     root = tmp_path_factory.mktemp("resume")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
+    recipe = recipe_file(root, {
         "name": "tiny", "seed": 0, "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
         "data": {"task": "addition", "train_size": 48, "test_size": 16},
         "sft": {**TRAINING["sft"], "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
         "rl": {**TRAINING["rl"], "batch_size": 4, "num_generations": 2, "learning_rate": 1.0e-3, "logging_steps": 1,
                "max_completion_length": 4, "temperature": 1.5},
-        "eval": {"batch_size": 8, "max_new_tokens": 4, "robustness_size": 0}}))
+        "eval": {"batch_size": 8, "max_new_tokens": 4, "robustness_size": 0}}, file="tiny.yaml")
     assert _run(recipe, root / "reference") == 0
     return recipe, root / "reference"
 
@@ -84,6 +83,7 @@ def _history(run_dir, stage):
             for h in read_json(run_dir / stage / "log_history.json")]
 
 
+@pytest.mark.pipeline
 def test_sigkill_at_a_random_sft_step_resumes_to_the_same_results(reference, tmp_path):
     recipe, ref = reference
     step = random.Random().randint(4, 11)  # after the first checkpoint (step 3), before the end (12)
@@ -112,6 +112,7 @@ def test_sigkill_at_a_random_sft_step_resumes_to_the_same_results(reference, tmp
     assert read_json(run_dir / "status.json")["data"].get("reused"), "the finished data stage must not rerun"
 
 
+@pytest.mark.pipeline
 def test_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(reference, tmp_path):
     """The kernel is killed while transformers writes checkpoint-6 (its folder holds some files, no completion
     marker); ftkit records the dead kernel as a failure, and the resumed run starts from checkpoint-3."""
@@ -135,6 +136,7 @@ def test_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(reference, t
     assert _history(run_dir, "sft") == _history(ref, "sft")
 
 
+@pytest.mark.pipeline
 def test_sigkill_during_rl_resumes_from_its_checkpoint(reference, tmp_path):
     recipe, ref = reference
     run_dir = tmp_path / "rl-killed"
@@ -164,6 +166,7 @@ def test_checkpoints_made_with_other_settings_are_not_loaded(tmp_path):
     assert trainer.resume_point(tmp_path, "newer") is None
 
 
+@pytest.mark.pipeline
 def test_unchanged_stages_are_skipped_and_an_eval_change_reruns_only_eval(reference, tmp_path, capsys):
     recipe, ref = reference
     run_dir = tmp_path / "again"
@@ -192,6 +195,7 @@ def test_unchanged_stages_are_skipped_and_an_eval_change_reruns_only_eval(refere
     assert "rl against base" not in page and "sft against base" not in page
 
 
+@pytest.mark.pipeline
 def test_what_reruns_follows_what_changed(reference, tmp_path, monkeypatch):
     """`runner.plan` (what `ftkit run --run-dir` would execute) for one change at a time."""
     from ftkit import recipe as recipes
@@ -225,10 +229,10 @@ def test_what_reruns_follows_what_changed(reference, tmp_path, monkeypatch):
     shutil.copytree(fingerprints.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(fingerprints, "PACKAGE_DIR", package)
     assert plan() == []
-    (package / "eval.py").write_text((package / "eval.py").read_text() + "\n# edited\n")
+    (package / "stages" / "eval.py").write_text((package / "stages" / "eval.py").read_text() + "\n# edited\n")
     fingerprints.code_signature.cache_clear()
     assert plan() == stages
-    monkeypatch.setattr(fingerprints, "PACKAGE_DIR", fingerprints.Path(fingerprints.__file__).resolve().parent)
+    monkeypatch.undo()
     assert plan() == []
     # the model's files are an input of every stage
     model_dir = Path(recipes.load(recipe).model.id)

@@ -3,25 +3,18 @@
 import json
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
-from ftkit.stages import data, rl, sft
-from ftkit.report import display
-from ftkit.models import loader
 from ftkit import recipe, sources
-from ftkit.scoring import rewards
 from ftkit.core import rundir
-from ftkit.stages import eval as eval_stage
 from ftkit.core.rows import DataError
+from ftkit.models import loader
+from ftkit.report import display
+from ftkit.scoring import grading, rewards, stats
 from ftkit.scoring.tasks import Addition
-from tests.conftest import ROOT
-
-
-def write_recipe(tmp_path, **sections):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "r", **sections}, sort_keys=False))
-    return path
+from ftkit.stages import data, rl, sft
+from ftkit.stages import eval as eval_stage
+from tests.conftest import ROOT, recipe_file
 
 
 @pytest.mark.parametrize("reward_file, reward, message", [
@@ -41,12 +34,12 @@ def test_bad_rewards_fail_at_validation(tmp_path, reward_file, reward, message):
     if reward_file:
         (tmp_path / "mine.py").write_text(reward_file)
     with pytest.raises(recipe.RecipeError, match=message):
-        recipe.load(write_recipe(tmp_path, rl={"rewards": {reward: 1.0}}))
+        recipe.load(recipe_file(tmp_path, rl={"rewards": {reward: 1.0}}))
 
 
 def test_bad_format_regex_is_caught(tmp_path):
     with pytest.raises(recipe.RecipeError, match=r"format_regex '\(' is not a regular expression"):
-        recipe.load(write_recipe(tmp_path, rl={"rewards": {"format": 1.0}, "format_regex": "("}))
+        recipe.load(recipe_file(tmp_path, rl={"rewards": {"format": 1.0}, "format_regex": "("}))
 
 
 @pytest.mark.parametrize("body, message", [
@@ -64,7 +57,7 @@ def test_rewards_that_misbehave_stop_training_with_their_name(body, message):
 
 def test_built_in_rewards_are_built_with_their_options(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"prompt": "What is 23 plus 45?", "completion": "68"}\n')
-    cfg = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl", "extract": "first_number",
+    cfg = recipe.load(recipe_file(tmp_path, data={"path": "d.jsonl", "extract": "first_number",
                                                    "numeric_tolerance": 1.0}, rl={
         "rewards": {"task": 1.0, "numeric_match": 0.5, "format": 0.2, "length_penalty": 0.1, "json_valid": 0.1},
         "format_regex": r"\d+", "length_target": 2}))
@@ -80,7 +73,7 @@ def test_built_in_rewards_are_built_with_their_options(tmp_path):
 
 def test_the_task_reward_on_answers_that_are_sentences_is_rouge_l(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"prompt": "What does math.tan do?", "completion": "Return the tangent of x."}\n')
-    cfg = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl"}))
+    cfg = recipe.load(recipe_file(tmp_path, data={"path": "d.jsonl"}))
     sentences = [{"prompt": "What does math.tan do?", "answer": "Return the tangent of x."}]
     completions = [[{"role": "assistant", "content": c}] for c in ("Return the tangent of x.", "Tangent of x.", "7")]
     (reward,), _ = rewards.build(cfg, tmp_path, sentences)
@@ -88,28 +81,28 @@ def test_the_task_reward_on_answers_that_are_sentences_is_rouge_l(tmp_path):
     assert [round(v, 2) for v in reward(completions, answer=[sentences[0]["answer"]] * 3)] == [1.0, 0.75, 0.0]
     (reward,), _ = rewards.build(cfg, tmp_path, [{"prompt": "Capital of France?", "answer": "Paris"}])
     assert reward.__name__ == "task" and reward(completions[:1], answer=["Paris"]) == [0.0]
-    numbers = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl", "extract": "last_number"}))
+    numbers = recipe.load(recipe_file(tmp_path, data={"path": "d.jsonl", "extract": "last_number"}))
     assert rewards.build(numbers, tmp_path, sentences)[0][0].__name__ == "task"  # the recipe says where the answer is
 
 
 def test_numeric_tolerance_moved_to_data_and_applies_to_files_only(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"prompt": "What is 23 plus 45?", "completion": "68"}\n')
-    older = recipe.load(write_recipe(tmp_path, data={"path": "d.jsonl"}, rl={"numeric_tolerance": 0.5}))
+    older = recipe.load(recipe_file(tmp_path, data={"path": "d.jsonl"}, rl={"numeric_tolerance": 0.5}))
     assert older.data.numeric_tolerance == 0.5  # an older recipe's rl.numeric_tolerance is read where it now lives
-    assert recipe.load(write_recipe(tmp_path, rl={"numeric_tolerance": 0.0})).data.numeric_tolerance == 0.0
+    assert recipe.load(recipe_file(tmp_path, rl={"numeric_tolerance": 0.0})).data.numeric_tolerance == 0.0
     with pytest.raises(recipe.RecipeError, match=r"numeric_tolerance \(0.5\) applies to files and hub datasets; "
                                                  r"task 'addition' scores its answers itself"):
-        recipe.load(write_recipe(tmp_path, data={"task": "addition", "numeric_tolerance": 0.5}))
+        recipe.load(recipe_file(tmp_path, data={"task": "addition", "numeric_tolerance": 0.5}))
 
 
 def test_dpo_needs_preference_pairs(tmp_path):
     """One rule (recipe.data_problem), checked from the recipe where it can be, from the rows where it cannot."""
     with pytest.raises(recipe.RecipeError, match="task 'addition': rl.method dpo trains on preference pairs, and "
                                                  "this data has no rejected answers"):
-        recipe.load(write_recipe(tmp_path, rl={"method": "dpo"}))
+        recipe.load(recipe_file(tmp_path, rl={"method": "dpo"}))
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n"
                                                for i in range(30)))
-    cfg = recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "dpo"}))
+    cfg = recipe.load(recipe_file(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "dpo"}))
     with pytest.raises(DataError, match="qa.jsonl: rl.method dpo trains on preference pairs, and this data has "
                                              "no rejected answers; use data with prompt/chosen/rejected columns"):
         data.build_splits(cfg)
@@ -125,7 +118,7 @@ def test_the_shipped_preference_pairs_are_the_generators():
 def _prepared_run(tmp_path, tiny_model_dir, stages, **sections):
     """A run directory with the data stage done (and SFT, when listed), in-process."""
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().preference_pairs(60, 1)))
-    cfg = recipe.load(write_recipe(
+    cfg = recipe.load(recipe_file(
         tmp_path, stages=stages, model={"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8,
                                         "gradient_checkpointing": False},
         data={"path": "prefs.jsonl", "test_size": 8},
@@ -160,7 +153,7 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
         assert result["metric"] == "preference" and result["n"] == 8
         records = rundir.load_predictions(run_dir, name)
         assert result["preference"] == sum(c > r for c, r in (p["log_likelihood"] for p in records)) / 8
-        assert [p["score"] for p in records] == eval_stage.prefers_chosen([p["log_likelihood"] for p in records])
+        assert [p["score"] for p in records] == stats.prefers_chosen([p["log_likelihood"] for p in records])
     assert results["rl"]["vs_sft"]["test"] == "mcnemar_exact"
     implicit = results["rl"]["implicit_reward"]
     assert implicit["reference"] == "sft" and implicit["beta"] == 0.1
@@ -172,19 +165,19 @@ def test_dpo_trains_the_sft_adapter_against_itself(tmp_path, tiny_model_dir):
 def test_preference_pairs_are_also_scored_on_what_the_model_says_where_the_recipe_says_how(tmp_path):
     pairs = [{"prompt": "2+2?", "answer": "4", "rejected": "5"}]
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
-    plain = recipe.load(write_recipe(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
+    plain = recipe.load(recipe_file(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
                                      data={"path": "p.jsonl"}))
-    assert eval_stage.metric_names(eval_stage.for_rows(plain, pairs)) == ["preference"]
-    numeric = recipe.load(write_recipe(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
+    assert grading.metric_names(grading.for_rows(plain, pairs)) == ["preference"]
+    numeric = recipe.load(recipe_file(tmp_path, stages=["data", "rl", "eval"], rl={"method": "dpo"},
                                        data={"path": "p.jsonl", "extract": "first_number"}))
-    assert eval_stage.metric_names(eval_stage.for_rows(numeric, pairs)) == ["preference", "task", "lenient"]
-    assert eval_stage.metric_names(eval_stage.for_rows(numeric, [{"prompt": "2+2?", "answer": "4"}])) == [
+    assert grading.metric_names(grading.for_rows(numeric, pairs)) == ["preference", "task", "lenient"]
+    assert grading.metric_names(grading.for_rows(numeric, [{"prompt": "2+2?", "answer": "4"}])) == [
         "task", "lenient"]
 
 
 def test_kto_learns_from_answers_labelled_desirable_or_not(tmp_path, tiny_model_dir):
     (tmp_path / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().feedback(60, 2)))
-    cfg = recipe.load(write_recipe(
+    cfg = recipe.load(recipe_file(
         tmp_path, stages=["data", "sft", "rl"], model={"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
         data={"path": "feedback.jsonl", "test_size": 8},
         sft={"max_steps": 2, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
@@ -209,14 +202,14 @@ def test_kto_learns_from_answers_labelled_desirable_or_not(tmp_path, tiny_model_
 
 def test_kto_and_dpo_refuse_data_without_their_labels(tmp_path):
     (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    cfg = recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "kto"}))
+    cfg = recipe.load(recipe_file(tmp_path, data={"path": "qa.jsonl", "test_size": 5}, rl={"method": "kto"}))
     with pytest.raises(DataError, match="rl.method kto trains on feedback"):
         rl.feedback_dataset(data.clean(sources.load_files(str(tmp_path / "qa.jsonl"), "auto", {})[0], {}))
     assert cfg.rl.method == "kto"
     with pytest.raises(recipe.RecipeError, match="rl.method dpo trains on preference pairs.*rl.method kto"):
-        recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}, rl={"method": "dpo"}))
+        recipe.load(recipe_file(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}, rl={"method": "dpo"}))
     with pytest.raises(recipe.RecipeError, match="use rl.method kto to learn from the labels"):
-        recipe.load(write_recipe(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}))
+        recipe.load(recipe_file(tmp_path, data={"path": "qa.jsonl", "format": "feedback"}))
 
 
 def test_feedback_labels_are_read_or_refused(tmp_path):
@@ -253,7 +246,7 @@ def _prompts_recipe(tmp_path, tiny_model_dir, **sections):
         for i in range(3) for w in words))
     (tmp_path / "rw.py").write_text("def mentions(completions, word, **kwargs):\n"
                                     "    return [float(w in c[-1]['content']) for c, w in zip(completions, word)]\n")
-    return write_recipe(tmp_path, **{
+    return recipe_file(tmp_path, **{
         "stages": ["data", "rl", "eval"], "model": {"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
         "data": {"path": "prompts.jsonl", "keep_columns": ["word"], "test_size": 6, "max_contamination": 1.0},
         "rl": {"rewards": {"rw.py:mentions": 1.0, "length_penalty": 0.5}, "length_target": 8, "max_steps": 2,
@@ -261,6 +254,7 @@ def _prompts_recipe(tmp_path, tiny_model_dir, **sections):
         "eval": {"max_new_tokens": 6, "robustness_size": 2, "perturbations": ["case"], "sampled": 2}, **sections})
 
 
+@pytest.mark.pipeline
 def test_prompts_without_answers_train_with_grpo_and_are_evaluated_by_their_rewards(tmp_path, tiny_model_dir):
     """Prompts alone (RL where no demonstration exists): a reward reads a kept column; eval scores held-out replies by
     the same rewards, paired against the base."""

@@ -20,9 +20,11 @@ import pytest
 import yaml
 
 from ftkit import cli
-from ftkit.core import io, machine, rundir
 from ftkit import recipe as recipes
+from ftkit.core import io, machine, rundir
 from ftkit.core.io import read_json
+from ftkit.recipe.reading import _Loader
+from tests.conftest import recipe_file, tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARIES = {"HF_TOKEN": "hf_CANARYcanary0123456789", "WANDB_API_KEY": "wandb-CANARY-0123456789abcdef",
@@ -33,7 +35,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_no_secret_from_the_environment_reaches_any_artifact(tiny_recipe, tmp_path, monkeypatch, capsys):
+@pytest.mark.pipeline
+def test_no_secret_from_the_environment_reaches_any_artifact(tmp_path, monkeypatch, capsys, tiny_model_dir):
     """Canary secrets in the environment; a user's reward function even prints two of them. Every file of the run
     directory (notebooks, recipe, report, logs, models, JSON) and the CLI's output are scanned byte by byte."""
     for name, value in CANARIES.items():
@@ -45,7 +48,7 @@ def test_no_secret_from_the_environment_reaches_any_artifact(tiny_recipe, tmp_pa
             print("debugging with", os.environ["HF_TOKEN"], os.environ["MY_SERVICE_KEY"])
             return [0.0] * len(completions)
     '''))
-    recipe = tiny_recipe(stages=["data", "rl", "eval"], rl={"rewards": {"task": 1.0, "leaky.py:leaky": 0.5}})
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "rl", "eval"], rl={"rewards": {"task": 1.0, "leaky.py:leaky": 0.5}}, file="tiny.yaml")
     run_dir = tmp_path / "run"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr()
@@ -77,7 +80,7 @@ def test_loading_is_safe():
         assert "pickle" not in text, path
         for call in re.findall(r"yaml\.load\([^)]*\)", text):
             assert "Loader=_Loader" in call, f"{path}: {call}"
-    assert issubclass(recipes._Loader, yaml.SafeLoader)
+    assert issubclass(_Loader, yaml.SafeLoader)
     assert recipes.Recipe(name="x").model.trust_remote_code is False
     assert "safe_serialization=False" not in "".join(sources.values())
 
@@ -89,17 +92,18 @@ def test_a_recipe_cannot_run_code_or_escape_the_run_directory(tmp_path):
         recipes.load(evil)
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
     for name in ("../../etc", "/tmp/x", "a/b", "..", ".hidden"):
-        (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": name}))
+        recipe_file(tmp_path, {"name": name})
         with pytest.raises(recipes.RecipeError, match="name"):
             recipes.load(tmp_path / "r.yaml")
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "ok", "eval": {"extra": {"../../x": str(tmp_path)}}}))
+    recipe_file(tmp_path, {"name": "ok", "eval": {"extra": {"../../x": str(tmp_path)}}})
     with pytest.raises(recipes.RecipeError, match="extra label"):
         recipes.load(tmp_path / "r.yaml")
 
 
-def test_sweep_run_directories_stay_under_the_reports_folder(tiny_recipe, tmp_path, monkeypatch):
+@pytest.mark.pipeline
+def test_sweep_run_directories_stay_under_the_reports_folder(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setenv("FTKIT_REPORTS", str(tmp_path / "reports"))
-    recipe = tiny_recipe(stages=["data"], data={"task": "addition", "train_size": 20, "test_size": 8})
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data"], data={"task": "addition", "train_size": 20, "test_size": 8}, file="tiny.yaml")
     assert cli.main(["run", str(recipe), "--sweep", "name=../../../escaped,x/../../y"]) == cli.EXIT_INVALID
     assert cli.main(["run", str(recipe), "--sweep", "data.test_size=8,9"]) == 0
     made = [p for p in (tmp_path / "reports").rglob("status.json")]
@@ -192,7 +196,8 @@ def _can_mount_tmpfs(where: Path) -> bool:
     return ok == 0
 
 
-def test_a_real_full_disk_fails_the_run_clearly_and_keeps_earlier_runs(tiny_recipe, tmp_path, capsys):
+@pytest.mark.pipeline
+def test_a_real_full_disk_fails_the_run_clearly_and_keeps_earlier_runs(tmp_path, capsys, tiny_model_dir):
     """A 4 MB tmpfs holds an earlier run directory and is then filled up; a new run on it fails with a message
     that names the disk problem, and the earlier run's files are byte for byte unchanged."""
     disk = tmp_path / "disk"
@@ -200,7 +205,7 @@ def test_a_real_full_disk_fails_the_run_clearly_and_keeps_earlier_runs(tiny_reci
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN (the simulated full-disk tests still run)")
     try:
         earlier = disk / "tiny" / "earlier"
-        recipe = tiny_recipe(stages=["data"])
+        recipe = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data"], file="tiny.yaml")
         assert cli.main(["run", str(recipe), "--run-dir", str(earlier)]) == 0
         before = _files(earlier)
         free = shutil.disk_usage(disk).free

@@ -2,23 +2,17 @@
 without bound, opens a socket, reads outside its folder, spawns a process or looks for a secret is stopped or finds
 nothing — the reward still returns a score for every completion, so the RL run goes on."""
 
-import doctest
 import time
 
 import pytest
 
 from ftkit import recipe
 from ftkit.scoring import rewards, sandbox
-from ftkit.scoring.tasks import Code, code
+from ftkit.scoring.tasks import Code
+from tests.conftest import recipe_file
 
 TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0"
 SECRET = "hf_SANDBOXcanary987654321"
-
-
-def test_doctests():
-    for module in (sandbox, code):
-        result = doctest.testmod(module)
-        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_the_code_reward_scores_known_completions():
@@ -86,8 +80,7 @@ def test_the_files_it_writes_stay_in_its_own_folder_and_go():
 
 
 def test_validation_refuses_the_code_reward_where_there_is_no_sandbox(monkeypatch, tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("name: c\ndata: {task: code}\nrl: {rewards: {code_tests: 1.0}}\n")
+    path = recipe_file(tmp_path, data={"task": "code"}, rl={"rewards": {"code_tests": 1.0}}, file="c.yaml")
     monkeypatch.setattr(sandbox, "problem", lambda: "the sandbox needs POSIX resource limits")
     with pytest.raises(recipe.RecipeError, match="model-written code cannot be run safely here.*POSIX resource"):
         recipe.load(path)

@@ -9,17 +9,17 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
-from ftkit.scoring import answers, rewards
-from ftkit.report import display
-from ftkit.models import loader
 from ftkit import recipe, sources
-from ftkit.stages import rl
 from ftkit.core import rundir
-from ftkit.stages import eval as eval_stage
+from ftkit.models import loader
 from ftkit.models.generation import generate
+from ftkit.report import display
+from ftkit.scoring import answers, rewards
 from ftkit.scoring.tasks import ReferenceAnswer
+from ftkit.stages import eval as eval_stage
+from ftkit.stages import rl
+from tests.conftest import recipe_file
 
 REPLIES = [  # reply, reference, mode, regex, strict, lenient
     ("68", "68", "first_number", None, 1.0, 1.0),
@@ -38,6 +38,7 @@ REPLIES = [  # reply, reference, mode, regex, strict, lenient
     ("7.0", "7", "last_number", None, 1.0, 1.0),
     ("5700", "57", "first_number", None, 0.0, 0.0),
 ]
+from ftkit.scoring import grading
 
 
 @pytest.mark.parametrize("reply, reference, mode, pattern, strict, lenient", REPLIES)
@@ -56,14 +57,14 @@ def test_lenient_does_not_credit_what_the_reply_only_repeats_from_the_question()
                "15 / 3 = 5\n5 - 4 = 1\n1 * 3 = 3",  # the right result, without the ####
                solution]
     cfg = recipe.build({"name": "w", "data": {"task": "word_problems"}})
-    per_example, overall = eval_stage.score(cfg, replies, [solution] * 3, [{"prompt": problem}] * 3)
+    per_example, overall = grading.score(cfg, replies, [solution] * 3, [{"prompt": problem}] * 3)
     assert (per_example["task"], per_example["lenient"]) == ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
     assert overall["lenient"] == pytest.approx(2 / 3)
     # a multiple-choice reply names the right option and no other: not the article "a", not the options listed
     question = sources.multiple_choice("Which planet is nearest the sun?", ["Venus", "Mercury", "Mars"], 1, "x")
     replies = ["B", "B. Mercury", "It is mercury", "I think it is a planet", "A. Venus\nB. Mercury\nC. Mars", "A"]
     cfg = recipe.build({"name": "m", "data": {"path": "mc.jsonl"}})
-    per_example, _ = eval_stage.score(cfg, replies, ["B"] * 6, [question] * 6)
+    per_example, _ = grading.score(cfg, replies, ["B"] * 6, [question] * 6)
     assert (per_example["exact_match"], per_example["lenient"]) == ([1.0, 0, 0, 0, 0, 0], [1.0, 1.0, 1.0, 0, 0, 0])
     # an answer quoted from a passage (extract: exact) still counts where the passage has it
     passage = "The bridge, 1,200 metres long, opened in 1932. How long is the bridge?"
@@ -75,17 +76,16 @@ def test_lenient_does_not_credit_what_the_reply_only_repeats_from_the_question()
 def test_the_recipe_names_the_extraction_once_for_scores_and_rewards(tmp_path):
     (tmp_path / "gsm.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": f"work #### {i}"}) + "\n"
                                                 for i in range(30)))
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "data": {"path": "gsm.jsonl", "test_size": 5, "extract": "after_hash"},
-                                    "rl": {"rewards": {"task": 1.0, "numeric_match": 1.0, "think_format": 0.5}}}))
+    path = recipe_file(tmp_path, {"name": "g", "data": {"path": "gsm.jsonl", "test_size": 5, "extract": "after_hash"},
+                                    "rl": {"rewards": {"task": 1.0, "numeric_match": 1.0, "think_format": 0.5}}})
     cfg = recipe.load(path)
-    assert eval_stage.metric_names(cfg) == ["task", "lenient"]
+    assert grading.metric_names(cfg) == ["task", "lenient"]
     functions, _ = rewards.build(cfg, tmp_path)
     completions = [[{"role": "assistant", "content": text}] for text in
                    ("<think>4 * 3 = 12</think> #### 12", "12, or maybe 13", "#### 13")]
     values = {f.__name__: f(completions, answer=["#### 12"] * 3) for f in functions}
     assert values == {"task": [1.0, 0.0, 0.0], "numeric_match": [1.0, 0.0, 0.0], "think_format": [1.0, 0.0, 0.0]}
-    path.write_text(yaml.safe_dump({"name": "g", "data": {"path": "gsm.jsonl", "extract": "regex"}}))
+    recipe_file(tmp_path, {"name": "g", "data": {"path": "gsm.jsonl", "extract": "regex"}})
     with pytest.raises(recipe.RecipeError, match="extract is regex but extract_regex is not set"):
         recipe.load(path)
     with pytest.raises(recipe.RecipeError, match="task 'addition' reads its answers itself"):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftkit.stages import data, sft
-from ftkit.models import loader
-from ftkit.training import preflight
 from ftkit import recipe
+from ftkit.models import loader
 from ftkit.recipe import RecipeError
-from tests.conftest import build_model, build_tokenizer, make_model_dir, tiny_cfg
+from ftkit.stages import data, sft
+from ftkit.training import preflight
+from tests.conftest import build_model, build_tokenizer, make_model_dir, recipe_file, tiny, tiny_sft
 
 
 def sft_run(cfg, run_dir):
@@ -55,16 +55,16 @@ def test_examples_in_one_row_do_not_see_each_other(tiny_model_dir):
     assert not torch.allclose(unmasked, alone, atol=1e-5), "without restarts the second example sees the first"
 
 
-def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeypatch):
+def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeypatch, tmp_path):
     import psutil
 
-    cfg = tiny_cfg(tiny_model_dir)
+    cfg = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir)))
     assert cfg.model.gradient_checkpointing == "auto" and cfg.sft.padding_free == "auto"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not loader.padding_free(cfg, model), "sdpa: a masked row costs more than the padding it removes"
     monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
     assert loader.padding_free(cfg, model), "flash attention's variable-length kernels"
-    truncating = tiny_cfg(tiny_model_dir)
+    truncating = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir)))
     truncating.data.too_long = "truncate"
     assert not loader.padding_free(truncating, model), "truncation needs padded batches"
     monkeypatch.undo()
@@ -72,7 +72,7 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     assert preflight.step_tokens(cfg, [10, 50, 20, 40, 30] * 2, padding_free=True) == 2 * (50 + 40 + 30) + 20 + 20
     neo = AutoModelForCausalLM.from_config(build_model(build_tokenizer(), arch="gpt_neo").config)
     assert not loader.packs_examples(neo), "GPT-Neo's eager attention has a fixed-size causal buffer"
-    asked = tiny_cfg(tiny_model_dir)
+    asked = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir)))
     asked.sft.padding_free = True
     with pytest.raises(ValueError, match="sft.padding_free true: GPTNeoForCausalLM"):
         loader.padding_free(asked, neo)
@@ -98,12 +98,12 @@ def test_auto_settings_follow_the_recipe_and_the_machine(tiny_model_dir, monkeyp
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: "flags\t: avx2\n")
     assert loader.dtype_name(cfg.model) == "float32"
     monkeypatch.undo()
-    explicit = tiny_cfg(tiny_model_dir, dtype="float32", gradient_checkpointing=True)
+    explicit = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir, dtype="float32", gradient_checkpointing=True)))
     assert loader.dtype_name(explicit.model) == "float32" and preflight.gradient_checkpointing(explicit) is True
 
 
-def test_padding_free_cannot_truncate(tiny_recipe):
-    path = tiny_recipe(data={"too_long": "truncate"}, sft={"padding_free": True})
+def test_padding_free_cannot_truncate(tiny_model_dir, tmp_path):
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), data={"too_long": "truncate"}, sft={"padding_free": True}, file="tiny.yaml")
     with pytest.raises(RecipeError) as error:
         recipe.load(path)
     assert "sft.padding_free true" in str(error.value) and "data.too_long: drop" in str(error.value)

@@ -5,17 +5,17 @@ import importlib.util
 
 import pytest
 
-from ftkit.stages import data, sft
-from ftkit.models import loader
 from ftkit import recipe
 from ftkit.core import rundir
-from tests.conftest import tiny_cfg
+from ftkit.models import loader
+from ftkit.stages import data, sft
+from tests.conftest import recipe_file, tiny_sft
 
 
 def test_tensorboard_files_hold_the_sft_loss(tmp_path, tiny_model_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = tiny_cfg(tiny_model_dir)
+    cfg = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir)))
     assert recipe.trackers(cfg.report_to) == ["tensorboard"], "auto: TensorBoard where it is installed"
     run_dir = tmp_path / "run"
     tokenizer = loader.load_tokenizer(str(tiny_model_dir))
@@ -33,8 +33,7 @@ def test_tensorboard_files_hold_the_sft_loss(tmp_path, tiny_model_dir):
 
 
 def test_no_tracker_writes_nothing(tmp_path, tiny_model_dir):
-    cfg = tiny_cfg(tiny_model_dir)
-    cfg.report_to = "none"
+    cfg = recipe.load(recipe_file(tmp_path, tiny_sft(tiny_model_dir), report_to="none"))
     run_dir = tmp_path / "run"
     splits, figures = data.build_splits(cfg, loader.load_tokenizer(str(tiny_model_dir)))
     data.save_splits(splits, run_dir, figures)
