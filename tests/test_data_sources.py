@@ -10,6 +10,7 @@ from ftkit import cli, recipe, sources
 from ftkit.core.io import read_json, write_jsonl
 from ftkit.core.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
 from ftkit.report import display
+from ftkit.sources import leakage
 from ftkit.stages import data
 from tests.conftest import recipe_file
 
@@ -270,11 +271,11 @@ def test_ngram_overlap_counts_near_duplicates(tmp_path):
     train = [{"prompt": "please summarize the following short article about the history of rome", "answer": "a"}]
     test = [{"prompt": "Summarize the following short article about the history of rome for me", "answer": "b"},
             {"prompt": "completely different words here", "answer": "c"}]
-    assert data.contamination(train, test) == {
+    assert leakage.contamination(train, test) == {
         "exact_matches": 0, "ngram_overlaps": 1, "ngram": 8, "counted": "ngram", "fraction": 0.5,
         "common_ngrams": 0, "common_example": None, "pairs": [{"test": test[0]["prompt"], "train": train[0]["prompt"],
                    "shared": "summarize the following short article about the history"}]}
-    assert data.contamination(train, test, exact_only=True)["fraction"] == 0.0
+    assert leakage.contamination(train, test, exact_only=True)["fraction"] == 0.0
 
 
 def test_a_template_of_columns_fills_a_text_field(tmp_path):
@@ -308,11 +309,11 @@ def test_a_templates_words_and_one_of_the_examples_own_are_not_one_story(tmp_pat
              ("Polynesia", "Guiana", "Georgia", "Caledonia", "Lucia", "Kitts", "Zealand", "Sudan")]
     rows = [{"question": f"What is the ISO 3166-1 alpha-3 code of {name}?", "answer": name[:3].upper()}
             for name in names]
-    overlap = data.contamination(rows[::2], rows[1::2])
+    overlap = leakage.contamination(rows[::2], rows[1::2])
     assert overlap["ngram_overlaps"] == 0 and overlap["common_example"] == "what is the iso 3166-1 alpha-3 code of"
-    assert data.group_keys(rows, "ngram") == list(range(len(rows)))
+    assert leakage.group_keys(rows, "ngram") == list(range(len(rows)))
     asked_twice = {"question": f"What is the ISO 3166-1 alpha-3 code of {names[0]}?", "answer": "FRE"}
-    assert data.contamination(rows[::2], [asked_twice, *rows[1::2]])["ngram_overlaps"] == 1
+    assert leakage.contamination(rows[::2], [asked_twice, *rows[1::2]])["ngram_overlaps"] == 1
 
 
 @pytest.mark.parametrize("section, message", [
@@ -550,7 +551,7 @@ def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_t
     assert overlap["fraction"] == 0.0 and overlap["ngram_overlaps"] == 0 and len(splits["train"]) == 50
     assert overlap["common_ngrams"] == 1
     assert overlap["common_example"] == "degrees celsius to fahrenheit. give the number only."
-    assert data.group_keys(splits["train"], "ngram") == list(range(50))  # the template links nothing
+    assert leakage.group_keys(splits["train"], "ngram") == list(range(50))  # the template links nothing
 
     story = "Mara walked her three dogs along the river before the storm came in from the west"
     write_jsonl(tmp_path / "train.jsonl",

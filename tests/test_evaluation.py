@@ -10,7 +10,7 @@ import pytest
 from ftkit import recipe
 from ftkit.core import rundir
 from ftkit.models import likelihood
-from ftkit.report import display
+from ftkit.report import tables
 from ftkit.scoring import grading, metrics, robustness, stats
 from ftkit.scoring.tasks import Addition
 from ftkit.stages import eval as eval_stage
@@ -99,7 +99,7 @@ def test_paired_test_and_flips_against_the_base(tmp_path):
     paired = results["sft"]["vs_base"]
     assert paired["fail_to_pass"] == 9 and paired["pass_to_fail"] == 1 and paired["test"] == "mcnemar_exact"
     assert paired["p_value"] == pytest.approx(22 / 1024)  # two-sided exact binomial: P(X <= 1 or X >= 9), n 10
-    flips = display.flips(tmp_path, "sft", limit=50)
+    flips = tables.flips(tmp_path, "sft", limit=50)
     assert len(flips) == 10 and list(flips["flip"]).count("pass→fail") == 1
     assert flips.iloc[0].to_dict() == {"flip": "fail→pass", "prompt": "q0", "reference": "r", "base": "wrong",
                                        "sft": "right"}
@@ -141,10 +141,10 @@ def test_cut_replies_are_answered_again_with_room_to_finish(tmp_path):
     assert all(r["output"] for r in again), "the untied model writes text"
     continued = sum(r["finished"].startswith(r["output"]) and len(r["finished"]) > len(r["output"]) for r in again)
     assert continued >= 18, "greedy decoding with more room goes on from the same reply (batched apart: near ties)"
-    note = display.cut_note(results)
+    note = tables.cut_note(results)
     assert note.startswith(f"Replies cut at eval.max_new_tokens = 4 before they ended: base {len(cut) / 24:.0%}. ")
     assert f"Given room to finish (128 tokens), 20 of base's {len(cut)} cut replies score task 0.0% → " in note
-    assert list(display.finished_table(results).index) == ["base"]
+    assert list(tables.finished_table(results).index) == ["base"]
     path.write_text(path.read_text().replace("finish_cut: 20", "finish_cut: 0"))
     assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0
     assert "finished" not in read_json(run_dir / "metrics.json")["eval"]["base"]

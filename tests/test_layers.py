@@ -191,3 +191,18 @@ def test_committed_notebooks_are_thin(notebook):
         helpers = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
         assert not helpers, f"cell {i} defines {[h.name for h in helpers]}: move it into ftkit, with a test"
         assert i > 0 and cells[i - 1]["cell_type"] == "markdown", f"cell {i}: a sentence before each code cell"
+
+
+def test_modules_and_functions_stay_small():
+    """A module over 450 lines holds several concerns, a function over 50 several steps: split them (a long
+    docstring counts too: it says the function does much)."""
+    big = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        if len(text.splitlines()) > 450:
+            big.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50:
+                big.append(f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not big, "\n".join(big)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from ftkit import cli
 from ftkit.core import rundir
 from ftkit.core.io import read_json
-from ftkit.report import display
+from ftkit.report import display, tables
 from ftkit.report.page import render
 from ftkit.scoring import answers
 from tests.conftest import recipe_file, tiny
@@ -147,7 +147,7 @@ def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):
     assert "<script>alert(1)" not in page and "<img src=x" not in page and 'href="javascript:' not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the eval notebook's side-by-side table (a DataFrame rendered as HTML) escapes it too
-    table = display.side_by_side(copy, ["base", "sft"], limit=3)._repr_html_()
+    table = tables.side_by_side(copy, ["base", "sft"], limit=3)._repr_html_()
     assert "<script>alert(1)" not in table and "&lt;script&gt;alert(1)&lt;/script&gt;" in table
 
 

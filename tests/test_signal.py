@@ -14,7 +14,7 @@ from ftkit import recipe, sources
 from ftkit.core import rundir
 from ftkit.models import loader
 from ftkit.models.generation import generate
-from ftkit.report import display
+from ftkit.report import display, tables
 from ftkit.scoring import answers, rewards
 from ftkit.scoring.tasks import ReferenceAnswer
 from ftkit.stages import eval as eval_stage
@@ -203,12 +203,12 @@ def test_sampled_accuracy_against_the_start_model_and_the_sharpening_note(tmp_pa
     results = eval_stage.paired_test(cfg, run_dir, {m: {"metric": "accuracy", "accuracy": 0.75} for m in sampled})
     change = results["rl"]["vs_sft"]["sampled_change"]
     assert change["value"] == pytest.approx(0.3125) and change["ci95"][0] > 0 and change["p_value"] < 0.05
-    note = display.sharpening_note(results)
+    note = tables.sharpening_note(results)
     assert note.startswith("rl against sft: greedy answers changed within chance (0 gained, 0 lost, p 1)")
     assert "sampled accuracy rose by 31.2 points" in note
-    assert display.versus_start(results)["sampled change [95% CI], p"].iloc[0].startswith("+0.312 [")
+    assert tables.versus_start(results)["sampled change [95% CI], p"].iloc[0].startswith("+0.312 [")
     results["rl"]["vs_sft"]["sampled_change"]["ci95"] = [-0.01, 0.5]  # within chance: no note
-    assert display.sharpening_note(results) is None
+    assert tables.sharpening_note(results) is None
 
 
 def test_filtering_keeps_prompts_whose_rewards_differ(tiny_run, tmp_path):

@@ -10,6 +10,7 @@ from ftkit.recipe import Recipe
 from ftkit.report import page
 from ftkit.scoring import rewards
 from ftkit.scoring.tasks import get
+from ftkit.sources import leakage
 from ftkit.stages import data
 
 
@@ -64,8 +65,8 @@ def test_data_checks_name_split_row_and_field():
     text = str(info.value)
     assert "split 'test' is empty" in text
     assert "train row 1: field 'prompt' is '  '" in text
-    assert data.contamination(good["train"], good["test"])["ngram_overlaps"] == 0
-    assert data.contamination(good["train"], good["train"][:2])["exact_matches"] == 2
+    assert leakage.contamination(good["train"], good["test"])["ngram_overlaps"] == 0
+    assert leakage.contamination(good["train"], good["train"][:2])["exact_matches"] == 2
 
 
 def test_splits_round_trip_through_the_run_directory(tmp_path):

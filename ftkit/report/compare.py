@@ -15,8 +15,8 @@ import yaml
 
 from ftkit.core import rundir
 from ftkit.core.io import write_atomic
-from ftkit.report.display import change_text, metric_name
-from ftkit.report.page import CSS, esc, fmt, png
+from ftkit.report.markup import CSS, esc, fmt, png
+from ftkit.report.tables import change_text, metric_name
 
 LOWER_IS_BETTER = ("loss", "perplexity", "error")
 

@@ -9,21 +9,18 @@ module.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import re
 from pathlib import Path
 
 from ftkit.core import rundir
 from ftkit.core.io import read_json, redact, write_atomic
 from ftkit.core.machine import describe_cpu
-from ftkit.report.display import (
+from ftkit.report.display import commonest_note, plot_losses, plot_rl, signal_warning, teacher_note
+from ftkit.report.markup import CSS, code_css, esc, fmt, html_table, notebook_html, png
+from ftkit.report.tables import (
     all_metrics_table,
     claims,
     class_summary,
-    commonest_note,
     confusion,
     cut_note,
     finished_table,
@@ -31,36 +28,15 @@ from ftkit.report.display import (
     judge_table,
     metric_name,
     paired_columns,
-    plot_losses,
-    plot_rl,
+    prediction_text,
     reach_note,
-    reference_shown,
+    reference_text,
     sampled_label,
     sampled_text,
     sharpening_note,
-    shown,
-    signal_warning,
-    teacher_note,
     versus_base,
     versus_start,
 )
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#1a1a1a;line-height:1.45}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}
-td{white-space:pre-wrap}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
-img{max-width:100%}.failed{background:#fde8e8;border:1px solid #e0a0a0;padding:.8em;border-radius:4px}
-.warning{background:#fff6e0;border:1px solid #e0c070;padding:.6em .8em;border-radius:4px}
-.state-done{color:#11772d}.state-failed,.state-interrupted{color:#b00020;font-weight:bold}.muted{color:#666}
-.notebook{border:1px solid #e3e3e3;padding:0 1em;margin:1em 0;border-radius:4px}
-.jp-OutputPrompt,.jp-InputPrompt{display:none}
-details.code>summary{color:#666;font-size:.8em;cursor:pointer}details.code .highlight pre{margin:.2em 0}
-@media print{.notebook{break-before:page}details.code{display:none}}
-"""
 
 
 def _settings(settings: dict | None) -> str:
@@ -70,29 +46,6 @@ def _settings(settings: dict | None) -> str:
     return (f"{settings.get('weights', '?')} weights, {settings['dtype']} compute, "
             f"{'padding-free' if settings['padding_free'] else 'padded'}, "
             f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}")
-
-
-def esc(value) -> str:
-    """Text for HTML: every character that could open markup or close an attribute escaped."""
-    return html.escape(str(value), quote=True)
-
-
-def png(fig) -> str:
-    """A matplotlib figure as an <img> with the PNG inside (the page loads nothing)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def fmt(value, digits=3) -> str:
-    """A table cell: floats to `digits` places, None as nothing."""
-    return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
 def machine_line(env: dict) -> str:
@@ -133,7 +86,7 @@ def _stages(status: dict) -> str:
 
 
 def _template_note(overlap: dict) -> str:
-    """The contamination check's template wording, left out of its count (`data.common_grams`)."""
+    """The contamination check's template wording, left out of its count (`ftkit.sources.leakage.common_grams`)."""
     n = overlap.get("common_ngrams")
     if not n:
         return ""
@@ -158,7 +111,7 @@ def _data(data: dict) -> str:
                "and nothing is trained.</p>" if data.get("evaluate_only") else
                f"Test prompts also in train: {esc(overlap.get('ngram_overlaps'))} "
                f"({esc(overlap.get('exact_matches'))} exact).{_template_note(overlap)}</p>")
-            + _table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
+            + html_table(["split", "examples", "tokens p50", "tokens p90", "tokens max"], rows))
     for warning in data.get("warnings", []):
         text += f'<p class="warning">{esc(warning)}</p>'
     if data.get("teacher_errors"):
@@ -174,16 +127,16 @@ def _data(data: dict) -> str:
         rows = [[split, *(counts[n] for n in found["names"])] for split, counts in found["counts"].items()
                 if split in shown]
         text += ("<p>A classification: the answers take a few values, each repeated. Examples per class:</p>"
-                 + _table(["split", *found["names"]], rows))
+                 + html_table(["split", *found["names"]], rows))
     if data.get("augmented"):
         added = ", ".join(f"{n} {kind}" for kind, n in data["augmented"].items())
         text += f"<p>Robustness training (data.augment): train holds perturbed copies of its prompts: {esc(added)}.</p>"
     if overlap.get("pairs"):
         rows = [[p["test"], p["train"], p["shared"]] for p in overlap["pairs"]]
-        text += "<p>Overlapping test and train prompts, first ones:</p>" + _table(["test", "train", "shared"], rows)
+        text += "<p>Overlapping test and train prompts, first ones:</p>" + html_table(["test", "train", "shared"], rows)
     if data.get("mix"):
         rows = [[name, m["weight"], m["available"], m["wanted"], m["taken"]] for name, m in data["mix"].items()]
-        text += "<p>Mixed sources (data.mix):</p>" + _table(["source", "weight", "available", "wanted", "taken"], rows)
+        text += "<p>Mixed sources (data.mix):</p>" + html_table(["source", "weight", "available", "wanted", "taken"], rows)
     return text
 
 
@@ -194,7 +147,7 @@ def _training(metrics: dict) -> str:
     rows = [[stage, m["steps"], m.get("processes", 1), m.get("trainable_parameters"), m.get("train_seconds"),
              m.get("real_tokens", ""), m.get("real_tokens_per_second", ""), m.get("resumed_from_step") or "",
              _settings(m.get("settings"))] for stage, m in trained.items()]
-    return "<h3>Training</h3>" + _table(["stage", "steps", "processes", "trained parameters", "seconds", "real tokens",
+    return "<h3>Training</h3>" + html_table(["stage", "steps", "processes", "trained parameters", "seconds", "real tokens",
                                          "real tokens/s", "resumed from step", "settings"], rows)
 
 
@@ -219,7 +172,7 @@ def _rl(rl: dict, recipe_rl: dict) -> str:
         rows.append(["prompts kept by rl.filter_prompts", f"{kept['kept']} of {kept['pool']} "
                      f"({kept['samples_per_prompt']} samples each; skipped: {skipped}; {kept['seconds']} s)"])
     warning = signal_warning(rl, recipe_rl)
-    return ("<h3>RL: learning signal</h3>" + _table(["measure", "value"], rows)
+    return ("<h3>RL: learning signal</h3>" + html_table(["measure", "value"], rows)
             + (f'<p class="warning"><b>RL had little to learn from.</b> {esc(warning)}</p>' if warning else ""))
 
 
@@ -236,13 +189,13 @@ def _evaluation(run_dir: Path, evaluated: dict, data: dict | None = None) -> str
             + ([sampled_text(m["sampled"]) if "sampled" in m else ""] if sampled else [])
             for name, m in evaluated.items()]
     parts = ['<h3>1 · Task performance (held-out test set)</h3><div id="metrics">'
-             + _table(["model", metric, "95% CI (bootstrap)", "n", "vs base", "p (paired test)", "fail→pass",
+             + html_table(["model", metric, "95% CI (bootstrap)", "n", "vs base", "p (paired test)", "fail→pass",
                        "pass→fail"] + ([f"{sampled_label(sampled[0])} [95% CI]"] if sampled else []), rows)
              + "</div>", _versus_start(evaluated)]
     others = all_metrics_table(evaluated)
     if len(others.columns) > 1:
         parts.append("<p>Every metric (95% CI) and the loss on the reference answers:</p>"
-                     + _table(["model", *others.columns], [[n, *(fmt(v) for v in r)]
+                     + html_table(["model", *others.columns], [[n, *(fmt(v) for v in r)]
                                                            for n, r in zip(others.index, others.values)]))
     parts.append(_classes(evaluated, data or {}))
     note = cut_note(evaluated)
@@ -250,7 +203,7 @@ def _evaluation(run_dir: Path, evaluated: dict, data: dict | None = None) -> str
         finished = finished_table(evaluated)
         parts.append(f'<p class="warning">{esc(note)} Raise eval.max_new_tokens if the format needs more; a model '
                      "that finds the answer only given more room explains before it answers.</p>"
-                     + (_table(["model", *finished.columns], [[n, *r] for n, r in zip(finished.index,
+                     + (html_table(["model", *finished.columns], [[n, *r] for n, r in zip(finished.index,
                                                                                       finished.values.tolist())])
                         if not finished.empty else "") + _finished_examples(run_dir, evaluated))
     parts.append(_judge(run_dir, evaluated))
@@ -273,13 +226,13 @@ def _classes(evaluated: dict, data: dict) -> str:
               else "")
     parts = [f"<h4>Classes</h4><p>{esc(note or '')} A reply counts as the first class it gives as the task reads an "
              f"answer; one that gives none is counted apart.{likely}</p>",
-             _table(["model", *summary.columns], [[n, *(fmt(v) for v in r)] for n, r in zip(summary.index,
+             html_table(["model", *summary.columns], [[n, *(fmt(v) for v in r)] for n, r in zip(summary.index,
                                                                                              summary.values)])]
     for name, m in evaluated.items():
         if "classes" in m:
             matrix = confusion(m)
             parts.append(f"<p>{esc(name)}: reference class (rows) against the class given (columns)</p>"
-                         + _table(["", *matrix.columns], [[i, *r] for i, r in zip(matrix.index, matrix.values.tolist())]))
+                         + html_table(["", *matrix.columns], [[i, *r] for i, r in zip(matrix.index, matrix.values.tolist())]))
     return "".join(parts)
 
 
@@ -296,8 +249,8 @@ def _judge(run_dir: Path, evaluated: dict, limit: int = 3) -> str:
                              " | ".join(record["verdicts"]), record.get("outcome", record.get("grade"))])
     return ("<h3>A judge's verdicts (eval.judge)</h3><p>Pairwise verdicts were asked in both orders; a verdict that "
             "followed the position counts as a tie (order flipped). Unreadable verdicts are counted, not scored.</p>"
-            + _table(["model", *table.columns], rows) + f"<p>The judge's prompt:</p><pre>{esc(judge_prompt(evaluated))}"
-            "</pre><p>First verdicts:</p>" + _table(["model", "prompt", "reply", "against", "raw verdicts",
+            + html_table(["model", *table.columns], rows) + f"<p>The judge's prompt:</p><pre>{esc(judge_prompt(evaluated))}"
+            "</pre><p>First verdicts:</p>" + html_table(["model", "prompt", "reply", "against", "raw verdicts",
                                                      "outcome"], verdicts))
 
 
@@ -308,7 +261,7 @@ def _versus_start(evaluated: dict) -> str:
         return ""
     note, reached = sharpening_note(evaluated), reach_note(evaluated)
     return ("<p>Each tuned model against the one it started from (same examples, same paired test):</p>"
-            + _table(list(table.columns), table.values.tolist())
+            + html_table(list(table.columns), table.values.tolist())
             + (f"<p>{esc(reached)}</p>" if reached else "")
             + (f'<p class="warning">{esc(note)}</p>' if note else ""))
 
@@ -356,7 +309,7 @@ def _claims(evaluated: dict) -> str:
             f"<p>{generalization}Robustness: its change on the first {esc(perturbed.get('n', 0))} test prompts under "
             "each perturbation, with its 95% paired bootstrap interval (negative: worse than on the unperturbed "
             "prompts).</p>"
-            + _table(["model", *table.columns], rows))
+            + html_table(["model", *table.columns], rows))
 
 
 def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:
@@ -367,10 +320,10 @@ def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:
             records = rundir.eval_records(run_dir, "flips", file) if f"vs_{other}" in results else []
             if records:
                 references = ["reference"] if any(r["reference"] for r in records) else []
-                rows = [[r["flip"], r["prompt"]] + [reference_shown(r) for _ in references] + [r[other], r[name]]
+                rows = [[r["flip"], r["prompt"]] + [reference_text(r) for _ in references] + [r[other], r[name]]
                         for r in records[:limit]]
                 parts.append(f"<p>{esc(name)} against {other}: {len(records)} examples flipped (first {len(rows)}):"
-                             "</p>" + _table(["flip", "prompt", *references, other, name], rows))
+                             "</p>" + html_table(["flip", "prompt", *references, other, name], rows))
     return "".join(parts)
 
 
@@ -381,8 +334,8 @@ def _finished_examples(run_dir: Path, evaluated: dict, limit: int = 3) -> str:
         records = [r for r in rundir.eval_records(run_dir, "predictions", name) if "finished" in r][:limit]
         if records and results.get("finished"):
             parts.append(f"<p>{esc(name)}: cut replies and the same prompts given room to finish (first "
-                         f"{len(records)}):</p>" + _table(["prompt", "reference", "cut reply", "finished"],
-                                                          [[r["prompt"], reference_shown(r), r["output"],
+                         f"{len(records)}):</p>" + html_table(["prompt", "reference", "cut reply", "finished"],
+                                                          [[r["prompt"], reference_text(r), r["output"],
                                                             r["finished"]] for r in records]))
     return "".join(parts)
 
@@ -394,7 +347,7 @@ def _rl_samples(run_dir: Path) -> str:
     names = [k for k in records[0] if k not in ("step", "prompt", "completion")]
     rows = [[r["step"], r["prompt"], r["completion"]] + [fmt(r.get(n)) for n in names] for r in records]
     return ("<h3>RL samples</h3><p>Completions sampled during RL, with each reward (total: weighted sum).</p>"
-            + _table(["step", "prompt", "completion"] + names, rows))
+            + html_table(["step", "prompt", "completion"] + names, rows))
 
 
 def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
@@ -404,38 +357,9 @@ def _examples(run_dir: Path, names: list[str], limit: int = 12) -> str:
         return ""
     first = next(iter(predictions.values()))
     references = ["reference"] if any(p["reference"] for p in first) else []  # none: prompts without answers
-    rows = [[p["prompt"]] + [reference_shown(p) for _ in references] + [shown(predictions[n][i]) for n in predictions]
+    rows = [[p["prompt"]] + [reference_text(p) for _ in references] + [prediction_text(predictions[n][i]) for n in predictions]
             for i, p in enumerate(first)]
-    return "<h3>Example predictions</h3>" + _table(["prompt", *references] + list(predictions), rows)
-
-
-TEMPLATES = Path(__file__).parent / "templates"
-
-
-def _notebook_html(path: Path) -> str:
-    """An executed notebook as HTML: outputs shown, each code cell folded behind a <details> toggle (ftkit's
-    template over nbconvert's basic one), the parameters cells left out, no script."""
-    import nbformat
-    from nbconvert import HTMLExporter
-    from nbconvert.preprocessors import TagRemovePreprocessor
-    from traitlets.config import Config
-
-    config = Config()
-    config.TagRemovePreprocessor.remove_cell_tags = ("injected-parameters", "parameters")
-    config.TagRemovePreprocessor.enabled = True
-    exporter = HTMLExporter(config=config, template_name="ftkit", extra_template_basedirs=[str(TEMPLATES)],
-                            exclude_input_prompt=True, exclude_output_prompt=True)
-    exporter.register_preprocessor(TagRemovePreprocessor(config=config), enabled=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
-    # the report must open offline and run nothing: drop any script element the template adds
-    return re.sub(r"<script\b.*?</script>", "", body, flags=re.S | re.I)
-
-
-def _code_css() -> str:
-    """Pygments colours for the folded code cells (nbconvert's basic template leaves them out)."""
-    from pygments.formatters import HtmlFormatter
-
-    return HtmlFormatter(style="default").get_style_defs(".highlight")
+    return "<h3>Example predictions</h3>" + html_table(["prompt", *references] + list(predictions), rows)
 
 
 def render(run_dir: str | Path) -> Path:
@@ -458,10 +382,10 @@ def render(run_dir: str | Path) -> Path:
         path = rundir.executed_notebook(run_dir, stage)
         if path.is_file():
             try:
-                body = _notebook_html(path)
+                body = notebook_html(path)
             except Exception as exc:  # a partial notebook from a killed stage must not stop the report
                 body = f"<p class='failed'>This notebook could not be rendered: {esc(exc)}</p>"
             sections.append(f'<section class="notebook" id="stage-{stage}"><h2>{esc(stage)}</h2>{body}</section>')
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ftkit · {esc(name)}</title>"
-            f"<style>{CSS}{_code_css()}</style></head><body>{''.join(sections)}</body></html>")
+            f"<style>{CSS}{code_css()}</style></head><body>{''.join(sections)}</body></html>")
     return write_atomic(rundir.path(run_dir, rundir.REPORT), redact(page))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -21,14 +20,21 @@ import numpy as np
 from ftkit import sources
 from ftkit.core import rundir
 from ftkit.core.io import write_atomic, write_jsonl
-from ftkit.core.rows import DataError, context, ends_with_end_of_turn, fields, kind, reply_budget, token_lengths
+from ftkit.core.rows import DataError, ends_with_end_of_turn, fields, kind, reply_budget, token_lengths
 from ftkit.recipe import data_problem
 from ftkit.scoring import robustness, tasks
-from ftkit.scoring.classes import class_of, classes
+from ftkit.scoring.classes import classes
+from ftkit.sources.checks import (
+    class_counts,
+    conflicting_answers,
+    dropped_long,
+    shown_split,
+    small_train,
+    unnamed_classes,
+)
+from ftkit.sources.leakage import contamination, contamination_error, group_keys, without_test_groups
 
 SPLITS = ("train", "test")
-NGRAM = 8
-COMMON_SHARE, COMMON_MIN = 0.1, 10  # an 8-gram in this share of the prompts (and at least this many) is a template's
 DROP_REASONS = {
     "empty_field": "an empty prompt, answer or text (a class label -1 too: datasets' 'no label', as in GLUE's "
                    "test splits; take the test examples from a labelled split)",
@@ -108,171 +114,6 @@ def limit_length(rows: list[dict], tokenizer, max_length: int, mode: str, drops:
         return rows
     drops["too_long"] += too_long
     return [r for r, n in zip(rows, lengths) if n <= max_length]
-
-
-def _grams(text: str) -> list[tuple[str, ...]]:
-    """The word 8-grams of a text in order (the whole text if shorter), lower-cased."""
-    words = text.lower().split()
-    if len(words) <= NGRAM:
-        return [tuple(words)]
-    return [tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)]
-
-
-def common_grams(texts: list[str]) -> dict[tuple[str, ...], int]:
-    """Word 8-grams that at least a tenth of the texts (and at least 10) contain, with how many: the wording of an
-    instruction or template every prompt repeats ("... degrees Celsius to Fahrenheit. Give the number only."),
-    not a story told twice. The contamination check and `split_by: ngram` leave them out. A text of 8 words or
-    fewer is its own gram and never common: a repeat of it is an exact duplicate.
-
-    >>> texts = [f"Convert {c} degrees Celsius to Fahrenheit and give the number only" for c in range(20)]
-    >>> common = common_grams(texts + ["a story of nine words that nobody else tells"])
-    >>> sorted(common.items())[0]
-    (('celsius', 'to', 'fahrenheit', 'and', 'give', 'the', 'number', 'only'), 20)
-    >>> len(common), common_grams(texts[:9])
-    (2, {})
-    """
-    counts = Counter()
-    for text in texts:
-        if len(text.split()) > NGRAM:
-            counts.update(set(_grams(text)))
-    floor = max(COMMON_MIN, COMMON_SHARE * len(texts))
-    return {gram: n for gram, n in counts.items() if n >= floor}
-
-
-def _own_grams(text: str, common: dict) -> list[tuple[str, ...]]:
-    """The word 8-grams of a text's own wording: the words that template 8-grams (`common_grams`) cover are taken
-    out first, so that a template's seven words and one of the example's do not make two examples one story. None
-    where the template covers every word (a repeat of such a text is an exact duplicate).
-
-    >>> common = {tuple("what is the iso 3166-1 alpha-3 code of".split()): 249}
-    >>> _own_grams("What is the ISO 3166-1 alpha-3 code of French Polynesia?", common)
-    [('french', 'polynesia?')]
-    >>> _grams("What is the ISO 3166-1 alpha-3 code of French Polynesia?")[1]  # one word its own: shared by French Guiana
-    ('is', 'the', 'iso', '3166-1', 'alpha-3', 'code', 'of', 'french')
-    """
-    if not common:
-        return _grams(text)
-    words = text.lower().split()
-    covered = [False] * len(words)
-    for i in range(len(words) - NGRAM + 1):
-        if tuple(words[i:i + NGRAM]) in common:
-            covered[i:i + NGRAM] = [True] * NGRAM
-    own = [word for word, inside in zip(words, covered) if not inside]
-    return _grams(" ".join(own)) if own else []
-
-
-def _common_figures(common: dict) -> dict:
-    """How many template 8-grams the check left out, and the most frequent one, for the report."""
-    top = max(common.items(), key=lambda item: (item[1], item[0]))[0] if common else None
-    return {"common_ngrams": len(common), "common_example": " ".join(top) if top else None}
-
-
-def contamination(train: list[dict], test: list[dict], exact_only: bool = False, show: int = 5) -> dict:
-    """Test examples whose conversation (earlier turns and prompt) also occurs in train: exactly, or sharing a
-    word 8-gram (the whole text if shorter). `fraction` counts the n-gram overlaps, or with `exact_only` the exact
-    repeats alone: a built-in task's generated problems share their template's wording by design, and the task
-    guarantees that no test problem is a train problem. Wording that a tenth of all the prompts repeat (an
-    instruction, a template: `common_grams`) is not counted as overlap, nor are the words it covers (`_own_grams`);
-    `common_ngrams` says how many 8-grams that left out, `common_example` the most frequent. `pairs`: the first
-    `show` counted ones, side by side."""
-    train_texts = {context(r).strip().lower(): i for i, r in enumerate(train)}
-    common = {} if exact_only else common_grams([context(r) for r in train + test])
-    owner = {}
-    for i, row in enumerate(train):
-        for gram in _own_grams(context(row), common):
-            owner.setdefault(gram, i)
-    exact = overlap = 0
-    pairs = []
-    for row in test:
-        text = context(row)
-        same = train_texts.get(text.strip().lower())
-        shared = next((g for g in _own_grams(text, common) if g in owner), None)
-        exact += same is not None
-        overlap += same is not None or shared is not None
-        if len(pairs) < show and (same is not None or (shared is not None and not exact_only)):
-            partner = same if same is not None else owner[shared]
-            pairs.append({"test": text[:400], "train": context(train[partner])[:400],
-                          "shared": "the whole prompt" if same is not None else " ".join(shared)})
-    counted = exact if exact_only else overlap
-    return {"exact_matches": exact, "ngram_overlaps": overlap, "ngram": NGRAM, "counted": "exact" if exact_only
-            else "ngram", "fraction": round(counted / len(test), 4) if test else 0.0, **_common_figures(common),
-            "pairs": pairs}
-
-
-def contamination_error(source: str, figures: dict, test_size: int, limit: float) -> DataError:
-    """The error for too much train/test overlap: both counts, the first pairs, and the settings that help."""
-    exact, overlap, common = figures["exact_matches"], figures["ngram_overlaps"], figures.get("common_ngrams")
-    template = (f"; wording that a tenth of the prompts repeat, a template's, is not counted: {common} "
-                f"{'8-gram' if common == 1 else '8-grams'} such as {figures['common_example']!r}" if common else "")
-    counted = (f"{exact} of {test_size} test prompts also occur in train word for word" if figures["counted"] == "exact"
-               else f"{overlap} of {test_size} test prompts share a word {NGRAM}-gram with a train prompt ({exact} of "
-                    f"them word for word{template})")
-    shown = "".join(f"\n  test:   {p['test'][:160]!r}\n  train:  {p['train'][:160]!r}\n  shared: {p['shared']!r}"
-                    for p in figures["pairs"][:3])
-    return DataError(
-        f"{source}: {counted}; fraction {figures['fraction']} is above data.max_contamination = {limit}. The first "
-        f"pairs:{shown}\nExamples that tell one story in different words (several questions on one passage, one "
-        "document in pieces) belong on one side of the split: data.split_by: ngram keeps prompts that share an "
-        f"{NGRAM}-gram together, data.split_by: <column> keeps a group id together (with the data's own test split "
-        "both drop the train examples grouped with a test one). Repeated prompts with different answers: remove "
-        "them from the sources. If the overlap is expected, raise data.max_contamination.")
-
-
-def group_keys(rows: list[dict], split_by: str | None) -> list:
-    """Each row's group for the split: its own (no split_by), its "group" column value, or with "ngram" the
-    connected set of rows whose prompts share a word 8-gram of their own wording (a template's words taken out:
-    `_own_grams`). Raises DataError when one group would swallow most rows: no held-out split could keep it on one
-    side.
-
-    >>> rows = [{"prompt": p, "answer": "x"} for p in ("a b c d e f g h i", "z b c d e f g h i", "q")]
-    >>> group_keys(rows, "ngram")
-    [0, 0, 2]
-    """
-    if not split_by:
-        return list(range(len(rows)))
-    if split_by != "ngram":
-        return [row["group"] for row in rows]
-    parent = list(range(len(rows)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    common = common_grams([context(row) for row in rows])
-    owner, link = {}, Counter()  # link: how often a gram joined two groups, for the error's example
-    for i, row in enumerate(rows):
-        for gram in _own_grams(context(row), common):
-            j = owner.setdefault(gram, i)
-            a, b = root(i), root(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-                link[gram] += 1
-    keys = [root(i) for i in range(len(rows))]
-    largest = Counter(keys).most_common(1)[0][1] if rows else 0
-    if len(rows) >= 10 and largest > len(rows) / 2:
-        wording = " ".join(link.most_common(1)[0][0]) if link else ""
-        raise DataError(f"data.split_by: ngram links {largest} of {len(rows)} examples into one group through "
-                        f"shared wording such as {wording!r}, so no held-out split could keep that group on one "
-                        "side: wording that many prompts repeat belongs in data.system, or a column names the "
-                        "groups (data.split_by: <column>)")
-    return keys
-
-
-def apart(train: list[dict], test: list[dict], split_by: str | None, drops: Counter) -> list[dict]:
-    """With the data's own test split: train rows that share a group with a test row are dropped and counted."""
-    if not split_by:
-        return train
-    if split_by == "ngram":
-        common = common_grams([context(row) for row in train + test])
-        test_grams = {g for row in test for g in _own_grams(context(row), common)}
-        kept = [r for r in train if not any(g in test_grams for g in _own_grams(context(r), common))]
-    else:
-        test_groups = {row["group"] for row in test}
-        kept = [r for r in train if r["group"] not in test_groups]
-    drops["grouped_with_test"] += len(train) - len(kept)
-    return kept
 
 
 def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
@@ -378,7 +219,7 @@ def _held_out(cfg, tokenizer, drops: Counter, counts: Counter) -> tuple[dict[str
     train = _load_clean(cfg, tokenizer, drops, counts)
     if data_cfg.test_path or data_cfg.test_split:
         test = _load_clean(cfg, tokenizer, drops, counts, own_test=True)
-        train = apart(train, test, data_cfg.split_by, drops)
+        train = without_test_groups(train, test, data_cfg.split_by, drops)
         held_out = split(train, 0, data_cfg.train_size, cfg.seed, source, data_cfg.validation_size, drops,
                          data_cfg.split_by)
         return {**held_out, "test": test}, source
@@ -405,9 +246,9 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     splits, source = _held_out(cfg, tokenizer, drops, counts)
     evaluate_only = cfg.data.test_size == "all"
     check(splits, source, drops, evaluate_only)
-    figures = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
-    if figures["fraction"] > cfg.data.max_contamination:
-        raise contamination_error(source, figures, len(splits["test"]), cfg.data.max_contamination)
+    overlap = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
+    if overlap["fraction"] > cfg.data.max_contamination:
+        raise contamination_error(source, overlap, len(splits["test"]), cfg.data.max_contamination)
     added = {}
     if cfg.data.augment:
         task = tasks.get(cfg.data.task) if cfg.data.task else None
@@ -418,30 +259,47 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     shifted = _generalization(cfg)
     if shifted is not None:
         splits["generalization"] = shifted
-    _, examples = shown(splits)
-    trains = kind(examples)
-    problem = data_problem(cfg.stages, cfg.rl.method, trains, list(cfg.rl.rewards), cfg.eval.metrics)
+    _, examples = shown_split(splits)
+    problem = data_problem(cfg.stages, cfg.rl.method, kind(examples), list(cfg.rl.rewards), cfg.eval.metrics)
     if problem:
         raise DataError(f"{source}: {problem}")
     if tokenizer is not None:
         for rows in splits.values():
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
-    sample = examples[:20]
+    trained = _as_trained(splits, examples, tokenizer)
+    figures = {"source": source, "format": trained.pop("format"), "chat_template": trained.pop("chat_template"),
+               "drops": dict(drops), "truncated": counts["truncated"], "contamination": overlap, **trained,
+               **_described(cfg, splits, examples, counts, added)}
+    warnings = (([] if evaluate_only else small_train(splits, dict(drops)))
+                + dropped_long(drops, counts, cfg.sft.max_length)
+                + (unnamed_classes(splits["test"], figures["classes"]["names"]) if "classes" in figures else [])
+                + conflicting_answers([r for rows in splits.values() for r in rows]))
+    if warnings:
+        figures["warnings"] = warnings
+    return splits, figures
+
+
+def _as_trained(splits: dict[str, list[dict]], examples: list[dict], tokenizer) -> dict:
+    """How the model will see the examples: their format, the chat template, whether the answers end with the
+    end-of-turn token (the first 20), and the reply lengths that eval and RL take for `auto` lengths."""
+    trains = kind(examples)
+    out = {"format": trains if trains in ("text", "prompts") else "prompt_answer", "chat_template": None}
     answered = "answer" in examples[0] or "text" in examples[0]
-    end_of_turn = (all(ends_with_end_of_turn(r, tokenizer) for r in sample)
-                   if tokenizer is not None and answered else None)
-    template = None
+    out["answers_end_with_end_of_turn"] = (all(ends_with_end_of_turn(r, tokenizer) for r in examples[:20])
+                                           if tokenizer is not None and answered else None)
     if tokenizer is not None and "text" not in examples[0]:
         from ftkit.models.loader import DEFAULT_CHAT_TEMPLATE
 
-        template = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
-    out = {"source": source, "format": trains if trains in ("text", "prompts") else "prompt_answer",
-           "chat_template": template,
-           "drops": dict(drops), "truncated": counts["truncated"], "contamination": figures,
-           "answers_end_with_end_of_turn": end_of_turn}
-    if tokenizer is not None and "text" not in examples[0]:  # what eval and RL take for `auto` lengths
+        out["chat_template"] = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
         out["reply_tokens"] = reply_budget(splits["train"] + splits["test"], tokenizer)
-    if evaluate_only:
+    return out
+
+
+def _described(cfg, splits: dict[str, list[dict]], examples: list[dict], counts: Counter, added: dict) -> dict:
+    """The figures a run has only where they apply: test_size all, a mix's shares, a task's teacher errors, the
+    augmentation, the grouping, rows with several acceptable answers, a classification's classes."""
+    out = {}
+    if cfg.data.test_size == "all":
         out["evaluate_only"] = True
     if counts["mix"]:
         out["mix"] = counts["mix"]
@@ -457,145 +315,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     names = classes(examples, splits["test"])
     if names:  # a classification: eval adds a confusion matrix and macro-F1, the report the commonest-class baseline
         out["classes"] = class_counts(splits, names)
-    warnings = (([] if evaluate_only else thin_train(splits, dict(drops)))
-                + dropped_long(drops, counts, cfg.sft.max_length)
-                + (unnamed_classes(splits["test"], names) if names else [])
-                + conflicting_answers([r for rows in splits.values() for r in rows]))
-    if warnings:
-        out["warnings"] = warnings
-    return splits, out
-
-
-def shown(splits: dict[str, list[dict]]) -> tuple[str, list[dict]]:
-    """The split that shows what the examples look like, and its name: train, or test where the recipe only
-    evaluates (data.test_size: all leaves train empty).
-
-    >>> shown({"train": [], "test": [{"prompt": "2+2?", "answer": "4"}]})
-    ('test', [{'prompt': '2+2?', 'answer': '4'}])
-    """
-    return ("train", splits["train"]) if splits["train"] else ("test", splits["test"])
-
-
-def class_counts(splits: dict[str, list[dict]], names: list[str]) -> dict:
-    """For a classification: the examples of each class per split (not the shifted set, whose classes may differ),
-    and the baseline a model reaches by always answering train's commonest class, on test.
-
-    >>> splits = {"train": [{"answer": "pos"}] * 3 + [{"answer": "neg"}], "test": [{"answer": "neg"}, {"answer": "pos"}]}
-    >>> found = class_counts(splits, ["neg", "pos"])
-    >>> found["counts"], found["commonest"]
-    ({'train': {'neg': 1, 'pos': 3}, 'test': {'neg': 1, 'pos': 1}}, {'class': 'pos', 'test_share': 0.5, 'of': 'train'})
-    """
-    counts = {split: dict(Counter(class_of(r["answer"], names) for r in rows)) for split, rows in splits.items()
-              if split != "generalization"}
-    counts = {split: {n: found.get(n, 0) for n in names} for split, found in counts.items()}
-    basis, _ = shown(splits)
-    commonest = max(names, key=lambda n: counts[basis][n])
-    return {"names": names, "counts": counts,
-            "commonest": {"class": commonest, "test_share": round(counts["test"][commonest] / len(splits["test"]), 4),
-                          "of": basis}}
-
-
-def thin_train(splits: dict[str, list[dict]], drops: dict) -> list[str]:
-    """A warning when the held-out test set takes more examples than are left to train on (the run is valid, but
-    the tuned models learn from little), with what cleaning dropped.
-
-    >>> thin_train({"train": [{}] * 11, "test": [{}] * 50}, {"duplicate": 237})
-    ['train keeps 11 examples, fewer than the 50 held out for test (cleaning dropped 237: duplicate 237); lower data.test_size or add data']
-    >>> thin_train({"train": [{}] * 50, "test": [{}] * 50}, {})
-    []
-    """
-    train, test = len(splits["train"]), len(splits["test"])
-    if train >= test:
-        return []
-    listed = ", ".join(f"{k} {v}" for k, v in drops.items())
-    why = f" (cleaning dropped {sum(drops.values())}: {listed})" if drops else ""
-    return [f"train keeps {train} examples, fewer than the {test} held out for test{why}; lower data.test_size or "
-            "add data"]
-
-
-def dropped_long(drops: Counter, counts: Counter, max_length: int) -> list[str]:
-    """A warning when data.too_long: drop took a twentieth or more of the examples for being over sft.max_length
-    (whose default, 128 tokens, fits short questions and answers, not documents), with the length that keeps them.
-
-    >>> dropped_long(Counter(too_long=96), Counter(length_checked=300, longest_tokens=231), 128)[0]
-    '96 of 300 examples (32 %) are longer than sft.max_length = 128 tokens and were dropped; sft.max_length: 231 keeps them all (the longest), data.too_long: truncate keeps them cut'
-    >>> dropped_long(Counter(too_long=4), Counter(length_checked=300, longest_tokens=231), 128)
-    []
-    """
-    dropped, checked = drops["too_long"], counts["length_checked"]
-    if not checked or dropped < checked / 20:
-        return []
-    return [f"{dropped} of {checked} examples ({round(100 * dropped / checked)} %) are longer than sft.max_length = "
-            f"{max_length} tokens and were dropped; sft.max_length: {counts['longest_tokens']} keeps them all (the "
-            "longest), data.too_long: truncate keeps them cut"]
-
-
-def _names_classes(text: str, names: list[str]) -> bool:
-    """Whether a prompt (with its system prompt) names every class: each as a word, or for classes that are whole
-    numbers each number, or where they run without a gap (1 to 5) the first and the last.
-
-    >>> _names_classes("Answer with a number from 1 to 5.", ["1", "2", "3", "4", "5"])
-    True
-    >>> _names_classes("Title: Review 123. How many stars?", ["1", "2", "3"]), _names_classes("Good?", ["no", "yes"])
-    (False, False)
-    """
-    text = text.lower()
-    if not all(re.fullmatch(r"-?\d+", n) for n in names):
-        return all(n.lower() in text for n in names)
-    said = {int(x) for x in re.findall(r"-?\d+" if any(n.startswith("-") for n in names) else r"\d+", text)}
-    values = sorted(int(n) for n in names)
-    ranged = len(values) > 2 and values == list(range(values[0], values[-1] + 1))
-    return set(values) <= said or ranged and {values[0], values[-1]} <= said
-
-
-def unnamed_classes(rows: list[dict], names: list[str]) -> list[str]:
-    """A warning when a classification's prompts (with their system prompt) do not name its classes: a model that
-    has not been tuned cannot know which words to answer with, and scores by exact match say little about it.
-
-    >>> unnamed_classes([{"prompt": "Great film!"}], ["negative", "positive"])[0][:60]
-    'the answers are 2 classes (negative, positive), and the prom'
-    >>> unnamed_classes([{"prompt": "Great film!", "system": "Answer positive or negative."}], ["negative", "positive"])
-    []
-    >>> unnamed_classes([{"prompt": "Great film!"}], ["0", "1"])[0].endswith("give them with data.label_names")
-    True
-    """
-    sample = rows[:50]
-    said = [_names_classes(f"{r.get('system', '')} {r['prompt']}", names) for r in sample]
-    if not sample or sum(said) >= len(sample) / 2:
-        return []
-    listed = ", ".join(names)
-    numbers = all(n.isdigit() for n in names)
-    return [f"the answers are {len(names)} classes ({listed}), and the prompts do not name them: an untuned model "
-            f"cannot know which words to answer with; say so in data.system, e.g. \"Answer with one of: {listed}.\""
-            + ("; if the numbers stand for names (0: negative, ...), give them with data.label_names" if numbers
-               else "")]
-
-
-def conflicting_answers(rows: list[dict], show: int = 2) -> list[str]:
-    """A warning when one prompt (with its earlier turns) comes with different answers (case and spacing aside):
-    a labelling slip where the task has one right answer, and fine where a prompt has several good replies. Preference
-    pairs, feedback rows (answers labelled desirable or not) and plain text are left alone.
-
-    >>> conflicting_answers([{"prompt": "Great!", "answer": "positive"}, {"prompt": "great!", "answer": "Negative"},
-    ...                      {"prompt": "Bad.", "answer": "negative"}, {"prompt": "Bad.", "answer": "negative "}])
-    ["1 prompt comes with different answers, e.g. 'Great!' -> 'Negative' / 'positive'; where the task has one right answer (a label, a number), fix them in the sources (several good replies to one prompt are fine for SFT; eval scores each row against its own)"]
-    """
-    answers: dict[str, set] = {}
-    first: dict[str, str] = {}
-    for row in rows:
-        if "answer" not in row or "rejected" in row or "label" in row:
-            continue
-        key = " ".join(context(row).lower().split())
-        answers.setdefault(key, set()).add(" ".join(row["answer"].split()))
-        first.setdefault(key, context(row))
-    conflicts = [key for key, found in answers.items() if len({a.lower() for a in found}) > 1]
-    if not conflicts:
-        return []
-    shown = "; ".join(f"{first[k][:80]!r} -> {' / '.join(repr(a) for a in sorted(answers[k]))}"
-                      for k in conflicts[:show])
-    return [f"{len(conflicts)} {'prompt comes' if len(conflicts) == 1 else 'prompts come'} with different answers, e.g. "
-            f"{shown}; where the task has one right answer (a label, a number), fix them in the sources (several good "
-            "replies to one prompt are fine for SFT; eval scores each row against its own)"]
+    return out
 
 
 def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | None = None,

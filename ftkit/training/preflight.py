@@ -59,24 +59,11 @@ def _config(model_cfg):
                         f"{str(error).splitlines()[0][:160]})")
 
 
-def estimate(cfg, tokens: int | None = None) -> dict:
-    """Parameters, trainable parameters and a rough estimate of the memory that training needs (GB), against the
-    memory available (the GPU's, else the machine's free RAM). Built from the config on the meta device: nothing
-    is downloaded but config.json and nothing is allocated.
-
-    Memory = weights (4 bytes per parameter in float32, 2 in bf16/fp16, about 0.5 for QLoRA's 4-bit linears)
-    + gradients and AdamW state of the trainable parameters (16 bytes each for a float32 adapter; the weight's
-    size plus 8 for full fine-tuning) + activations of one batch of `sft.max_length` tokens (one hidden state per
-    layer with gradient checkpointing, about 16 without) + float32 logits and their gradient, for a step of
-    `tokens` (default: batch_size * max_length; training passes the data's longest step). With
-    gradient_checkpointing auto, it is on only when the total without it would not fit. It is a rough guide
-    (within about ±50%), used to refuse only what clearly cannot fit: weights, gradients and optimizer state alone
-    above the memory available.
-    """
+def _sizes(model_cfg, config) -> tuple[str, int, int, float, float]:
+    """(architecture, parameters, trainable parameters, bytes of the weights, bytes of the gradients and AdamW
+    state) of the model built from `config` on the meta device, as `estimate` counts them."""
     import torch.nn as nn
 
-    model_cfg = cfg.model
-    config = _config(model_cfg)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     output = model.get_output_embeddings()
@@ -95,6 +82,27 @@ def estimate(cfg, tokens: int | None = None) -> dict:
         state_bytes = trainable * 16
     weight_bytes = (linear_params * 0.5 + (params - linear_params) * 2 if model_cfg.adapter == "qlora"
                     else params * dtype_bytes)
+    return type(model).__name__, params, trainable, weight_bytes, state_bytes
+
+
+def estimate(cfg, tokens: int | None = None) -> dict:
+    """Parameters, trainable parameters and a rough estimate of the memory that training needs (GB), against the
+    memory available (the GPU's, else the machine's free RAM). Built from the config on the meta device: nothing
+    is downloaded but config.json and nothing is allocated.
+
+    Memory = weights (4 bytes per parameter in float32, 2 in bf16/fp16, about 0.5 for QLoRA's 4-bit linears)
+    + gradients and AdamW state of the trainable parameters (16 bytes each for a float32 adapter; the weight's
+    size plus 8 for full fine-tuning) + activations of one batch of `sft.max_length` tokens (one hidden state per
+    layer with gradient checkpointing, about 16 without) + float32 logits and their gradient, for a step of
+    `tokens` (default: batch_size * max_length; training passes the data's longest step). With
+    gradient_checkpointing auto, it is on only when the total without it would not fit. It is a rough guide
+    (within about ±50%), used to refuse only what clearly cannot fit: weights, gradients and optimizer state alone
+    above the memory available.
+    """
+    model_cfg = cfg.model
+    config = _config(model_cfg)
+    architecture, params, trainable, weight_bytes, state_bytes = _sizes(model_cfg, config)
+    dtype_bytes = 4 if dtype_name(model_cfg) == "float32" else 2
     text = config.get_text_config()
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0)
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
@@ -115,7 +123,7 @@ def estimate(cfg, tokens: int | None = None) -> dict:
     if checkpointing == "auto":
         checkpointing = total_with(False)[0] >= 0.8 * available
     total, activation_bytes = total_with(checkpointing)
-    return {"model": model_cfg.id, "architecture": type(model).__name__, "parameters": params,
+    return {"model": model_cfg.id, "architecture": architecture, "parameters": params,
             "trainable_parameters": trainable, "adapter": model_cfg.adapter, "dtype": dtype_name(model_cfg),
             "weights_gb": round(weight_bytes / GB, 2), "gradients_optimizer_gb": round(state_bytes / GB, 2),
             "activations_gb": round(activation_bytes / GB, 2), "gradient_checkpointing": checkpointing,
