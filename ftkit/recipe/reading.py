@@ -16,6 +16,7 @@ from ftkit.core.rundir import RECIPE
 from ftkit.core.rundir import path as run_path
 from ftkit.recipe.rules import RecipeError
 from ftkit.recipe.schema import Recipe
+from ftkit.recipe.training import check_trainer_settings
 
 # ---------------------------------------------------------------- YAML with line numbers
 
@@ -228,6 +229,7 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
         cfg.eval.extra[label] = str(path)
     if cfg.launch.config_file:
         cfg.launch.config_file = resolve(cfg.launch.config_file, "launch.config_file", ("launch", "config_file"))
+    problems += check_trainer_settings(cfg, lambda place: f"{source}:{lines[place]}" if place in lines else source)
     if cfg.data.mix:
         cfg.data.mix = {name if name.startswith("hub:") else resolve(name, f"data.mix.{name}", ("data", "mix", name)):
                         weight for name, weight in cfg.data.mix.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +22,7 @@ from ftkit.recipe.rules import (
     trackers,
 )
 from ftkit.recipe.section import Section
+from ftkit.recipe.training import TrainingSection
 from ftkit.scoring.robustness import PERTURBATIONS
 
 
@@ -45,25 +46,20 @@ class ModelConfig(Section):
         "says training would not fit without it")
 
 
-class SFTConfig(Section):
-    max_steps: int = Field(60, gt=0)
-    batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
+class SFTConfig(TrainingSection):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(128, gt=8)
     padding_free: bool | Literal["auto"] = Field(
         "auto", description="a step's examples in one row without padding, each attending only to itself; auto: "
         "where the model's attention keeps them apart and data.too_long is drop")
-    logging_steps: int = Field(5, gt=0)
-    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
 
 
-class RLConfig(Section):
+class RLConfig(TrainingSection):
     method: Literal["grpo", "rloo", "dpo", "kto"] = Field(
         "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs; kto: "
         "answers labelled desirable or not (or preference pairs, unpaired)")
-    max_steps: int = Field(30, gt=0)
+    DEFAULT_STEPS: ClassVar[int] = 30
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step (prompts_per_step x "
                             "num_generations); dpo: preference pairs per step; kto: labelled answers per step")
@@ -87,7 +83,6 @@ class RLConfig(Section):
     def kl_beta(self) -> float:
         """beta as trained: the recipe's, else the method's default (DPO 0.1; GRPO/RLOO 0, no reference model)."""
         return self.beta if self.beta is not None else (0.1 if self.method in ("dpo", "kto") else 0.0)
-    save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0)
     max_completion_length: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
@@ -298,12 +293,16 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _batches_split_over_processes(self):
         n = self.launch.num_processes
-        uneven = [f"{name}.batch_size {section.batch_size}" for name, section in (("sft", self.sft), ("rl", self.rl))
-                  if name in self.stages and section.batch_size % n]
-        if uneven:
-            raise ValueError(f"{' and '.join(uneven)} must be a multiple of launch.num_processes {n}: batch_size is "
-                             "the batch of one step over all processes, each process trains batch_size / "
-                             "num_processes of it")
+        problems = []
+        for name, section in (("sft", self.sft), ("rl", self.rl)):
+            micro = 1 if section.micro_batch_size == "auto" else section.micro_batch_size
+            if name in self.stages and section.batch_size % (n * micro):
+                problems.append(f"{name}.batch_size {section.batch_size}" + (f" (micro-batches of {micro})"
+                                                                              if micro > 1 else ""))
+        if problems:
+            raise ValueError(f"{' and '.join(problems)} must be a multiple of launch.num_processes {n} x "
+                             "micro_batch_size: batch_size is the batch of one step over all processes, each process "
+                             "trains batch_size / num_processes of it, micro_batch_size examples at a time")
         return self
 
     @model_validator(mode="after")

@@ -21,8 +21,8 @@ from ftkit.models.generation import generate
 from ftkit.recipe import data_problem
 from ftkit.scoring import rewards
 from ftkit.scoring.tasks.common import completion_text
-from ftkit.training import launch
-from ftkit.training.trainer import fit, per_process, training_args
+from ftkit.training import launch, preflight
+from ftkit.training.trainer import fit, training_args
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,14 @@ def train(cfg, run_dir: str | Path) -> dict:
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
     cfg = with_lengths(cfg, rows, tokenizer)  # after filtering only where it was resolved before: the whole train split
     dataset = prompt_dataset(rows)
-    samples, clock = SampleLog(cfg.rl.max_steps), StepClock()
+    per_step = cfg.rl.batch_size // cfg.rl.num_generations
+    samples, clock = SampleLog(cfg.rl.steps(len(rows), per_step)), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
-    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls,
-                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
+    # a micro-batch of completions holds each one's prompt and reply
+    micro = preflight.micro_batch(cfg, cfg.rl, lambda n: n * (cfg.sft.max_length + cfg.rl.max_completion_length))
+    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, micro=micro,
+                         tokens=micro * (cfg.sft.max_length + cfg.rl.max_completion_length),
                          num_generations=cfg.rl.num_generations,
                          beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
@@ -138,7 +141,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                      {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
-            "prompts_per_step": cfg.rl.batch_size // cfg.rl.num_generations,
+            "prompts_per_step": per_step,
             "max_completion_length": cfg.rl.max_completion_length,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
@@ -183,7 +186,8 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
     import random
 
     start = time.perf_counter()
-    needed = cfg.rl.max_steps * (cfg.rl.batch_size // cfg.rl.num_generations)
+    per_step = cfg.rl.batch_size // cfg.rl.num_generations
+    needed = cfg.rl.steps(len(rows), per_step) * per_step
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
     hard = cfg.rl.filter_prompts == "hard"
@@ -258,8 +262,9 @@ def _train_offline(cfg, run_dir: str | Path, dataset, config_cls, trainer_cls) -
     """DPO or KTO on a fixed dataset from the starting model, the reference being that model: (figures, first and
     last logged entries with a margin)."""
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls,
-                         per_device_train_batch_size=per_process(cfg, cfg.rl.batch_size),
+    pair = 2  # sequences per example: DPO's chosen and rejected, KTO's answer and its mismatched KL pair
+    micro = preflight.micro_batch(cfg, cfg.rl, lambda n: n * pair * cfg.sft.max_length)
+    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, micro=micro, tokens=micro * pair * cfg.sft.max_length,
                          beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length, lr_scheduler_type="constant")
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config)

@@ -14,7 +14,7 @@ from ftkit.core import rundir
 from ftkit.core.rows import imitated
 from ftkit.models import loader
 from ftkit.training import launch, preflight
-from ftkit.training.trainer import fit, per_process, to_dataset, training_args
+from ftkit.training.trainer import fit, to_dataset, training_args
 
 
 def train(cfg, run_dir: str | Path) -> dict:
@@ -28,16 +28,18 @@ def train(cfg, run_dir: str | Path) -> dict:
     dataset = to_dataset(rows)
     validation = (to_dataset(imitated(rundir.load_split(run_dir, "validation")))
                   if rundir.split_path(run_dir, "validation").is_file() else None)
-    evaluation = {}
-    if validation is not None:
-        evaluation = {"eval_strategy": "steps", "eval_steps": max(cfg.sft.logging_steps, cfg.sft.max_steps // 5),
-                      "per_device_eval_batch_size": per_process(cfg, cfg.sft.batch_size)}
     model, tokenizer = loader.load(cfg.model)
     # padding-free: the data stage already dropped examples over max_length, so none is cut here
     padding_free = loader.padding_free(cfg, model)
-    tokens = preflight.step_tokens(cfg, [r["tokens"] for r in rows if "tokens" in r], padding_free)
-    args = training_args(cfg, cfg.sft, run_dir, "sft", SFTConfig, tokens=tokens,
-                         per_device_train_batch_size=per_process(cfg, cfg.sft.batch_size),
+    lengths = [r["tokens"] for r in rows if "tokens" in r]
+    micro = preflight.micro_batch(cfg, cfg.sft, lambda n: preflight.step_tokens(cfg, lengths, padding_free, n))
+    evaluation = {}
+    if validation is not None:
+        evaluation = {"eval_strategy": "steps",
+                      "eval_steps": max(cfg.sft.logging_steps, cfg.sft.steps(len(rows)) // 5),
+                      "per_device_eval_batch_size": micro}
+    args = training_args(cfg, cfg.sft, run_dir, "sft", SFTConfig, micro=micro,
+                         tokens=preflight.step_tokens(cfg, lengths, padding_free, micro),
                          lr_scheduler_type=cfg.sft.lr_scheduler, warmup_steps=cfg.sft.warmup_ratio,
                          padding_free=padding_free, max_length=None if padding_free else cfg.sft.max_length,
                          **evaluation)

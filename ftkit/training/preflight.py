@@ -21,14 +21,32 @@ log = logging.getLogger(__name__)
 GB = 1024 ** 3
 
 
-def step_tokens(cfg, lengths: list[int], padding_free: bool) -> int:
-    """The most tokens one training step can hold on one process: its batch of the longest examples, padded to
-    the longest unless padding-free (examples kept over max_length are cut to it)."""
-    per_process = cfg.sft.batch_size // cfg.launch.num_processes
-    longest = sorted((min(n, cfg.sft.max_length) for n in lengths), reverse=True)[:per_process]
+def step_tokens(cfg, lengths: list[int], padding_free: bool, examples: int | None = None) -> int:
+    """The most tokens one forward pass can hold on one process: `examples` of the longest examples (default: its
+    whole share of the batch), padded to the longest unless padding-free (examples kept over max_length are cut to
+    it)."""
+    examples = examples or cfg.sft.batch_size // cfg.launch.num_processes
+    longest = sorted((min(n, cfg.sft.max_length) for n in lengths), reverse=True)[:examples]
     if not longest:
-        return per_process * cfg.sft.max_length
-    return sum(longest) if padding_free else per_process * longest[0]
+        return examples * cfg.sft.max_length
+    return sum(longest) if padding_free else examples * longest[0]
+
+
+def micro_batch(cfg, section, tokens_for) -> int:
+    """Examples one process puts through the model at once: the section's micro_batch_size, or for auto the
+    largest that divides the process's share of the batch and fits by `estimate` (gradient checkpointing turned on
+    first where that makes it fit); `tokens_for(n)`: the most tokens a pass of n examples holds. The whole share
+    where the model's config cannot be read, 1 where nothing fits (preflight has refused what clearly cannot)."""
+    share = section.batch_size // cfg.launch.num_processes
+    if section.micro_batch_size != "auto":
+        return section.micro_batch_size
+    for size in (d for d in range(share, 0, -1) if share % d == 0):
+        try:
+            if estimate(cfg, tokens_for(size))["fits"] == "yes":
+                return size
+        except ModelNotFound:
+            return share
+    return 1
 
 
 def gradient_checkpointing(cfg, tokens: int | None = None) -> bool:
@@ -133,6 +151,21 @@ def estimate(cfg, tokens: int | None = None) -> dict:
                                                           else "tight")}
 
 
+def optimizer_package(name: str) -> str | None:
+    """The package (import name) a transformers optimizer needs beyond torch, or None.
+
+    >>> optimizer_package("paged_adamw_8bit"), optimizer_package("adamw_torch_8bit"), optimizer_package("adafactor")
+    ('bitsandbytes', 'torchao', None)
+    """
+    if name.startswith("adamw_torch_") and name.endswith("bit"):
+        return "torchao"
+    if "bnb" in name or name.startswith(("paged_", "lion_")) or name in ("adamw_8bit", "ademamix_8bit", "ademamix"):
+        return "bitsandbytes"
+    prefixes = {"galore_": "galore_torch", "apollo_": "apollo_torch", "schedule_free_": "schedulefree",
+                "grokadamw": "grokadamw", "lomo": "lomo_optim", "adalomo": "lomo_optim"}
+    return next((package for prefix, package in prefixes.items() if name.startswith(prefix)), None)
+
+
 def describe(figures: dict) -> str:
     """One line for the command line: size, trained parameters and memory, from `estimate`."""
     return (f"{figures['model']}: {figures['parameters'] / 1e6:,.0f}M parameters, "
@@ -164,6 +197,11 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
     if model_cfg.dtype == "float16" and not cuda and {"sft", "rl"} & set(cfg.stages):
         problems.append("model.dtype = 'float16': mixed-precision training in float16 needs a CUDA GPU; use auto "
                         "or float32 on a CPU")
+    for name in ("sft", "rl"):
+        package = optimizer_package(getattr(cfg, name).optimizer)
+        if name in cfg.stages and package and not importlib.util.find_spec(package):
+            problems.append(f"{name}.optimizer = {getattr(cfg, name).optimizer!r} needs the {package} package, which "
+                            f"is not installed here; pip install {package}, or use adamw_torch_fused")
     export = getattr(cfg, "export", None)
     if export is not None and export.push_to_hub and "export" in cfg.stages and not os.environ.get("HF_TOKEN"):
         problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "

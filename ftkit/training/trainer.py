@@ -42,23 +42,30 @@ def to_dataset(rows: list[dict]) -> Dataset:
                                "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
 
 
-def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls, tokens: int | None = None, **extra):
+def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls, tokens: int | None = None,
+                  micro: int | None = None, **extra):
     """TrainingArguments fields shared by the SFT and RL stages, built from the recipe, with the fast defaults:
     bf16 where the hardware computes in it (`models.dtype_name`), gradient checkpointing only where memory needs
-    it (`tokens`: the most a step holds), transformers' fused AdamW."""
+    it (`tokens`: the most a micro-batch holds), transformers' fused AdamW. `micro`: examples one process puts
+    through the model at once (default: its whole share of the batch); gradient accumulation makes up the batch.
+    The recipe's `trainer_args` come last (validation refused the keys that ftkit sets)."""
     dtype = loader.dtype_name(cfg.model)
     report_to = trackers(cfg.report_to)
     if "tensorboard" in report_to:  # transformers' TensorBoard callback reads its folder from here
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(rundir.tensorboard_dir(run_dir, stage))
+    micro = micro or per_process(cfg, section.batch_size)
+    length = {"max_steps": section.max_steps} if section.max_steps else {"num_train_epochs": section.epochs}
     return trl_config_cls(
-        output_dir=str(rundir.checkpoints_dir(run_dir, stage)), max_steps=section.max_steps,
-        learning_rate=section.learning_rate, logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
+        output_dir=str(rundir.checkpoints_dir(run_dir, stage)), **length,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=per_process(cfg, section.batch_size) // micro,
+        learning_rate=section.learning_rate, weight_decay=section.weight_decay, max_grad_norm=section.max_grad_norm,
+        optim=section.optimizer, logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
         save_total_limit=2, report_to=report_to or "none", run_name=f"{cfg.name}/{Path(run_dir).name}/{stage}",
         disable_tqdm=True, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         gradient_checkpointing=preflight.gradient_checkpointing(cfg, tokens), dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
-        dataloader_pin_memory=torch.cuda.is_available(), **extra)
+        dataloader_pin_memory=torch.cuda.is_available(), **{**extra, **section.trainer_args})
 
 
 def per_process(cfg, batch_size: int) -> int:
@@ -91,7 +98,8 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
         write_atomic(rundir.stage_file(run_dir, stage, rundir.LOG_HISTORY), json.dumps(history, indent=2))
         shutil.rmtree(rundir.checkpoints_dir(run_dir, stage), ignore_errors=True)  # only for resuming
     figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),
-               "steps": result.global_step, "train_seconds": round(seconds, 1),
+               "steps": result.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
+               "train_seconds": round(seconds, 1),
                "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
                **real_tokens(history, seconds),
                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -108,7 +116,10 @@ def settings(trainer) -> dict:
     return {"weights": str(frozen or next(trainer.model.parameters()).dtype).replace("torch.", ""),
             "dtype": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
             "gradient_checkpointing": args.gradient_checkpointing, "padding_free": getattr(args, "padding_free", False),
-            "optimizer": str(getattr(args.optim, "value", args.optim)), "liger_kernels": args.use_liger_kernel}
+            "optimizer": str(getattr(args.optim, "value", args.optim)), "liger_kernels": args.use_liger_kernel,
+            "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "micro_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps}
 
 
 def real_tokens(history: list[dict], seconds: float) -> dict:
