@@ -181,7 +181,8 @@ def test_failing_stage_is_recorded_and_stops_the_run(tiny_model_dir, tmp_path, c
 
 @pytest.mark.pipeline
 def test_missing_model_fails_in_the_data_stage_before_training(tmp_path, capsys, tiny_model_dir):
-    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), model={"id": str(tmp_path / "no-such-model")}, file="tiny.yaml")
+    # a hub id that no cache or offline copy has (a missing local folder is refused earlier, by validation)
+    recipe = recipe_file(tmp_path, tiny(tiny_model_dir), model={"id": "nobody-here/no-such-model"}, file="tiny.yaml")
     run_dir = tmp_path / "failed"
     assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 1
     assert "stage data failed: ModelNotFound" in capsys.readouterr().err

@@ -78,6 +78,24 @@ def test_missing_name_and_missing_file(tmp_path):
         recipe.load(tmp_path / "nope.yaml")
 
 
+
+@pytest.mark.parametrize("model_id", ["./no_such_model_dir", "../nowhere/model", "/no/such/model", "~/no_such_model",
+                                      "runs/no_such_model"])
+def test_a_local_model_path_that_names_no_folder_is_refused_at_validation(tmp_path, capsys, model_id):
+    (tmp_path / "runs").mkdir()
+    path = write(tmp_path, f"name: x\nmodel:\n  id: {model_id}\n")
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: model.id = {model_id!r}: no such folder" in err and "fix the path" in err, err
+
+
+def test_a_local_model_folder_is_found_from_the_recipe_and_a_hub_id_is_left_alone(tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    mine = recipe.load(write(tmp_path, "name: x\nmodel:\n  id: models/mine\n"))
+    assert mine.model.id == str((tmp_path / "models" / "mine").resolve())
+    hub = recipe.load(write(tmp_path, "name: x\nmodel:\n  id: Qwen/Qwen2.5-0.5B-Instruct\n"))
+    assert hub.model.id == "Qwen/Qwen2.5-0.5B-Instruct"
+
 def test_overrides_go_through_the_same_validation():
     path = ROOT / "recipes" / "quickstart.yaml"
     cfg = recipe.load(path, ["sft.learning_rate=1e-4", "rl.max_steps=3", "stages=[data,eval]"])

@@ -165,7 +165,7 @@ def _describe(error: dict, source: str, lines: dict, overridden: set) -> str:
         where = "--set" if tuple(named.group().split(".")) in overridden else \
             f"{source}:{lines[tuple(named.group().split('.'))]}"
         return f"{where}: {msg}"
-    if isinstance(value, dict):  # a check across keys of a section: the message quotes the values
+    if isinstance(value, (dict, BaseModel)):  # a check across keys of a section: the message quotes the values
         return f"{where}: {dotted}: {msg}"
     return f"{where}: {dotted} = {value!r}: {msg}"
 
@@ -201,18 +201,7 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
     for key in ("path", "test_path", "generalization_path"):
         if getattr(cfg.data, key) is not None:
             setattr(cfg.data, key, resolve(getattr(cfg.data, key), f"data.{key}", ("data", key)))
-    if "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo"):
-        from ftkit.scoring import rewards
-
-        renamed = {}
-        for name, weight in cfg.rl.rewards.items():
-            if ":" in name:
-                path, _, function = name.rpartition(":")
-                name = f"{Path(source).parent.resolve() / os.path.expanduser(path)}:{function}"
-            renamed[name] = weight
-        cfg.rl.rewards = renamed
-        where = f"{source}:{lines[('rl', 'rewards')]}" if ("rl", "rewards") in lines else source
-        problems += [f"{where}: {p}" for p in rewards.check_names(renamed, Path(source).parent)]
+    problems += _reward_files(cfg, source, lines) + _model_path(cfg, source, lines)
     if cfg.data.task == "code" or ("rl" in cfg.stages and "code_tests" in cfg.rl.rewards):
         from ftkit.scoring import sandbox
 
@@ -236,6 +225,39 @@ def _check_files(cfg: Recipe, source: str, lines: dict) -> None:
     if problems:
         raise RecipeError(source, problems)
 
+
+def _reward_files(cfg: Recipe, source: str, lines: dict) -> list[str]:
+    """Reward functions named `file.py:function` are found from the recipe's folder; resolve and check them."""
+    if "rl" not in cfg.stages or cfg.rl.method not in ("grpo", "rloo"):
+        return []
+    from ftkit.scoring import rewards
+
+    renamed = {}
+    for name, weight in cfg.rl.rewards.items():
+        if ":" in name:
+            path, _, function = name.rpartition(":")
+            name = f"{Path(source).parent.resolve() / os.path.expanduser(path)}:{function}"
+        renamed[name] = weight
+    cfg.rl.rewards = renamed
+    where = f"{source}:{lines[('rl', 'rewards')]}" if ("rl", "rewards") in lines else source
+    return [f"{where}: {p}" for p in rewards.check_names(renamed, Path(source).parent)]
+
+
+def _model_path(cfg: Recipe, source: str, lines: dict) -> list[str]:
+    """A model id that reads as a local path (./, ../, /, ~, or under a folder that exists) must name a folder, found
+    from the recipe's folder: otherwise it would pass as a hub id here and fail only once the run has started."""
+    value = cfg.model.id
+    folder = Path(source).parent / os.path.expanduser(value)
+    local = value.startswith(("./", "../", "/", "~")) or value in (".", "..") or \
+        ("/" in value and (Path(source).parent / value.split("/")[0]).is_dir())  # runs/x where runs/ exists
+    if not local:
+        return []
+    if folder.is_dir():
+        cfg.model.id = str(folder.resolve())
+        return []
+    where = f"{source}:{lines[('model', 'id')]}" if ("model", "id") in lines else source
+    return [f"{where}: model.id = {value!r}: no such folder ({folder.resolve()}); fix the path (relative paths start "
+            "at the recipe's folder), or name a hub model such as HuggingFaceTB/SmolLM2-135M-Instruct"]
 
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file."""

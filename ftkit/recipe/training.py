@@ -32,7 +32,7 @@ OWNED = {
     "lr_scheduler_type": "sft.lr_scheduler", "warmup_steps": "sft.warmup_ratio", "warmup_ratio": "sft.warmup_ratio",
     "weight_decay": "{s}.weight_decay", "max_grad_norm": "{s}.max_grad_norm", "optim": "{s}.optimizer",
     "logging_steps": "{s}.logging_steps", "save_steps": "{s}.save_steps", "save_strategy": "{s}.save_steps",
-    "save_total_limit": "nothing: ftkit keeps two checkpoints, for resuming, and deletes them after training",
+    "save_total_limit": "nothing: ftkit keeps the last two saved states, for resuming, and deletes them after training",
     "resume_from_checkpoint": "`ftkit resume RUN_DIR`", "seed": "seed (top level)", "data_seed": "seed (top level)",
     "report_to": "report_to (top level)", "run_name": "name (top level)", "logging_dir": "report_to (top level)",
     "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "nothing: ftkit uses the GPU where there is one",

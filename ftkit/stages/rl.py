@@ -128,8 +128,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     micro = preflight.micro_batch(cfg, cfg.rl, lambda n: n * (cfg.sft.max_length + cfg.rl.max_completion_length))
     args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, micro=micro,
                          tokens=micro * (cfg.sft.max_length + cfg.rl.max_completion_length),
-                         num_generations=cfg.rl.num_generations,
-                         beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
+                         num_generations=cfg.rl.num_generations, beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
                          reward_weights=weights, **grpo, **vllm)
     trainer = trainer_cls(model=model, reward_funcs=[clock.wrap(samples.wrap(f)) for f in functions], args=args,
@@ -141,8 +140,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                      {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
     return {"method": cfg.rl.method, "start_from": start_from, **figures,
-            "prompts_per_step": per_step,
-            "max_completion_length": cfg.rl.max_completion_length,
+            "prompts_per_step": per_step, "max_completion_length": cfg.rl.max_completion_length,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
             "final_reward": rewards_seen[-1] if rewards_seen else None,
