@@ -122,6 +122,11 @@ def _checked(cfg, recipe_path: str, stages: list[str]) -> bool:
             print(preflight.describe(figures), flush=True)
         except preflight.ModelNotFound as exc:
             print(f"memory estimate skipped: {exc}", flush=True)
+    if not preflight.preflight(cfg.model_copy(update={"stages": stages}), check_memory=False):
+        from ftkit.training import plan
+
+        for stage in [s for s in ("sft", "rl") if s in stages]:  # what each `auto` becomes on this machine
+            print(plan.describe(plan.resolve(cfg, stage)), flush=True)
     problems = preflight.preflight(cfg.model_copy(update={"stages": stages}), check_memory=figures is not None,
                                    figures=figures)
     if problems:

@@ -124,9 +124,10 @@ def test_optimizer_settings_and_trainer_args_reach_the_trainer(tmp_path, tiny_mo
         "max_grad_norm": 0.5, "optimizer": "adamw_torch", "trainer_args": {"adam_beta2": 0.95}})
     from trl import SFTConfig
 
+    from ftkit.training import plan
     from ftkit.training.trainer import training_args
 
-    args = training_args(cfg, cfg.sft, run_dir, "sft", SFTConfig)
+    args = training_args(cfg, cfg.sft, run_dir, "sft", SFTConfig, plan.resolve(cfg, "sft", 40))
     assert (args.weight_decay, args.max_grad_norm, args.adam_beta2) == (0.1, 0.5, 0.95)
     assert str(getattr(args.optim, "value", args.optim)) == "adamw_torch"
     assert sft.train(cfg, run_dir)["settings"]["optimizer"] == "adamw_torch"
@@ -194,3 +195,86 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, tiny_model
     result = sft.train(cfg, run_dir)
     assert result["resumed_from_step"] == 4 and result["steps"] == 6 and result["epochs"] == pytest.approx(2.0)
     _assert_same_weights(_weights(whole, "sft"), _weights(run_dir, "sft"), "resumed mid-epoch")
+
+
+QWEN_05B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+            "max_position_embeddings": 32768, "tie_word_embeddings": True}  # Qwen2.5-0.5B's published sizes
+
+
+def test_validate_prints_the_plan_and_the_estimate_follows_the_processes(tmp_path, capsys, monkeypatch):
+    import json
+
+    from ftkit import cli
+    from ftkit.training import plan
+
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps(QWEN_05B))
+    path = recipe_file(tmp_path, stages=["data", "sft"], model={"id": "qwen", "dtype": "bfloat16"},
+                       data={"task": "addition"}, sft={"batch_size": 32, "max_length": 2048, "max_steps": 10})
+    monkeypatch.setenv(preflight.PLAN_MEMORY, "80")  # planned for an 80 GB card, here without one
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    one = plan.resolve(recipe.load(path), "sft")
+    assert plan.describe(one) in out and "a 80 GB card" in out
+    assert one["micro_batch_size"] < 32 and one["micro_batch_size"] * one["gradient_accumulation_steps"] == 32
+    # the step's share halves on 2 processes, and with it what one process holds: the verdict changes
+    two_processes = recipe.load(path, ["launch.num_processes=2"])
+    verdicts = [preflight.estimate(cfg) for cfg in (recipe.load(path), two_processes)]
+    assert [v["fits"] for v in verdicts] == ["tight", "yes"], verdicts
+    assert verdicts[1]["estimated_gb"] < verdicts[0]["estimated_gb"]
+    two = plan.resolve(two_processes, "sft")
+    assert two["micro_batch_size"] * two["gradient_accumulation_steps"] * 2 == 32
+    assert cli.main(["validate", str(path), "--set", "launch.num_processes=2"]) == 0
+    assert "x 2 processes" in capsys.readouterr().out
+    # a smaller card: a smaller micro-batch, more accumulation, the same batch
+    monkeypatch.setenv(preflight.PLAN_MEMORY, "24")
+    small = plan.resolve(recipe.load(path), "sft")
+    assert small["micro_batch_size"] < one["micro_batch_size"] and small["batch_size"] == 32
+
+
+def test_the_stage_trains_by_its_plan_and_writes_it(tmp_path, tiny_model_dir):
+    import json
+
+    cfg, run_dir = _prepared(tmp_path, tiny_model_dir, "plan", sft={"epochs": 1, "batch_size": 16,
+                                                                     "micro_batch_size": 8, "save_steps": 0})
+    result = sft.train(cfg, run_dir)
+    written = json.loads((run_dir / "sft" / "plan.json").read_text())
+    assert written == result["plan"] and written["steps"] == result["steps"] == 2  # 32 examples, 16 a step
+    assert (written["micro_batch_size"], written["gradient_accumulation_steps"]) == (8, 2)
+    assert result["settings"]["micro_batch_size"] == 8 and result["settings"]["gradient_accumulation_steps"] == 2
+    assert written["why"]["micro_batch_size"] == "set in the recipe" and written["epochs"] == 1
+
+
+def test_out_of_memory_halves_an_auto_micro_batch_and_trains_the_same(tmp_path, tiny_model_dir, monkeypatch):
+    """A GPU's out-of-memory error, raised here by the model for passes of more than 4 examples: an auto micro-batch
+    backs off 16 -> 8 -> 4 and the run ends with the weights of the whole batch at once."""
+    sections = {"max_steps": 2, "batch_size": 16, "learning_rate": 1.0e-2, "logging_steps": 1, "save_steps": 0}
+    cfg, run_dir = _prepared(tmp_path, tiny_model_dir, "whole", sft={**sections, "micro_batch_size": 16})
+    sft.train(cfg, run_dir)
+    whole = _weights(run_dir, "sft")
+
+    load = loader.load
+
+    def cramped(*args, **kwargs):
+        model, tokenizer = load(*args, **kwargs)
+        forward = model.model.forward  # the decoder's: TRL puts its own forward on the model with the LM head
+
+        def limited(input_ids=None, **rest):
+            if input_ids is not None and input_ids.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (a pass of more than 4 examples, in this test)")
+            return forward(input_ids=input_ids, **rest)
+
+        model.model.forward = limited
+        return model, tokenizer
+
+    monkeypatch.setattr(loader, "load", cramped)
+    cfg, run_dir = _prepared(tmp_path, tiny_model_dir, "cramped", sft=sections)
+    result = sft.train(cfg, run_dir)
+    assert result["out_of_memory_backoff"] == [16, 8, 4]
+    assert (result["settings"]["micro_batch_size"], result["settings"]["gradient_accumulation_steps"]) == (4, 4)
+    assert "then 4 after 2 out-of-memory errors" in result["plan"]["why"]["micro_batch_size"]
+    _assert_same_weights(whole, _weights(run_dir, "sft"), "after backing off to 4")
+    with pytest.raises(torch.OutOfMemoryError):  # a micro-batch the recipe sets is the recipe's: not changed
+        cfg, run_dir = _prepared(tmp_path, tiny_model_dir, "fixed", sft={**sections, "micro_batch_size": 8})
+        sft.train(cfg, run_dir)

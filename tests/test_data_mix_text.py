@@ -99,8 +99,8 @@ def test_plain_text_rows_are_trained_whole_and_end_with_eos(tmp_path):
     assert figures["format"] == "text" and figures["drops"] == {"empty_field": 1}
     row = splits["train"][0]
     assert set(row) == {"text", "tokens"}
-    masked, trained = trained_tokens(row, tokenizer)
-    assert masked == [] and trained[-1] == tokenizer.eos_token and len(trained) == row["tokens"]
+    ((trained, flag),) = trained_tokens(row, tokenizer)  # one run, all trained
+    assert flag and trained[-1] == tokenizer.eos_token and len(trained) == row["tokens"]
     assert figures["answers_end_with_end_of_turn"] is True
     with pytest.raises(DataError, match="plain text .* trains with SFT only"):
         data.build_splits(recipe.load(recipe_file(tmp_path, MIX, stages=list(("data", "sft", "rl")), data=dict(path="notes.jsonl"))), tokenizer)

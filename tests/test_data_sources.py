@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ftkit import cli, recipe, sources
+from ftkit.core import rundir
 from ftkit.core.io import read_json, write_jsonl
 from ftkit.core.rows import DataError, ends_with_end_of_turn, messages, trained_tokens
 from ftkit.report import display
@@ -109,9 +110,9 @@ def test_too_long_examples_are_dropped_by_token_count(tmp_path, tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows = qa_rows(30) + [{"question": "word " * 400, "answer": "long"}]
     write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl")))
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl"), sft=dict(max_length=128)))
     splits, figures = data.build_splits(cfg, tokenizer)
-    assert figures["drops"] == {"too_long": 1}
+    assert figures["drops"] == {"too_long": 1} and "max_length" not in figures
     assert "warnings" not in figures  # one example in 31 is noted in the drops, not warned about
     stats = data.save_splits(splits, tmp_path / "run", figures, tokenizer)
     assert stats["splits"]["train"]["tokens_max"] <= cfg.sft.max_length
@@ -349,8 +350,8 @@ def test_token_view_marks_trained_tokens_and_escapes(tiny_model_dir):
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     row = {"system": "Be brief.", "prompt": "<b>What is 1 plus 2?</b>", "answer": "3"}
-    prompt, answer = trained_tokens(row, tokenizer)
-    assert tokenizer.convert_tokens_to_string(answer).startswith("3")
+    (prompt, masked), (answer, trained) = trained_tokens(row, tokenizer)
+    assert not masked and trained and tokenizer.convert_tokens_to_string(answer).startswith("3")
     assert tokenizer.eos_token in answer and ends_with_end_of_turn(row, tokenizer)
     html = display.token_view([row], tokenizer)._repr_html_()
     assert "<b>" not in html and "</b>" not in html and "&lt;" in html  # tokens may split the tag: each escaped
@@ -564,6 +565,32 @@ def test_a_template_every_prompt_repeats_is_not_contamination_but_a_story_told_t
         data.build_splits(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="train.jsonl", test_path="test.jsonl"))))
     assert "shared: 'mara walked her three dogs along the river'" in str(caught.value)  # the story, caught
 
+
+
+def test_max_length_auto_is_fitted_to_the_data_and_read_by_the_later_stages(tmp_path, tiny_model_dir):
+    from ftkit.models.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = qa_rows(200)
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl")))
+    assert cfg.sft.max_length == "auto"
+    lengths = data.token_lengths([{"prompt": r["question"], "answer": r["answer"]} for r in rows], tokenizer)
+    splits, figures = data.build_splits(cfg, tokenizer)
+    fit = figures["max_length"]
+    assert fit["rule"] == "longest" and fit["longest"] == max(lengths) and fit["chosen"] == -(-max(lengths) // 8) * 8
+    assert figures["drops"] == {} and cfg.sft.max_length == "auto"  # the recipe itself is left as it was
+    # a few outliers far beyond the rest: the 99th percentile, and they are dropped and counted
+    write_jsonl(tmp_path / "d.jsonl", rows + [{"question": f"{i} " + "word " * 150, "answer": "long"} for i in range(2)])
+    splits, figures = data.build_splits(cfg, tokenizer)
+    assert figures["max_length"]["rule"] == "99th percentile" and figures["drops"] == {"too_long": 2}
+    assert figures["max_length"]["chosen"] == fit["chosen"]
+    # the stages after data read the choice from the run's figures
+    run = tmp_path / "run"
+    stats = data.save_splits(splits, run, figures, tokenizer)
+    rundir.record(run, "data", stats)
+    assert recipe.fitted(recipe.load(recipe_file(tmp_path, FILES, data=dict(path="d.jsonl"))), run).sft.max_length \
+        == fit["chosen"]
 
 def test_too_long_examples_can_be_kept_for_truncation(tmp_path, tiny_model_dir):
     from ftkit.models.loader import load_tokenizer

@@ -3,6 +3,7 @@
 Every source is normalized (`ftkit.sources`) to rows
 
     {"system": str (optional), "history": [messages] (optional), "prompt": str, "answer": str,
+     "tool_steps": [messages] (optional: tool calls and their results between the prompt and the answer),
      "rejected": str (preference pairs only), "label": bool (feedback only: the answer is desirable or not),
      "tests": [str] (code only: asserts a reply's code must pass), "extra": {column: value} (data.keep_columns),
      "accepted": [str] (optional: every acceptable answer, the reference first, where a source gives several),
@@ -109,9 +110,11 @@ def reward_columns(rows: list[dict]) -> list[dict]:
 
 
 def messages(row: dict) -> list[dict]:
-    """The chat messages a model sees for a row: system prompt, earlier turns, then the user prompt."""
+    """The chat messages a model sees for a row: system prompt, earlier turns, the user prompt, then the tool calls
+    made and their results since it (`tool_steps`), if any."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    return system + list(row.get("history", [])) + [{"role": "user", "content": row["prompt"]}]
+    return (system + list(row.get("history", [])) + [{"role": "user", "content": row["prompt"]}]
+            + list(row.get("tool_steps", [])))
 
 
 def context(row: dict) -> str:
@@ -120,7 +123,8 @@ def context(row: dict) -> str:
     options, which other questions share. Plain text: the text."""
     if "text" in row:
         return row["text"]
-    return "\n".join([m["content"] for m in row.get("history", [])] + [row.get("question") or row["prompt"]])
+    return "\n".join([m["content"] for m in row.get("history", [])] + [row.get("question") or row["prompt"]]
+                     + [m["content"] for m in row.get("tool_steps", [])])
 
 
 def trained_text(row: dict, tokenizer) -> str:
@@ -169,29 +173,120 @@ def token_lengths(rows: list[dict], tokenizer) -> list[int]:
     return [r["tokens"] for r in rows]
 
 
-def trained_tokens(row: dict, tokenizer) -> tuple[list[str], list[str]]:
-    """(prompt tokens, answer tokens) of a row as SFT sees it: the loss counts only the answer tokens.
+def conversation(row: dict) -> list[dict]:
+    """A row's whole conversation: `messages` and then its answer as the last assistant turn."""
+    return messages(row) + [{"role": "assistant", "content": row["answer"]}]
 
-    The answer is what the chat template adds after the generation prompt, so it ends with the template's
-    end-of-turn token; plain text is trained whole. Raises DataError when nothing would be trained.
+
+def _common_prefix(ids: list[int], other: list[int]) -> int:
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _template_ids(tokenizer, turns: list[dict], **kwargs) -> list[int]:
+    return list(tokenizer.apply_chat_template(turns, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
+def labelled(row: dict, tokenizer) -> tuple[list[int], list[bool]]:
+    """A row's token ids as SFT trains them, and which of them carry loss: every assistant turn of a conversation
+    (its earlier answers too, each with the template's end of turn) and none of the system, user or tool text; plain
+    text whole (with EOS); a prompt without an answer (RL) not at all.
+
+    Each assistant turn's tokens are found from the chat template alone: they start where the conversation up to the
+    turn, rendered with the generation prompt, stops being a prefix of the whole conversation, and end where the
+    conversation rendered up to and with the turn does. Tokens, not characters, are compared, so a template that
+    renders an earlier turn otherwise than the whole conversation does trains only what the two share. Raises
+    DataError when no token would be trained.
     """
     if "text" in row:
-        return [], tokenizer.convert_ids_to_tokens(tokenizer(trained_text(row, tokenizer),
-                                                             add_special_tokens=False)["input_ids"])
-    prompt = tokenizer.apply_chat_template(messages(row), tokenize=False, add_generation_prompt=True)
-    if "answer" not in row:  # RL prompts: nothing is imitated
-        return tokenizer.convert_ids_to_tokens(tokenizer(prompt, add_special_tokens=False)["input_ids"]), []
-    full = trained_text(row, tokenizer)
-    if not full.startswith(prompt) or len(full) == len(prompt):
+        ids = tokenizer(trained_text(row, tokenizer), add_special_tokens=False)["input_ids"]
+        return ids, [True] * len(ids)
+    if "answer" not in row:
+        ids = _template_ids(tokenizer, messages(row), add_generation_prompt=True)
+        return ids, [False] * len(ids)
+    turns = conversation(row)
+    ids = _template_ids(tokenizer, turns)
+    trained = [False] * len(ids)
+    for k, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        start = _common_prefix(_template_ids(tokenizer, turns[:k], add_generation_prompt=True), ids)
+        end = len(ids) if k == len(turns) - 1 else _common_prefix(_template_ids(tokenizer, turns[:k + 1]), ids)
+        trained[start:end] = [True] * max(0, end - start)
+    if not any(trained):
         raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "
                         f"generation prompt for {row['prompt'][:60]!r}: every label would be masked; use a model "
                         "whose template renders the assistant turn last")
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-    return tokenizer.convert_ids_to_tokens(ids), tokenizer.convert_ids_to_tokens(answer_ids)
+    return ids, trained
+
+
+def trained_tokens(row: dict, tokenizer) -> list[tuple[list[str], bool]]:
+    """A row as SFT sees it, in runs of tokens that carry loss (True) or not (False), in order (`labelled`)."""
+    ids, trained = labelled(row, tokenizer)
+    runs: list[tuple[list[int], bool]] = []
+    for token, flag in zip(ids, trained):
+        if runs and runs[-1][1] == flag:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], flag))
+    return [(tokenizer.convert_ids_to_tokens(run), flag) for run, flag in runs]
+
+
+def tools_unrendered(rows: list[dict], tokenizer) -> str | None:
+    """Why the chat template cannot train the rows' tool calls, or None (also where no row has any): the first
+    conversation with tool calls is rendered, and each call's function name and each tool result must show."""
+    row = next((r for r in rows if any(m["role"] == "tool" or m.get("tool_calls")
+                                       for m in [*r.get("history", []), *r.get("tool_steps", [])])), None)
+    if row is None:
+        return None
+    text = tokenizer.apply_chat_template(conversation(row), tokenize=False)
+    for message in conversation(row):
+        for call in message.get("tool_calls") or []:
+            name = (call.get("function") or {}).get("name") if isinstance(call, dict) else None
+            if not name or name not in text:
+                return (f"the chat template of {tokenizer.name_or_path!r} does not render tool calls (the call to "
+                        f"{name!r} in {row['prompt'][:60]!r} is missing from the text the model would see): use a "
+                        "model whose template supports tools (Qwen2.5-Instruct, Llama 3.1 Instruct, Mistral "
+                        "Instruct v0.3), or leave the conversations with tool calls out of the data")
+        if message["role"] == "tool" and message["content"] not in text:
+            return (f"the chat template of {tokenizer.name_or_path!r} does not render tool results (the result "
+                    f"{message['content'][:40]!r} is missing): use a model whose template supports tools, or leave "
+                    "the conversations with tool calls out of the data")
+    return None
+
+
+def turns_that_fit(row: dict, tokenizer, max_length: int) -> dict | None:
+    """A conversation over `max_length` tokens cut to its longest beginning of whole turns that fits, ending at an
+    assistant turn (which becomes the row's answer); None when not even its first answer fits. Never half a turn.
+
+    >>> class Chars:  # a stand-in tokenizer: one token per character of "role:content;" turns
+    ...     def apply_chat_template(self, turns, tokenize, return_dict, add_generation_prompt=False):
+    ...         return {"input_ids": list("".join(f"{t['role']}:{t['content']};" for t in turns))}
+    >>> row = {"history": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+    ...        "prompt": "and?", "answer": "a long answer"}
+    >>> turns_that_fit(row, Chars(), 30)
+    {'prompt': 'hi', 'answer': 'yo'}
+    >>> turns_that_fit(row, Chars(), 10) is None
+    True
+    """
+    turns = conversation(row)
+    first = 1 if turns[0]["role"] == "system" else 0
+    for k in range(len(turns) - 3, first, -1):  # the last assistant turn before the final one, back to the first
+        if turns[k]["role"] != "assistant" or turns[k - 1]["role"] != "user":
+            continue
+        if len(_template_ids(tokenizer, turns[:k + 1])) <= max_length:
+            kept = {key: value for key, value in row.items()
+                    if key not in ("history", "prompt", "answer", "accepted", "tokens", "rejected", "verified")}
+            return {**kept, **({"history": turns[first:k - 1]} if k - 1 > first else {}),
+                    "prompt": turns[k - 1]["content"], "answer": turns[k]["content"]}
+    return None
 
 
 def ends_with_end_of_turn(row: dict, tokenizer) -> bool:
     """Whether the trained tokens include the end-of-turn/EOS token, so the model learns to stop."""
-    _, answer = trained_tokens(row, tokenizer)
-    return tokenizer.eos_token in answer
+    trained = [run for run, flag in trained_tokens(row, tokenizer) if flag]
+    return bool(trained) and tokenizer.eos_token in trained[-1]

@@ -8,7 +8,7 @@ key path, the value and what is allowed:
 
 from ftkit.core.rundir import STAGES
 from ftkit.recipe.data import DataConfig
-from ftkit.recipe.reading import apply_override, build, load, open_run
+from ftkit.recipe.reading import apply_override, build, fitted, load, open_run
 from ftkit.recipe.rules import (
                                 DEFAULT_MODEL,
                                 DEFAULT_STAGES,
@@ -35,4 +35,4 @@ from ftkit.recipe.schema import (
 __all__ = ["STAGES", "DEFAULT_MODEL", "DEFAULT_STAGES", "KEPT_RESERVED", "REFERENCE_REWARDS", "TRACKERS",
            "TUNED_MODELS", "DataConfig", "EvalConfig", "ExportConfig", "JudgeConfig", "LaunchConfig", "ModelConfig",
            "RLConfig", "Recipe", "RecipeError", "SFTConfig", "apply_override", "build", "data_problem", "load",
-           "open_run", "template_fields", "trackers"]
+           "open_run", "fitted", "template_fields", "trackers"]

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ftkit.core.io import write_atomic
-from ftkit.core.rundir import RECIPE
+from ftkit.core.rundir import RECIPE, has_split, load_split, metrics
 from ftkit.core.rundir import path as run_path
 from ftkit.recipe.rules import RecipeError
 from ftkit.recipe.schema import Recipe
@@ -250,10 +250,10 @@ def _model_path(cfg: Recipe, source: str, lines: dict) -> list[str]:
     folder = Path(source).parent / os.path.expanduser(value)
     local = value.startswith(("./", "../", "/", "~")) or value in (".", "..") or \
         ("/" in value and (Path(source).parent / value.split("/")[0]).is_dir())  # runs/x where runs/ exists
-    if not local:
-        return []
-    if folder.is_dir():
+    if folder.is_dir():  # a folder by that name beside the recipe is what it names, as transformers reads a local one
         cfg.model.id = str(folder.resolve())
+        return []
+    if not local:
         return []
     where = f"{source}:{lines[('model', 'id')]}" if ("model", "id") in lines else source
     return [f"{where}: model.id = {value!r}: no such folder ({folder.resolve()}); fix the path (relative paths start "
@@ -275,4 +275,18 @@ def open_run(recipe_path: str | Path, run_dir: str | Path) -> Recipe:
     target.parent.mkdir(parents=True, exist_ok=True)
     if Path(recipe_path).resolve() != target.resolve():
         write_atomic(target, cfg.dump())
+    return cfg
+
+
+def fitted(cfg: Recipe, run_dir: str | Path) -> Recipe:
+    """The recipe with what the data stage fitted to the data in place of `auto`: sft.max_length (the data
+    figures' max_length). The stages after data call it first. A run directory whose data stage chose nothing (made
+    by hand, or by an older ftkit) gets the longest example its splits record, else SFTConfig.ASSUMED_LENGTH."""
+    if cfg.sft.max_length == "auto":
+        chosen = (metrics(run_dir).get("data", {}).get("max_length") or {}).get("chosen")
+        if not chosen:
+            recorded = [r["tokens"] for name in ("train", "test") if has_split(run_dir, name)
+                        for r in load_split(run_dir, name) if isinstance(r.get("tokens"), int)]
+            chosen = -(-max(recorded) // 8) * 8 if recorded else cfg.sft.ASSUMED_LENGTH
+        cfg.sft.max_length = chosen
     return cfg

@@ -49,7 +49,12 @@ class ModelConfig(Section):
 class SFTConfig(TrainingSection):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_length: int = Field(128, gt=8)
+    max_length: Annotated[int, Field(gt=8)] | Literal["auto"] = Field(
+        "auto", description="tokens an example may take as trained; longer ones are dropped or cut (data.too_long). "
+        "auto: fitted to the data by the data stage, the longest example (the 99th percentile where the longest is "
+        "over 1.5 times it), within the model's context and the memory one example needs")
+
+    ASSUMED_LENGTH: ClassVar[int] = 512  # max_length: auto, before the data stage has fitted it (memory estimates)
     padding_free: bool | Literal["auto"] = Field(
         "auto", description="a step's examples in one row without padding, each attending only to itself; auto: "
         "where the model's attention keeps them apart and data.too_long is drop")

@@ -121,10 +121,54 @@ def plot_hist(values, limit: int | None = None, title: str = ""):
     return fig
 
 
+PLAN_KEYS = ("dtype", "processes", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
+             "gradient_checkpointing", "max_length", "padding_free", "steps", "epochs", "optimizer")
+
+
+def plan_rows(plan: dict | None) -> list[list]:
+    """A training stage's resolved plan (`<run>/<stage>/plan.json`, also in its figures) as (setting, value, why)
+    rows: what ftkit chose, and why.
+
+    >>> plan_rows({"dtype": "float32", "micro_batch_size": 4, "why": {"micro_batch_size": "set in the recipe"}})
+    [['dtype', 'float32', ''], ['micro_batch_size', 4, 'set in the recipe']]
+    """
+    plan = plan or {}
+    memory = plan.get("memory")
+    return [[key, plan[key], plan.get("why", {}).get(key, "")] for key in PLAN_KEYS if key in plan] + (
+        [["memory estimate", f"{memory['estimated_gb']} GB", f"of {memory['available_gb']} GB on "
+                                                             f"{memory['available_on']}"]] if memory else [])
+
+
+def plan_table(plan: dict | None):
+    """`plan_rows` as a DataFrame, for the notebooks."""
+    import pandas as pd
+
+    return pd.DataFrame(plan_rows(plan), columns=["setting", "value", "why"]).set_index("setting")
+
+
+def length_note(data_metrics: dict, max_length) -> tuple[str, int]:
+    """What `sft.max_length: auto` became and why (from the data figures), and the length in force.
+
+    >>> length_note({"max_length": {"chosen": 40, "rule": "longest", "longest": 35, "p99": 35}}, "auto")[0]
+    'sft.max_length: auto chose 40 tokens: the longest example (35), rounded up to a multiple of 8'
+    >>> length_note({}, 128)
+    ('sft.max_length: 128 tokens (set in the recipe)', 128)
+    """
+    fit = data_metrics.get("max_length")
+    if not fit:
+        return f"sft.max_length: {max_length} tokens (set in the recipe)", max_length
+    why = (f"the longest example ({fit['longest']})" if fit["rule"] == "longest" else
+           f"the 99th percentile ({fit['p99']}; the longest, {fit['longest']}, is over 1.5 times it, so the few "
+           "longer ones are dropped or cut as data.too_long says)")
+    capped = f", then capped by {fit['capped_by']}" if fit.get("capped_by") else ""
+    return f"sft.max_length: auto chose {fit['chosen']} tokens: {why}, rounded up to a multiple of 8{capped}", \
+        fit["chosen"]
+
+
 class TokenView:
     """HTML of examples as tokens: masked prompt tokens in grey, trained answer tokens highlighted (escaped)."""
 
-    def __init__(self, examples: list[tuple[list[str], list[str]]], tokenizer):
+    def __init__(self, examples: list[list[tuple[list[str], bool]]], tokenizer):
         self.examples, self.tokenizer = examples, tokenizer
 
     def _span(self, token: str, trained: bool) -> str:
@@ -135,15 +179,20 @@ class TokenView:
     def _repr_html_(self) -> str:
         blocks = ["<p><span style='color:#888'>grey: masked (no loss)</span> · "
                   "<span style='background:#d4f4dd;font-weight:bold'>green: trained</span></p>"]
-        for prompt, answer in self.examples:
-            spans = [self._span(t, False) for t in prompt] + [self._span(t, True) for t in answer]
+        for runs in self.examples:  # runs of tokens, trained or not, in order: every assistant turn is trained
+            spans = [self._span(t, trained) for tokens, trained in runs for t in tokens]
             blocks.append(f"<pre style='white-space:pre-wrap'>{''.join(spans)}</pre>")
         return "".join(blocks)
 
 
 def token_view(rows: list[dict], tokenizer, limit: int = 3) -> TokenView:
-    """The first `limit` rows as tokens, trained ones highlighted."""
-    return TokenView([trained_tokens(r, tokenizer) for r in rows[:limit]], tokenizer)
+    """`limit` rows as tokens, trained ones highlighted: the first rows, and the first conversation with earlier
+    turns among them where the data has one (its every assistant turn is trained)."""
+    shown = rows[:limit]
+    several = next((r for r in rows if any(m["role"] == "assistant" for m in r.get("history", []))), None)
+    if several is not None and several not in shown:
+        shown = shown[:limit - 1] + [several]
+    return TokenView([trained_tokens(r, tokenizer) for r in shown], tokenizer)
 
 
 def teacher_note(data_metrics: dict) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ftkit.core import rundir
 from ftkit.core.io import read_json, redact, write_atomic
 from ftkit.core.machine import describe_cpu
-from ftkit.report.display import commonest_note, plot_losses, plot_rl, signal_warning, teacher_note
+from ftkit.report.display import commonest_note, plan_rows, plot_losses, plot_rl, signal_warning, teacher_note
 from ftkit.report.markup import CSS, code_css, esc, fmt, html_table, notebook_html, png
 from ftkit.report.tables import (
     all_metrics_table,
@@ -144,11 +144,14 @@ def _training(metrics: dict) -> str:
     trained = {stage: metrics[stage] for stage in ("sft", "rl") if metrics.get(stage, {}).get("steps")}
     if not trained:
         return ""
-    rows = [[stage, m["steps"], m.get("processes", 1), m.get("trainable_parameters"), m.get("train_seconds"),
-             m.get("real_tokens", ""), m.get("real_tokens_per_second", ""), m.get("resumed_from_step") or "",
-             _settings(m.get("settings"))] for stage, m in trained.items()]
-    return "<h3>Training</h3>" + html_table(["stage", "steps", "processes", "trained parameters", "seconds", "real tokens",
-                                         "real tokens/s", "resumed from step", "settings"], rows)
+    rows = [[stage, m["steps"], m.get("epochs", ""), m.get("processes", 1), m.get("trainable_parameters"),
+             m.get("train_seconds"), m.get("real_tokens", ""), m.get("real_tokens_per_second", ""),
+             m.get("resumed_from_step") or "", _settings(m.get("settings"))] for stage, m in trained.items()]
+    plans = "".join(f"<p>The {stage} plan: what ftkit chose, and why.</p>"
+                    + html_table(["setting", "value", "why"], plan_rows(m["plan"]))
+                    for stage, m in trained.items() if m.get("plan"))
+    return "<h3>Training</h3>" + html_table(["stage", "steps", "epochs", "processes", "trained parameters", "seconds",
+                                         "real tokens", "real tokens/s", "resumed from step", "settings"], rows) + plans
 
 
 def _rl(rl: dict, recipe_rl: dict) -> str:

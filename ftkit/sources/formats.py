@@ -19,7 +19,8 @@ CHOICE_ANSWERS = ("answer", "answerKey", "label")  # MMLU, ARC, HellaSwag
 CHOOSE = "Answer with the letter of the right option."
 LABELS = {True: ("true", "1", "yes", "up", "good", "desirable", "thumbs_up", "👍"),
           False: ("false", "0", "no", "down", "bad", "undesirable", "thumbs_down", "👎")}
-ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant",
+         "tool": "tool"}
 # beside a text or prompt column alone, a column by one of these names is what should be answered, not noise
 TARGETS = ("label", "labels", "target", "answer", "output", "response", "completion", "summary", "sentiment", "class",
            "category")
@@ -76,29 +77,61 @@ def _content(content, place: str, i: int) -> str:
 
 
 def _messages_to_row(messages, place: str, role_key: str, content_key: str) -> dict | None:
-    """A conversation -> row; None when its turn order is invalid (dropped and counted by the caller)."""
+    """A conversation -> row; None when its turn order is invalid (dropped and counted by the caller).
+
+    After an optional system prompt, user and assistant take turns, ending with the assistant. An assistant turn may
+    call tools (OpenAI's `tool_calls`, content optional), answered by one or more `tool` messages before the assistant
+    goes on. The last user message is the row's prompt, what came before it its history, the tool calls and results
+    after it its `tool_steps`, and the last assistant message its answer."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise DataError(f"{place}: the conversation must be a list of objects with {role_key!r} and {content_key!r}")
     turns = []
     for i, message in enumerate(messages):
-        if role_key not in message or content_key not in message:
+        calls = message.get("tool_calls") or None
+        if role_key not in message or (content_key not in message and not calls):
             raise DataError(f"{place}: message {i} has keys {sorted(message)}; each message needs "
                             f"{role_key!r} and {content_key!r}")
         role = ROLES.get(str(message[role_key]).lower())
         if role is None:
             raise DataError(f"{place}: message {i} has role {message[role_key]!r}; allowed roles: "
                             f"{', '.join(ROLES)}; fix the role or set data.format")
-        turns.append({"role": role, "content": _content(message[content_key], place, i)})
+        turn = {"role": role, "content": _content(message.get(content_key), place, i)}
+        if calls and role == "assistant":
+            turn["tool_calls"] = calls
+        turn.update({k: message[k] for k in ("name", "tool_call_id") if role == "tool" and k in message})
+        turns.append(turn)
     system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
-    expected = ["user", "assistant"] * (len(turns) // 2)
-    if len(turns) < 2 or len(turns) % 2 or [t["role"] for t in turns] != expected:
+    if not _in_turn(turns):
         return None
-    row = {"prompt": turns[-2]["content"], "answer": turns[-1]["content"]}
+    last_user = max(i for i, t in enumerate(turns) if t["role"] == "user")
+    row = {"prompt": turns[last_user]["content"], "answer": turns[-1]["content"]}
     if system is not None:
         row["system"] = system
-    if len(turns) > 2:
-        row["history"] = turns[:-2]
+    if last_user:
+        row["history"] = turns[:last_user]
+    if turns[last_user + 1:-1]:
+        row["tool_steps"] = turns[last_user + 1:-1]
     return row
+
+
+def _in_turn(turns: list[dict]) -> bool:
+    """User and assistant in turn from a user message to a final assistant answer (no tool call); a tool call is
+    followed by tool results and then the assistant again.
+
+    >>> u, a, t = {"role": "user"}, {"role": "assistant"}, {"role": "tool"}
+    >>> call = {"role": "assistant", "tool_calls": [{}]}
+    >>> _in_turn([u, a, u, a]), _in_turn([u, call, t, t, a]), _in_turn([u, a, a]), _in_turn([u, call, a])
+    (True, True, False, False)
+    """
+    if len(turns) < 2 or turns[0]["role"] != "user" or turns[-1]["role"] != "assistant" or "tool_calls" in turns[-1]:
+        return False
+    for before, after in zip(turns, turns[1:]):
+        calls = before["role"] == "assistant" and "tool_calls" in before
+        allowed = {"user": ("assistant",), "tool": ("tool", "assistant")}.get(before["role"], ("tool",) if calls
+                                                                                 else ("user",))
+        if after["role"] not in allowed:
+            return False
+    return True
 
 
 def _answer_text(value, place: str):

@@ -20,7 +20,16 @@ import numpy as np
 from ftkit import sources
 from ftkit.core import rundir
 from ftkit.core.io import write_atomic, write_jsonl
-from ftkit.core.rows import DataError, ends_with_end_of_turn, fields, kind, reply_budget, token_lengths
+from ftkit.core.rows import (
+    DataError,
+    ends_with_end_of_turn,
+    fields,
+    kind,
+    reply_budget,
+    token_lengths,
+    tools_unrendered,
+    turns_that_fit,
+)
 from ftkit.recipe import data_problem
 from ftkit.scoring import robustness, tasks
 from ftkit.scoring.classes import classes
@@ -102,18 +111,35 @@ def draw(rows: list[dict], weights: dict[str, float], max_examples: int | None, 
 
 def limit_length(rows: list[dict], tokenizer, max_length: int, mode: str, drops: Counter,
                  figures: Counter) -> list[dict]:
-    """Examples longer than `max_length` tokens are dropped, or kept and counted for the trainer to truncate."""
+    """Examples longer than `max_length` tokens are dropped; with data.too_long: truncate a conversation with earlier
+    turns is cut to the whole turns that fit (`rows.turns_that_fit`: never half an answer; dropped when its first
+    answer does not fit), and a single exchange or plain text is kept and counted for the trainer to cut."""
     lengths = token_lengths(rows, tokenizer)
     figures["length_checked"] += len(rows)
     figures["longest_tokens"] = max([figures["longest_tokens"], *lengths])
-    too_long = sum(n > max_length for n in lengths)
-    if not too_long:
+    if not any(n > max_length for n in lengths):
         return rows
-    if mode == "truncate":
-        figures["truncated"] += too_long
-        return rows
-    drops["too_long"] += too_long
-    return [r for r, n in zip(rows, lengths) if n <= max_length]
+    kept = []
+    for row, n in zip(rows, lengths):
+        if n <= max_length:
+            kept.append(row)
+        elif mode == "truncate" and not _turns(row):
+            figures["truncated"] += 1
+            kept.append(row)
+        elif mode == "truncate" and (cut := turns_that_fit(row, tokenizer, max_length)) is not None:
+            figures["cut_to_whole_turns"] += 1
+            token_lengths([cut], tokenizer)
+            kept.append(cut)
+        else:
+            drops["too_long"] += 1
+    return kept
+
+
+def _turns(row: dict) -> bool:
+    """Whether a row is a conversation with earlier answers that could be cut at a whole turn: not a preference pair
+    or a rated answer, whose pair or rating belongs to the last answer."""
+    return "rejected" not in row and "label" not in row and any(m["role"] == "assistant"
+                                                                 for m in row.get("history", []))
 
 
 def split(rows: list[dict], test_size: int, train_size: int | None, seed: int, source: str,
@@ -196,8 +222,20 @@ def _load_clean(cfg, tokenizer, drops: Counter, counts: Counter, own_test: bool 
         if data_cfg.mix:
             counts["mix"] = drawn
     if tokenizer is not None:
-        rows = limit_length(rows, tokenizer, cfg.sft.max_length, data_cfg.too_long, drops, counts)
+        rows = limit_length(rows, tokenizer, fitted_length(cfg, rows, tokenizer, counts), data_cfg.too_long, drops,
+                            counts)
     return rows
+
+
+def fitted_length(cfg, rows: list[dict], tokenizer, counts: Counter) -> int:
+    """sft.max_length, with `auto` fitted to these rows (`preflight.fit_length`) the first time and set on the
+    (copied) recipe for the rest of the stage; the fit is kept in counts for the figures."""
+    if cfg.sft.max_length == "auto":
+        from ftkit.training import preflight
+
+        counts["max_length"] = preflight.fit_length(cfg, token_lengths(rows, tokenizer))
+        cfg.sft.max_length = counts["max_length"]["chosen"]
+    return cfg.sft.max_length
 
 
 def _held_out(cfg, tokenizer, drops: Counter, counts: Counter) -> tuple[dict[str, list[dict]], str]:
@@ -241,9 +279,12 @@ def _generalization(cfg) -> list[dict] | None:
 
 
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
-    """The recipe's splits, cleaned and checked, and the figures that describe them."""
-    drops, counts = Counter(), Counter()
+    """The recipe's splits, cleaned and checked, and the figures that describe them (with `sft.max_length: auto`,
+    the length fitted to the data: the figures' max_length, which the stages after data read)."""
+    cfg, drops, counts = cfg.model_copy(deep=True), Counter(), Counter()  # auto fitted afresh on every call
     splits, source = _held_out(cfg, tokenizer, drops, counts)
+    if tokenizer is not None and cfg.sft.max_length == "auto":  # a task's examples, made to measure: none dropped
+        fitted_length(cfg, [r for rows in splits.values() for r in rows], tokenizer, counts)
     evaluate_only = cfg.data.test_size == "all"
     check(splits, source, drops, evaluate_only)
     overlap = contamination(splits["train"], splits["test"], exact_only=bool(cfg.data.task))
@@ -266,9 +307,12 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     if tokenizer is not None:
         for rows in splits.values():
             token_lengths(rows, tokenizer)  # measured once here; stats and plots read row["tokens"]
-    trained = _as_trained(splits, examples, tokenizer)
+    trained = _as_trained(splits, examples, tokenizer, source)
     figures = {"source": source, "format": trained.pop("format"), "chat_template": trained.pop("chat_template"),
-               "drops": dict(drops), "truncated": counts["truncated"], "contamination": overlap, **trained,
+               "drops": dict(drops), "truncated": counts["truncated"],
+               **({"cut_to_whole_turns": counts["cut_to_whole_turns"]} if counts["cut_to_whole_turns"] else {}),
+               **({"max_length": counts["max_length"]} if "max_length" in counts else {}),
+               "contamination": overlap, **trained,
                **_described(cfg, splits, examples, counts, added)}
     warnings = (([] if evaluate_only else small_train(splits, dict(drops)))
                 + dropped_long(drops, counts, cfg.sft.max_length)
@@ -279,7 +323,7 @@ def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     return splits, figures
 
 
-def _as_trained(splits: dict[str, list[dict]], examples: list[dict], tokenizer) -> dict:
+def _as_trained(splits: dict[str, list[dict]], examples: list[dict], tokenizer, source: str) -> dict:
     """How the model will see the examples: their format, the chat template, whether the answers end with the
     end-of-turn token (the first 20), and the reply lengths that eval and RL take for `auto` lengths."""
     trains = kind(examples)
@@ -289,6 +333,10 @@ def _as_trained(splits: dict[str, list[dict]], examples: list[dict], tokenizer) 
                                            if tokenizer is not None and answered else None)
     if tokenizer is not None and "text" not in examples[0]:
         from ftkit.models.loader import DEFAULT_CHAT_TEMPLATE
+
+        refused = tools_unrendered([r for rows in splits.values() for r in rows], tokenizer)
+        if refused:
+            raise DataError(f"{source}: {refused}")
 
         out["chat_template"] = "ftkit's default" if tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE else "the model's own"
         out["reply_tokens"] = reply_budget(splits["train"] + splits["test"], tokenizer)

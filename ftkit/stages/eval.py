@@ -25,7 +25,7 @@ from ftkit.core.rows import acceptable, imitated, kind, messages, trained_text, 
 from ftkit.models import judge, loader
 from ftkit.models.generation import continuation_prompt, generate
 from ftkit.models.likelihood import answer_losses, class_log_likelihoods, preference_log_likelihoods, token_losses
-from ftkit.recipe import data_problem
+from ftkit.recipe import data_problem, fitted
 from ftkit.scoring import robustness, stats, tasks
 from ftkit.scoring.classes import classes
 from ftkit.scoring.grading import (
@@ -134,6 +134,7 @@ def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, pert
 def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     """Evaluate model `name` (base/sft/rl or an eval.extra label) for the three claims; write its predictions to
     `<run_dir>/eval/`."""
+    cfg = fitted(cfg, run_dir)  # sft.max_length: auto as the data stage chose it
     rows = imitated(rundir.load_split(run_dir, "test"))  # feedback: scored against the desirable answers
     problem = data_problem(["eval"], cfg.rl.method, kind(rows), list(cfg.rl.rewards), cfg.eval.metrics)
     if problem:  # the data stage's rule, again for a run directory made before the recipe changed

@@ -18,11 +18,12 @@ from ftkit.core.io import write_jsonl
 from ftkit.core.rows import DataError, kind, messages, reward_columns, with_lengths
 from ftkit.models import loader
 from ftkit.models.generation import generate
-from ftkit.recipe import data_problem
+from ftkit.recipe import data_problem, fitted
 from ftkit.scoring import rewards
 from ftkit.scoring.tasks.common import completion_text
-from ftkit.training import launch, preflight
-from ftkit.training.trainer import fit, training_args
+from ftkit.training import launch
+from ftkit.training import plan as training_plan
+from ftkit.training.trainer import backing_off, fit, training_args
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def train(cfg, run_dir: str | Path) -> dict:
     """Run the recipe's RL method on the train split; save the adapter (or model) to `<run_dir>/rl/`."""
     if launch.needed(cfg):
         return launch.train(cfg, run_dir, "rl")
+    # sft.max_length: auto as the data stage chose it; a smaller micro-batch after an out-of-memory error
+    return backing_off(fitted(cfg, run_dir), "rl", run_dir, lambda cfg: _train(cfg, run_dir))
+
+
+def _train(cfg, run_dir: str | Path) -> dict:
     rows = rundir.load_split(run_dir, "train")
     if cfg.rl.method == "dpo":
         return _train_dpo(cfg, run_dir, rows)
@@ -124,11 +130,9 @@ def train(cfg, run_dir: str | Path) -> dict:
     samples, clock = SampleLog(cfg.rl.steps(len(rows), per_step)), StepClock()
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
-    # a micro-batch of completions holds each one's prompt and reply
-    micro = preflight.micro_batch(cfg, cfg.rl, lambda n: n * (cfg.sft.max_length + cfg.rl.max_completion_length))
-    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, micro=micro,
-                         tokens=micro * (cfg.sft.max_length + cfg.rl.max_completion_length),
-                         num_generations=cfg.rl.num_generations, beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
+    plan = training_plan.for_stage(cfg, "rl", run_dir, len(rows))
+    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, plan, num_generations=cfg.rl.num_generations,
+                         beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
                          reward_weights=weights, **grpo, **vllm)
     trainer = trainer_cls(model=model, reward_funcs=[clock.wrap(samples.wrap(f)) for f in functions], args=args,
@@ -139,7 +143,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         samples.save(rundir.stage_file(run_dir, "rl", rundir.SAMPLES),
                      {f.__name__: w for f, w in zip(functions, weights)})
     rewards_seen = [h["reward"] for h in history if "reward" in h]
-    return {"method": cfg.rl.method, "start_from": start_from, **figures,
+    return {"method": cfg.rl.method, "start_from": start_from, **figures, "plan": plan,
             "prompts_per_step": per_step, "max_completion_length": cfg.rl.max_completion_length,
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
@@ -260,16 +264,15 @@ def _train_offline(cfg, run_dir: str | Path, dataset, config_cls, trainer_cls) -
     """DPO or KTO on a fixed dataset from the starting model, the reference being that model: (figures, first and
     last logged entries with a margin)."""
     model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
-    pair = 2  # sequences per example: DPO's chosen and rejected, KTO's answer and its mismatched KL pair
-    micro = preflight.micro_batch(cfg, cfg.rl, lambda n: n * pair * cfg.sft.max_length)
-    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, micro=micro, tokens=micro * pair * cfg.sft.max_length,
-                         beta=cfg.rl.kl_beta, max_length=cfg.sft.max_length, lr_scheduler_type="constant")
+    plan = training_plan.for_stage(cfg, "rl", run_dir, len(dataset))  # a pass holds chosen and rejected (KTO: KL pair)
+    args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, plan, beta=cfg.rl.kl_beta,
+                         max_length=cfg.sft.max_length, lr_scheduler_type="constant")
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config)
     figures, history = fit(trainer, tokenizer, run_dir, "rl")
     logged = [h for h in history if "rewards/margins" in h]
     first, last = (logged[0], logged[-1]) if logged else ({}, {})
-    return {"method": cfg.rl.method, "start_from": start_from, **figures,
+    return {"method": cfg.rl.method, "start_from": start_from, **figures, "plan": plan,
             "first_margin": first.get("rewards/margins"), "final_margin": last.get("rewards/margins")}, first, last
 
 

@@ -8,6 +8,7 @@ Built from the model's config on the meta device: nothing is downloaded but conf
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -19,6 +20,9 @@ from ftkit.models.loader import ModelNotFound, dtype_name
 
 log = logging.getLogger(__name__)
 GB = 1024 ** 3
+# set to a number of GB, the estimate plans for a card of that size instead of this machine (ftkit validate on a
+# laptop for the GPU a recipe will run on)
+PLAN_MEMORY = "FTKIT_PLAN_MEMORY_GB"
 
 
 def step_tokens(cfg, lengths: list[int], padding_free: bool, examples: int | None = None) -> int:
@@ -26,10 +30,45 @@ def step_tokens(cfg, lengths: list[int], padding_free: bool, examples: int | Non
     whole share of the batch), padded to the longest unless padding-free (examples kept over max_length are cut to
     it)."""
     examples = examples or cfg.sft.batch_size // cfg.launch.num_processes
-    longest = sorted((min(n, cfg.sft.max_length) for n in lengths), reverse=True)[:examples]
+    longest = sorted((min(n, planned_length(cfg)) for n in lengths), reverse=True)[:examples]
     if not longest:
-        return examples * cfg.sft.max_length
+        return examples * planned_length(cfg)
     return sum(longest) if padding_free else examples * longest[0]
+
+
+def planned_length(cfg) -> int:
+    """sft.max_length as a number: the recipe's, or the data stage's fit of `auto`, else SFTConfig.ASSUMED_LENGTH."""
+    return cfg.sft.max_length if cfg.sft.max_length != "auto" else cfg.sft.ASSUMED_LENGTH
+
+
+def fit_length(cfg, lengths: list[int]) -> dict:
+    """`sft.max_length: auto` fitted to the examples' token lengths as trained: the longest example, or the 99th
+    percentile where the longest is over 1.5 times it (a few outliers, left to data.too_long), rounded up to a
+    multiple of 8; then at most the model's context, and at most what one example per micro-batch fits in memory by
+    `estimate` (halved until it fits, down to 64).
+
+    >>> fit_length(None, [30, 31, 35] * 40)["chosen"], fit_length(None, [40] * 200 + [900])["chosen"]
+    (40, 40)
+    """
+    ordered = sorted(lengths) or [512]
+    longest, p99 = ordered[-1], ordered[math.floor(0.99 * (len(ordered) - 1))]  # the lower nearest rank
+    outliers = longest > 1.5 * p99
+    chosen = -(-(p99 if outliers else longest) // 8) * 8
+    fit = {"chosen": chosen, "rule": "99th percentile" if outliers else "longest", "longest": longest, "p99": p99}
+    try:
+        config = _config(cfg.model) if cfg is not None else None
+    except ModelNotFound:
+        config = None
+    context = getattr(config.get_text_config(), "max_position_embeddings", None) if config is not None else None
+    if context and chosen > context:
+        fit.update(chosen=context, capped_by=f"the model's context ({context})")
+    if config is not None:
+        fitting = fit["chosen"]
+        while fitting > 64 and estimate(cfg, fitting)["fits"] != "yes":
+            fitting //= 2
+        if fitting < fit["chosen"] and estimate(cfg, fitting)["fits"] == "yes":
+            fit.update(chosen=fitting, capped_by="memory: one example of it fits by the estimate")
+    return fit
 
 
 def micro_batch(cfg, section, tokens_for) -> int:
@@ -112,7 +151,7 @@ def estimate(cfg, tokens: int | None = None) -> dict:
     + gradients and AdamW state of the trainable parameters (16 bytes each for a float32 adapter; the weight's
     size plus 8 for full fine-tuning) + activations of one batch of `sft.max_length` tokens (one hidden state per
     layer with gradient checkpointing, about 16 without) + float32 logits and their gradient, for a step of
-    `tokens` (default: batch_size * max_length; training passes the data's longest step). With
+    `tokens` (default: one process's share of batch_size x max_length; training passes its micro-batch's). With
     gradient_checkpointing auto, it is on only when the total without it would not fit. It is a rough guide
     (within about ±50%), used to refuse only what clearly cannot fit: weights, gradients and optimizer state alone
     above the memory available.
@@ -124,8 +163,11 @@ def estimate(cfg, tokens: int | None = None) -> dict:
     text = config.get_text_config()
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0)
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
-    tokens = tokens or (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) * cfg.sft.max_length
-    if torch.cuda.is_available():
+    share = (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) // cfg.launch.num_processes
+    tokens = tokens or share * planned_length(cfg)  # one process's share of a step, all at once
+    if os.environ.get(PLAN_MEMORY):  # planning for another machine: a card of this many GB
+        available, where = float(os.environ[PLAN_MEMORY]) * GB, f"a {os.environ[PLAN_MEMORY]} GB card ({PLAN_MEMORY})"
+    elif torch.cuda.is_available():
         available, where = torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
     else:
         import psutil

@@ -25,47 +25,86 @@ from datasets import Dataset
 
 from ftkit.core import rundir
 from ftkit.core.io import read_json, write_atomic
-from ftkit.core.rows import messages
+from ftkit.core.rows import labelled
 from ftkit.models import loader
 from ftkit.recipe import trackers
-from ftkit.training import preflight
 
 log = logging.getLogger(__name__)
 
 
-def to_dataset(rows: list[dict]) -> Dataset:
-    """Rows -> a TRL dataset: conversational prompt-completion (loss on the answer only), or language modeling
-    ("text", loss on every token; TRL appends EOS) for plain text."""
+def to_dataset(rows: list[dict], tokenizer) -> Dataset:
+    """Rows -> a TRL dataset: conversations tokenized with their labels (-100 on everything but the assistant turns,
+    `rows.labelled`: every assistant turn is trained, the earlier ones too), or language modeling ("text", loss on
+    every token; TRL appends EOS) for plain text."""
     if rows and "text" in rows[0]:
         return Dataset.from_list([{"text": r["text"]} for r in rows])
-    return Dataset.from_list([{"prompt": messages(r),
-                               "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows])
+    examples = []
+    for row in rows:
+        ids, trained = labelled(row, tokenizer)
+        examples.append({"input_ids": ids, "labels": [t if flag else -100 for t, flag in zip(ids, trained)]})
+    return Dataset.from_list(examples)
 
 
-def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls, tokens: int | None = None,
-                  micro: int | None = None, **extra):
-    """TrainingArguments fields shared by the SFT and RL stages, built from the recipe, with the fast defaults:
-    bf16 where the hardware computes in it (`models.dtype_name`), gradient checkpointing only where memory needs
-    it (`tokens`: the most a micro-batch holds), transformers' fused AdamW. `micro`: examples one process puts
-    through the model at once (default: its whole share of the batch); gradient accumulation makes up the batch.
-    The recipe's `trainer_args` come last (validation refused the keys that ftkit sets)."""
-    dtype = loader.dtype_name(cfg.model)
+def training_args(cfg, section, run_dir: str | Path, stage: str, trl_config_cls, plan: dict, **extra):
+    """TrainingArguments fields shared by the SFT and RL stages: what shapes training from the stage's resolved
+    `plan` alone (dtype, micro-batch and accumulation, gradient checkpointing; `training.plan`), the optimizer's
+    settings and checkpoints from the recipe's section. The recipe's `trainer_args` come last (validation refused the
+    keys that ftkit sets)."""
+    dtype = plan["dtype"]
     report_to = trackers(cfg.report_to)
     if "tensorboard" in report_to:  # transformers' TensorBoard callback reads its folder from here
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(rundir.tensorboard_dir(run_dir, stage))
-    micro = micro or per_process(cfg, section.batch_size)
-    length = {"max_steps": section.max_steps} if section.max_steps else {"num_train_epochs": section.epochs}
+    length = {"max_steps": plan["steps"]} if section.max_steps else {"num_train_epochs": section.epochs}
     return trl_config_cls(
         output_dir=str(rundir.checkpoints_dir(run_dir, stage)), **length,
-        per_device_train_batch_size=micro, gradient_accumulation_steps=per_process(cfg, section.batch_size) // micro,
+        per_device_train_batch_size=plan["micro_batch_size"],
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
         learning_rate=section.learning_rate, weight_decay=section.weight_decay, max_grad_norm=section.max_grad_norm,
         optim=section.optimizer, logging_steps=section.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps" if section.save_steps else "no", save_steps=section.save_steps or None,
         save_total_limit=2, report_to=report_to or "none", run_name=f"{cfg.name}/{Path(run_dir).name}/{stage}",
         disable_tqdm=True, bf16=dtype == "bfloat16", fp16=dtype == "float16",
-        gradient_checkpointing=preflight.gradient_checkpointing(cfg, tokens), dataloader_num_workers=0,
+        gradient_checkpointing=plan["gradient_checkpointing"], dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(), **{**extra, **section.trainer_args})
+
+
+def backing_off(cfg, stage: str, run_dir: str | Path, train_once) -> dict:
+    """`train_once(cfg)`, and where it runs out of GPU memory with `micro_batch_size: auto` in a single process,
+    again with a smaller micro-batch (the largest divisor of the batch at most half the last; gradient accumulation
+    makes up the rest, so the batch and the training stay the same), from the last checkpoint, down to 1. It says so
+    in the log, and the figures (`out_of_memory_backoff`) and the plan record it."""
+    import gc
+
+    auto = (cfg.sft if stage == "sft" else cfg.rl).micro_batch_size == "auto"
+    tried = []
+    while True:
+        micro = None
+        try:
+            figures = train_once(cfg)
+        except torch.OutOfMemoryError:
+            micro = read_json(rundir.stage_file(run_dir, stage, rundir.PLAN), {}).get("micro_batch_size", 1)
+            if not auto or micro <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise
+        if micro is None:
+            break
+        share = per_process(cfg, (cfg.sft if stage == "sft" else cfg.rl).batch_size)
+        smaller = max(d for d in range(1, micro // 2 + 1) if share % d == 0)
+        log.warning("%s: out of memory with a micro-batch of %d; training again from the last checkpoint with %d "
+                    "(gradient accumulation %d, the same batch)", stage, micro, smaller, share // smaller)
+        tried.append(micro)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg = cfg.model_copy(deep=True)
+        (cfg.sft if stage == "sft" else cfg.rl).micro_batch_size = smaller
+    if tried:
+        plan = figures["plan"]
+        plan["why"]["micro_batch_size"] = (f"auto: {tried[0]} by the estimate, then {plan['micro_batch_size']} after "
+                                           f"{len(tried)} out-of-memory error{'s' if len(tried) > 1 else ''}")
+        figures["out_of_memory_backoff"] = [*tried, plan["micro_batch_size"]]
+        write_atomic(rundir.stage_file(run_dir, stage, rundir.PLAN), json.dumps(plan, indent=2))
+    return figures
 
 
 def per_process(cfg, batch_size: int) -> int:
