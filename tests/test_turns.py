@@ -124,3 +124,14 @@ def test_a_template_without_tools_is_refused_in_the_data_stage(tmp_path, tiny_mo
                                   model={"id": str(tiny_model_dir)}))
     with pytest.raises(DataError, match=r"chat.jsonl.*does not render tool calls.*get_weather"):
         data.build_splits(cfg, load_tokenizer(str(tiny_model_dir)))
+
+
+def test_a_template_that_raises_on_tool_turns_is_refused_with_the_reason():
+    from ftkit.core.rows import tools_unrendered
+
+    strict = ("{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+              "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+              "{{ m['content'] }}{% endfor %}")
+    row = _messages_to_row(TOOLS, "t.jsonl:1", "role", "content")
+    problem = tools_unrendered([row], tokenizer_with(strict))
+    assert "fails on a conversation with tool calls" in problem and "must alternate" in problem

@@ -243,7 +243,12 @@ def tools_unrendered(rows: list[dict], tokenizer) -> str | None:
                                        for m in [*r.get("history", []), *r.get("tool_steps", [])])), None)
     if row is None:
         return None
-    text = tokenizer.apply_chat_template(conversation(row), tokenize=False)
+    try:
+        text = tokenizer.apply_chat_template(conversation(row), tokenize=False)
+    except Exception as exc:  # e.g. a template that allows only user and assistant turns in turn
+        return (f"the chat template of {tokenizer.name_or_path!r} fails on a conversation with tool calls "
+                f"({type(exc).__name__}: {str(exc)[:120]}): use a model whose template supports tools, or leave the "
+                "conversations with tool calls out of the data")
     for message in conversation(row):
         for call in message.get("tool_calls") or []:
             name = (call.get("function") or {}).get("name") if isinstance(call, dict) else None
