@@ -24,6 +24,7 @@ def test_two_processes_end_in_sync_and_match_one_process(tmp_path, tiny_model_di
 
     single, double = read_json(one / "metrics.json"), read_json(two / "metrics.json")
     assert double["sft"]["processes"] == 2 and single["sft"]["processes"] == 1
+    assert (double["sft"]["distributed"], single["sft"]["distributed"]) == ("MULTI_CPU", "NO")
     digests = double["sft"]["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1], f"ranks ended with different weights: {digests}"
     log = (two / "sft" / "launch.log").read_text()
@@ -58,3 +59,16 @@ def test_launch_command_and_validation(tmp_path, tiny_model_dir):
                          ({"config_file": "missing.yaml"}, "launch.config_file")]:
         with pytest.raises(recipes.RecipeError, match=message):
             recipes.load(recipe_file(tmp_path, tiny(tiny_model_dir), launch=bad, file="tiny.yaml"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_sharding_config_is_refused_where_accelerate_would_ignore_it(tmp_path, tiny_model_dir, capsys):
+    """Measured with accelerate 1.16: an FSDP config launched on CPUs runs every process as MULTI_CPU data parallel
+    with the whole model (accelerate turns FSDP on for GPU-like devices only), so ftkit refuses it before the run."""
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n")
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), launch={"num_processes": 2, "config_file": "fsdp.yaml"})
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "asks for FSDP, which accelerate runs on GPUs only" in err and "leave launch.config_file out" in err
+    (tmp_path / "ddp.yaml").write_text("distributed_type: MULTI_CPU\n")
+    assert cli.main(["validate", str(path), "--set", "launch.config_file=ddp.yaml"]) == 0

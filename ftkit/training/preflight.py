@@ -208,6 +208,25 @@ def optimizer_package(name: str) -> str | None:
     return next((package for prefix, package in prefixes.items() if name.startswith(prefix)), None)
 
 
+def _sharding(config_file: str | None) -> str | None:
+    r""""FSDP" or "DeepSpeed" where an accelerate config file asks for it, else None.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "fsdp.yaml"
+    >>> _ = path.write_text("distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n")
+    >>> _sharding(str(path)), _sharding(None)
+    ('FSDP', None)
+    """
+    import yaml
+
+    if not config_file or not os.path.isfile(config_file):
+        return None
+    with open(config_file) as stream:
+        settings = yaml.safe_load(stream) or {}
+    kind = str(settings.get("distributed_type", "")).upper()
+    return {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind)
+
+
 def describe(figures: dict) -> str:
     """One line for the command line: size, trained parameters and memory, from `estimate`."""
     return (f"{figures['model']}: {figures['parameters'] / 1e6:,.0f}M parameters, "
@@ -244,6 +263,11 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
         if name in cfg.stages and package and not importlib.util.find_spec(package):
             problems.append(f"{name}.optimizer = {getattr(cfg, name).optimizer!r} needs the {package} package, which "
                             f"is not installed here; pip install {package}, or use adamw_torch_fused")
+    sharding = _sharding(cfg.launch.config_file)
+    if sharding and not cuda and (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1):
+        problems.append(f"launch.config_file = {cfg.launch.config_file!r} asks for {sharding}, which accelerate runs on "
+                        "GPUs only: on this machine (no CUDA GPU) it would train every process with the whole model, "
+                        "as plain data parallel; run it on GPUs, or leave launch.config_file out for data parallel")
     export = getattr(cfg, "export", None)
     if export is not None and export.push_to_hub and "export" in cfg.stages and not os.environ.get("HF_TOKEN"):
         problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "

@@ -137,6 +137,7 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
         write_atomic(rundir.stage_file(run_dir, stage, rundir.LOG_HISTORY), json.dumps(history, indent=2))
         shutil.rmtree(rundir.checkpoints_dir(run_dir, stage), ignore_errors=True)  # only for resuming
     figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),
+               "distributed": trainer.accelerator.distributed_type.value,  # what ran: NO, MULTI_CPU, MULTI_GPU, FSDP
                "steps": result.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
                "train_seconds": round(seconds, 1),
                "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
