@@ -72,3 +72,51 @@ def test_a_sharding_config_is_refused_where_accelerate_would_ignore_it(tmp_path,
     assert "asks for FSDP, which accelerate runs on GPUs only" in err and "leave launch.config_file out" in err
     (tmp_path / "ddp.yaml").write_text("distributed_type: MULTI_CPU\n")
     assert cli.main(["validate", str(path), "--set", "launch.config_file=ddp.yaml"]) == 0
+
+
+LLAMA_2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+              "max_position_embeddings": 4096}  # Llama-2-7b's published sizes
+
+
+def test_sharding_divides_what_each_process_holds_and_changes_the_verdict(tmp_path, monkeypatch, capsys):
+    import json
+
+    from ftkit.training import preflight
+
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(LLAMA_2_7B))
+    path = recipe_file(tmp_path, stages=["data", "sft"], data={"task": "addition"},
+                       model={"id": "llama", "dtype": "bfloat16", "adapter": "none"},
+                       sft={"batch_size": 8, "max_length": 512})
+    monkeypatch.setenv(preflight.PLAN_MEMORY, "24")  # a 24 GB card
+    whole = preflight.estimate(recipes.load(path))
+    assert whole["fits"] == "no"  # full fine-tuning of 7B: weights, gradients and AdamW state far over 24 GB
+    problem = preflight.preflight(recipes.load(path))[-1]
+    held = whole["weights_gb"] + whole["gradients_optimizer_gb"]
+    needed = -(-held // (0.8 * 24))
+    assert f"launch.shard: fsdp with launch.num_processes: {needed:.0f}," in problem, problem
+    sharded = preflight.estimate(recipes.load(path, ["launch.shard=fsdp", f"launch.num_processes={needed:.0f}"]))
+    assert sharded["weights_gb"] == pytest.approx(whole["weights_gb"] / needed, abs=0.01)
+    assert sharded["gradients_optimizer_gb"] == pytest.approx(whole["gradients_optimizer_gb"] / needed, abs=0.01)
+    assert sharded["fits"] != "no" and whole["fits"] == "no"  # the verdict changes with sharding
+
+
+def test_shard_fsdp_writes_the_accelerate_config_and_is_refused_without_a_gpu(tmp_path, tiny_model_dir, capsys):
+    import yaml
+
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), launch={"num_processes": 2, "shard": "fsdp"})
+    cfg = recipes.load(path)
+    assert launch.needed(cfg) and launch.needed(recipes.load(path, ["launch.num_processes=1"]))
+    cmd = launch.command(cfg, "sft", tmp_path / "run")
+    written = tmp_path / "run" / "sft" / "accelerate.yaml"
+    assert cmd[cmd.index("--config_file") + 1] == str(written) and "--multi_gpu" not in cmd
+    settings = yaml.safe_load(written.read_text())
+    assert settings["distributed_type"] == "FSDP" and settings["num_processes"] == 2
+    assert settings["fsdp_config"]["fsdp_version"] == 2
+    assert settings["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # saved files as without sharding
+    if not torch.cuda.is_available():
+        assert cli.main(["validate", str(path)]) == 2
+        assert "launch.shard = 'fsdp' shards the model over CUDA GPUs" in capsys.readouterr().err
+    with pytest.raises(recipes.RecipeError, match="both say how to launch"):
+        recipes.load(path, ["launch.config_file=x.yaml"])

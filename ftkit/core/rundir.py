@@ -5,7 +5,7 @@
       notebooks/<NN_stage>.ipynb                   the executed notebooks
       data/{train,test,validation,generalization}.jsonl  data/stats.json
       sft/ rl/   adapter/ (LoRA) or model/ (full fine-tuning), plan.json, log_history.json, checkpoints/,
-                 train_result.json,
+                 train_result.json, accelerate.yaml (launch.shard),
                  tb/ (TensorBoard)
                  and launch.log (several processes); rl/samples.jsonl
       eval/{predictions,generalization,robustness,flips,judge}_<model>.jsonl
@@ -39,6 +39,7 @@ RECIPE, STATUS, ENV, METRICS, REPORT, PROGRESS = ("recipe.yaml", "status.json", 
                                                  "report.html", "progress.json")
 STATS, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES, PLAN = ("stats.json", "log_history.json", "train_result.json",
                                                                "launch.log", "samples.jsonl", "plan.json")
+ACCELERATE_CONFIG = "accelerate.yaml"  # <stage>/: the accelerate config ftkit writes for launch.shard
 CHECKPOINT_MARKER = "ftkit-complete.json"  # written into a checkpoint once transformers has written all of it
 EVAL_FILES = ("predictions", "generalization", "robustness", "flips", "judge")  # eval/<kind>_<model>.jsonl
 RESULTS = ("adapter", "model")  # what a training stage saves: a LoRA adapter or a whole model
@@ -96,8 +97,8 @@ def stats_path(run_dir: str | Path) -> Path:
 
 
 def stage_file(run_dir: str | Path, stage: str, name: str) -> Path:
-    """A training stage's file: PLAN, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG or SAMPLES."""
-    _known(name, (PLAN, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES))
+    """A training stage's file: PLAN, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES or ACCELERATE_CONFIG."""
+    _known(name, (PLAN, LOG_HISTORY, TRAIN_RESULT, LAUNCH_LOG, SAMPLES, ACCELERATE_CONFIG))
     return stage_dir(run_dir, stage) / name
 
 

@@ -168,8 +168,8 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         options["device_map"] = {"": _local_gpu()}
     tokenizer = load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(source, **options)
-    if torch.cuda.is_available() and not four_bit:
-        model.to(f"cuda:{_local_gpu()}")
+    if torch.cuda.is_available() and not four_bit and os.environ.get("ACCELERATE_USE_FSDP") != "true":
+        model.to(f"cuda:{_local_gpu()}")  # under FSDP accelerate moves each process's shards there instead
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if is_adapter and not trainable and not four_bit and dtype != torch.float32:
@@ -217,16 +217,17 @@ def lora_config(model_cfg):
                       target_modules=model_cfg.target_modules, task_type="CAUSAL_LM")
 
 
-def save_trained(model, tokenizer, run_dir: str | os.PathLike, stage: str) -> Path:
+def save_trained(model, tokenizer, run_dir: str | os.PathLike, stage: str, state_dict: dict | None = None) -> Path:
     """Save an adapter (`<stage>/adapter`) or a fully fine-tuned model (`<stage>/model`) with its tokenizer; written to
     a staging folder first (`io.atomic_dir`), so an interrupted save leaves the previous result or the new one, never
-    a half-written one."""
+    a half-written one. `state_dict`: the weights gathered from the processes' shards (FSDP), saved in place of the
+    model's own."""
     from peft import PeftModel
 
     kind = "adapter" if isinstance(model, PeftModel) else "model"
     dest = rundir.result_dir(run_dir, stage, kind)
     with atomic_dir(dest) as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(staging)
     for other in rundir.RESULTS:  # a rerun may switch between LoRA and full fine-tuning
         if other != kind:

@@ -246,6 +246,9 @@ class LaunchConfig(Section):
         "no", description="accelerate's autocast; ftkit's own bf16/fp16 training follows model.dtype")
     config_file: str | None = Field(None, description="accelerate config file (FSDP, DeepSpeed), relative to the "
                                                       "recipe; default: plain data parallel (DDP)")
+    shard: Literal["none", "fsdp"] = Field(
+        "none", description="fsdp: the weights, gradients and optimizer state sharded over the processes with FSDP2, "
+        "from an accelerate config that ftkit writes (<stage>/accelerate.yaml); CUDA GPUs only")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -253,6 +256,9 @@ class LaunchConfig(Section):
             raise ValueError(f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines}")
         if self.num_machines > 1 and not self.main_process_ip:
             raise ValueError(f"num_machines {self.num_machines} needs main_process_ip: the address of machine 0")
+        if self.shard != "none" and self.config_file:
+            raise ValueError(f"shard {self.shard!r} and config_file {self.config_file!r} both say how to launch; set "
+                             "one of them (shard: ftkit writes the accelerate config)")
         if self.num_processes % self.num_machines:
             raise ValueError(f"num_processes {self.num_processes} must be a multiple of num_machines "
                              f"{self.num_machines} (processes in all, the same number on each machine)")

@@ -121,7 +121,7 @@ def plot_hist(values, limit: int | None = None, title: str = ""):
     return fig
 
 
-PLAN_KEYS = ("dtype", "processes", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
+PLAN_KEYS = ("dtype", "processes", "shard", "batch_size", "micro_batch_size", "gradient_accumulation_steps",
              "gradient_checkpointing", "max_length", "padding_free", "steps", "epochs", "optimizer")
 
 

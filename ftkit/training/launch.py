@@ -28,7 +28,8 @@ INSIDE = "FTKIT_LAUNCHED"  # set in the launched processes, so that they train i
 
 def needed(cfg) -> bool:
     """True when the recipe asks for more than one process and this is not already one of them."""
-    return (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1) and not os.environ.get(INSIDE)
+    return ((cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1 or cfg.launch.shard != "none")
+            and not os.environ.get(INSIDE))
 
 
 def command(cfg, stage: str, run_dir: str | Path) -> list[str]:
@@ -38,8 +39,34 @@ def command(cfg, stage: str, run_dir: str | Path) -> list[str]:
             "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no"]
     if launch.num_machines > 1:
         args += ["--main_process_ip", launch.main_process_ip, "--main_process_port", str(launch.main_process_port)]
-    args += ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu"]
+    if launch.shard == "fsdp":
+        args += ["--config_file", str(write_fsdp_config(cfg, stage, run_dir))]
+    else:
+        args += ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu"]
     return [*args, "-m", f"ftkit.stages.{stage}", str(Path(run_dir).resolve())]
+
+
+def write_fsdp_config(cfg, stage: str, run_dir: str | Path) -> Path:
+    """The accelerate config for `launch.shard: fsdp`, written to `<stage>/accelerate.yaml`: FSDP2 sharding each
+    decoder layer (accelerate finds the class from the model's `_no_split_modules`) and the rest, fully sharded and
+    resharded after the forward pass; weights loaded by the first process alone and sent out as shards (the others
+    start on the meta device), and full state dicts gathered for saving, so the checkpoints and the saved adapter or
+    model are the usual files that resume, merge and export read."""
+    import yaml
+
+    launch = cfg.launch
+    settings = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "no",
+                "num_processes": launch.num_processes, "num_machines": launch.num_machines,
+                "machine_rank": launch.machine_rank, "use_cpu": False,
+                "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                "fsdp_reshard_after_forward": True, "fsdp_cpu_ram_efficient_loading": True,
+                                "fsdp_sync_module_states": True,
+                                "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_offload_params": False,
+                                "fsdp_activation_checkpointing": False}}
+    path = rundir.stage_file(run_dir, stage, rundir.ACCELERATE_CONFIG)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, yaml.safe_dump(settings, sort_keys=False))
+    return path
 
 
 def threads_per_process(cfg) -> int:

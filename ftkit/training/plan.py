@@ -61,16 +61,7 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
     why["gradient_checkpointing"] = ("set in the recipe" if cfg.model.gradient_checkpointing != "auto" else
                                      f"auto: {'on, needed' if checkpointing else 'off, not needed'} to fit {memory}")
     dtype = dtype_name(cfg.model)
-    why["dtype"] = ("set in the recipe" if cfg.model.dtype != "auto" else
-                    "auto: float32, as this machine does not compute in bfloat16 natively" if dtype == "float32" else
-                    f"auto: bfloat16, as {'the GPU' if torch.cuda.is_available() else 'this CPU'} computes in it")
-    if cfg.sft.max_length == "auto":
-        why["max_length"] = f"auto: fitted by the data stage ({cfg.sft.ASSUMED_LENGTH} assumed here until then)"
-    else:
-        why["max_length"] = (f"auto: fitted by the data stage to the {fit['rule']} example length "
-                             f"({fit['longest'] if fit['rule'] == 'longest' else fit['p99']} tokens)"
-                             + (f", capped by {fit['capped_by']}" if fit.get("capped_by") else "")
-                             if fit else "set in the recipe")
+    why.update(_reasons(cfg, dtype, fit))
     per_step = section.batch_size // cfg.rl.num_generations if stage == "rl" and cfg.rl.method in ("grpo", "rloo") \
         else section.batch_size
     steps = section.steps(examples, per_step) if examples else section.max_steps
@@ -79,7 +70,8 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
     why["steps"] = (f"{passes} of {examples} examples, {per_step} a step"
                     if section.epochs and examples else f"{passes}, counted once the data stage has split the data"
                     if section.epochs else "max_steps")
-    return {"stage": stage, "dtype": dtype, "processes": processes, "batch_size": section.batch_size,
+    return {"stage": stage, "dtype": dtype, "processes": processes, "shard": cfg.launch.shard,
+            "batch_size": section.batch_size,
             "micro_batch_size": micro, "gradient_accumulation_steps": share // micro,
             "gradient_checkpointing": checkpointing, "max_length": cfg.sft.max_length, "steps": steps,
             "epochs": epochs, "optimizer": section.optimizer,
@@ -88,13 +80,30 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
                            "available_on": figures["available_on"]}} if figures else {}), "why": why}
 
 
+def _reasons(cfg, dtype: str, fit: dict | None) -> dict:
+    """Why the dtype, max_length and sharding are what they are."""
+    why = {"dtype": "set in the recipe" if cfg.model.dtype != "auto" else
+           "auto: float32, as this machine does not compute in bfloat16 natively" if dtype == "float32" else
+           f"auto: bfloat16, as {'the GPU' if torch.cuda.is_available() else 'this CPU'} computes in it",
+           "shard": ("FSDP2: each process holds its share of the weights, gradients and optimizer state"
+                     if cfg.launch.shard == "fsdp" else "every process holds the whole model")}
+    if cfg.sft.max_length == "auto":
+        why["max_length"] = f"auto: fitted by the data stage ({cfg.sft.ASSUMED_LENGTH} assumed here until then)"
+    else:
+        why["max_length"] = (f"auto: fitted by the data stage to the {fit['rule']} example length "
+                             f"({fit['longest'] if fit['rule'] == 'longest' else fit['p99']} tokens)"
+                             + (f", capped by {fit['capped_by']}" if fit.get("capped_by") else "")
+                             if fit else "set in the recipe")
+    return why
+
+
 def describe(plan: dict) -> str:
     """The plan in one line, as `ftkit validate` prints it."""
     why = plan.get("why", {})
     processes = f"{plan['processes']} process{'es' if plan['processes'] > 1 else ''}"
     return "; ".join([
         f"{plan['stage']} plan: {plan['dtype']}" + (f" ({why['dtype']})" if why.get("dtype") else ""),
-        processes,
+        processes + (" sharded with FSDP2" if plan.get("shard") == "fsdp" else ""),
         f"batch {plan['batch_size']} = micro-batch {plan['micro_batch_size']} x {plan['gradient_accumulation_steps']} "
         f"accumulation x {processes}",
         f"gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}",

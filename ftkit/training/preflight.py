@@ -165,14 +165,9 @@ def estimate(cfg, tokens: int | None = None) -> dict:
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
     share = (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) // cfg.launch.num_processes
     tokens = tokens or share * planned_length(cfg)  # one process's share of a step, all at once
-    if os.environ.get(PLAN_MEMORY):  # planning for another machine: a card of this many GB
-        available, where = float(os.environ[PLAN_MEMORY]) * GB, f"a {os.environ[PLAN_MEMORY]} GB card ({PLAN_MEMORY})"
-    elif torch.cuda.is_available():
-        available, where = torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
-    else:
-        import psutil
-
-        available, where = psutil.virtual_memory().available, "free RAM (no CUDA GPU)"
+    available, where = _available()
+    if cfg.launch.shard == "fsdp":  # each process holds its share of the weights, gradients and optimizer state
+        weight_bytes, state_bytes = weight_bytes / cfg.launch.num_processes, state_bytes / cfg.launch.num_processes
 
     def total_with(checkpointing: bool) -> tuple[float, float]:
         per_layer = 1 if checkpointing else 16
@@ -208,6 +203,35 @@ def optimizer_package(name: str) -> str | None:
     return next((package for prefix, package in prefixes.items() if name.startswith(prefix)), None)
 
 
+def _available() -> tuple[float, str]:
+    """Memory training may take, in bytes, and where: a card of FTKIT_PLAN_MEMORY_GB, the GPU's, or free RAM."""
+    if os.environ.get(PLAN_MEMORY):  # planning for another machine: a card of this many GB
+        return float(os.environ[PLAN_MEMORY]) * GB, f"a {os.environ[PLAN_MEMORY]} GB card ({PLAN_MEMORY})"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    import psutil
+
+    return psutil.virtual_memory().available, "free RAM (no CUDA GPU)"
+
+
+def _launch_problems(cfg, cuda: bool) -> list[str]:
+    """Sharding asked of a machine without CUDA GPUs (accelerate runs FSDP and DeepSpeed on GPUs only), or of a 4-bit
+    base."""
+    problems, model_cfg = [], cfg.model
+    sharding = _sharding(cfg.launch.config_file)
+    if sharding and not cuda and (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1):
+        problems.append(f"launch.config_file = {cfg.launch.config_file!r} asks for {sharding}, which accelerate runs on "
+                        "GPUs only: on this machine (no CUDA GPU) it would train every process with the whole model, "
+                        "as plain data parallel; run it on GPUs, or leave launch.config_file out for data parallel")
+    if cfg.launch.shard == "fsdp" and not cuda:
+        problems.append("launch.shard = 'fsdp' shards the model over CUDA GPUs, and this machine has none (accelerate "
+                        "runs FSDP on GPUs only); set launch.shard: none here")
+    if cfg.launch.shard == "fsdp" and model_cfg.adapter == "qlora":
+        problems.append("launch.shard = 'fsdp' with model.adapter = 'qlora': sharding a 4-bit base is not supported "
+                        "by ftkit yet; use adapter: lora with shard: fsdp, or qlora on one GPU per process")
+    return problems
+
+
 def _sharding(config_file: str | None) -> str | None:
     r""""FSDP" or "DeepSpeed" where an accelerate config file asks for it, else None.
 
@@ -225,6 +249,19 @@ def _sharding(config_file: str | None) -> str | None:
         settings = yaml.safe_load(stream) or {}
     kind = str(settings.get("distributed_type", "")).upper()
     return {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind)
+
+
+def _shard_hint(cfg, held_gb: float, available_gb: float) -> str:
+    """The processes that sharding with FSDP would need for the weights and state to take at most 80% of a GPU.
+
+    >>> from types import SimpleNamespace as NS
+    >>> _shard_hint(NS(launch=NS(shard="none", num_processes=1)), 130.0, 80.0)
+    'shard it over GPUs (launch.shard: fsdp with launch.num_processes: 3, about 43.3 GB each), '
+    """
+    processes = cfg.launch.num_processes if cfg.launch.shard == "fsdp" else 1
+    needed = max(2, math.ceil(held_gb * processes / (0.8 * available_gb)))
+    return (f"shard it over GPUs (launch.shard: fsdp with launch.num_processes: {needed}, about "
+            f"{held_gb * processes / needed:.1f} GB each), ")
 
 
 def describe(figures: dict) -> str:
@@ -263,11 +300,7 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
         if name in cfg.stages and package and not importlib.util.find_spec(package):
             problems.append(f"{name}.optimizer = {getattr(cfg, name).optimizer!r} needs the {package} package, which "
                             f"is not installed here; pip install {package}, or use adamw_torch_fused")
-    sharding = _sharding(cfg.launch.config_file)
-    if sharding and not cuda and (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1):
-        problems.append(f"launch.config_file = {cfg.launch.config_file!r} asks for {sharding}, which accelerate runs on "
-                        "GPUs only: on this machine (no CUDA GPU) it would train every process with the whole model, "
-                        "as plain data parallel; run it on GPUs, or leave launch.config_file out for data parallel")
+    problems += _launch_problems(cfg, cuda)
     export = getattr(cfg, "export", None)
     if export is not None and export.push_to_hub and "export" in cfg.stages and not os.environ.get("HF_TOKEN"):
         problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "
@@ -280,9 +313,11 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
             log.info("memory estimate skipped: %s", exc)
         else:
             if figures["fits"] == "no":
+                held = figures["weights_gb"] + figures["gradients_optimizer_gb"]
+                each = "each process " if cfg.launch.shard == "fsdp" else ""
                 problems.append(
                     f"model.id = {model_cfg.id!r} with adapter {model_cfg.adapter!r} in {figures['dtype']} needs about "
-                    f"{figures['weights_gb'] + figures['gradients_optimizer_gb']:.1f} GB for weights, gradients and "
-                    f"optimizer state alone, and {figures['available_on']} has {figures['available_gb']:.1f} GB; use "
-                    "adapter: lora or qlora, a smaller model, or a machine with more memory")
+                    f"{held:.1f} GB {each}for weights, gradients and optimizer state alone, and "
+                    f"{figures['available_on']} has {figures['available_gb']:.1f} GB; use adapter: lora or qlora, a "
+                    f"smaller model, {_shard_hint(cfg, held, figures['available_gb'])}or a machine with more memory")
     return problems

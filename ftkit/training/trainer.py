@@ -132,8 +132,12 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
     seconds = time.perf_counter() - start
     history = trainer.state.log_history
     digests = weight_digests(trainer.model)
+    gathered = None
+    if trainer.is_fsdp_enabled:  # every process takes part in gathering the shards into one state dict
+        gathered = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.is_world_process_zero():
-        loader.save_trained(trainer.model, tokenizer, run_dir, stage)
+        model = trainer.accelerator.unwrap_model(trainer.model) if gathered is not None else trainer.model
+        loader.save_trained(model, tokenizer, run_dir, stage, state_dict=gathered)
         write_atomic(rundir.stage_file(run_dir, stage, rundir.LOG_HISTORY), json.dumps(history, indent=2))
         shutil.rmtree(rundir.checkpoints_dir(run_dir, stage), ignore_errors=True)  # only for resuming
     figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),
@@ -178,6 +182,8 @@ def weight_digests(model) -> list[str]:
 
     digest = hashlib.sha256()
     for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        if hasattr(param, "full_tensor"):  # an FSDP2 shard (DTensor): the whole parameter, gathered by every process
+            param = param.full_tensor()
         digest.update(name.encode())
         digest.update(param.detach().float().cpu().numpy().tobytes())
     if not (dist.is_available() and dist.is_initialized()):
