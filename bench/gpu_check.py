@@ -1,6 +1,11 @@
 """ftkit's stages on a CUDA GPU with the recipe defaults (bf16): data, SFT (LoRA), GRPO and batched eval.
 
     python bench/gpu_check.py [--model ID_OR_DIR | shape:qwen2.5-1.5b] [--tokenizer ID_OR_DIR] [--sft-steps 20]
+                              [--shard fsdp --processes N]
+
+With --shard fsdp SFT and RL train through `accelerate launch` with the FSDP2 config ftkit writes (one process on a
+single GPU still goes through FSDP: loading, sharded training, gathering the shards to save), and eval then loads and
+merges the saved adapters: the sharded path that a CPU cannot run.
 
 Prints one JSON object: the settings SFT resolved (dtype, checkpointing, padding-free, Liger), steps, real
 tokens/s, GRPO's reward and seconds, and eval's prompts/s per model. Exits 0 with a note when no GPU is present.
@@ -22,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_throughput import build_shape  # noqa: E402
 
 from ftkit import recipe
+from ftkit.core import rundir
 from ftkit.models import loader
 from ftkit.recipe import build  # noqa: E402
 from ftkit.stages import data, rl, sft
@@ -34,11 +40,14 @@ def main() -> int:
     parser.add_argument("--tokenizer", default=recipe.DEFAULT_MODEL, help="for --model shape:...")
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--rl-steps", type=int, default=4)
+    parser.add_argument("--shard", choices=["none", "fsdp"], default="none")
+    parser.add_argument("--processes", type=int, default=1, help="with --shard fsdp: processes (GPUs) to shard over")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA device"}))
         return 0
-    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": args.model}
+    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": args.model,
+           "shard": args.shard, "processes": args.processes}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, model_id = Path(tmp) / "run", args.model
         if model_id.startswith("shape:"):
@@ -48,7 +57,10 @@ def main() -> int:
                      "sft": {"max_steps": args.sft_steps, "batch_size": 64, "logging_steps": 5, "save_steps": 0},
                      "rl": {"max_steps": args.rl_steps, "batch_size": 64, "num_generations": 8, "logging_steps": 1,
                             "save_steps": 0},
-                     "eval": {"batch_size": 64, "max_new_tokens": 6}})
+                     "eval": {"batch_size": 64, "max_new_tokens": 6},
+                     "launch": {"shard": args.shard, "num_processes": args.processes}})
+        run_dir.mkdir(parents=True)
+        rundir.path(run_dir, rundir.RECIPE).write_text(cfg.dump())  # launched processes read it from the run
         tokenizer = loader.load_tokenizer(loader.resolve(model_id))
         splits, figures = data.build_splits(cfg, tokenizer)
         data.save_splits(splits, run_dir, figures, tokenizer)

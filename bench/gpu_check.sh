@@ -3,7 +3,9 @@
 #   1. LoRA SFT of a 0.5B-1.5B model in bf16 on variable-length chat data: ftkit's defaults, ftkit with
 #      padding-free batches, plain TRL defaults and TRL without gradient checkpointing, each with real tokens/s,
 #      MFU (6 * N * tokens/s / the GPU's peak bf16 FLOP/s) and peak memory (bench/sft_throughput.py);
-#   2. ftkit's other stages on the GPU in bf16: data, SFT, GRPO and batched eval (bench/gpu_check.py).
+#   2. ftkit's other stages on the GPU in bf16: data, SFT, GRPO and batched eval (bench/gpu_check.py);
+#   3. the same with launch.shard: fsdp (FSDP2 through accelerate, over every visible GPU): sharded loading,
+#      training, gathering the shards to save, and eval loading and merging what was saved.
 #
 #   bash bench/gpu_check.sh [MODEL]
 # MODEL: a hub id or a local directory (default Qwen/Qwen2.5-1.5B-Instruct), or shape:qwen2.5-1.5b /
@@ -25,3 +27,6 @@ echo "== SFT throughput: ftkit defaults vs TRL defaults"
     ${JSON:+--json "$JSON"}
 echo "== ftkit stages in bf16: data, SFT, GRPO, eval"
 "$PYTHON" bench/gpu_check.py --model "$MODEL" "${TOK[@]}"
+echo "== ftkit stages with the model sharded by FSDP2 (launch.shard: fsdp)"
+"$PYTHON" bench/gpu_check.py --model "$MODEL" "${TOK[@]}" --shard fsdp --processes "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" \
+    --sft-steps 10 --rl-steps 2
