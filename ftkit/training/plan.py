@@ -13,6 +13,7 @@ machine.
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -55,9 +56,7 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
     memory = "by the memory estimate (below)" if figures else "(the model's config could not be read for an estimate)"
     why["micro_batch_size"] = (f"auto: the largest divisor of the process's share ({share}) that fits {memory}"
                                if section.micro_batch_size == "auto" else "set in the recipe")
-    checkpointing = cfg.model.gradient_checkpointing
-    if checkpointing == "auto":  # as preflight.gradient_checkpointing decides it, from the estimate made above
-        checkpointing = figures["gradient_checkpointing"] if figures else torch.cuda.is_available()
+    checkpointing = preflight.gradient_checkpointing(cfg, pass_tokens(micro), figures)
     why["gradient_checkpointing"] = ("set in the recipe" if cfg.model.gradient_checkpointing != "auto" else
                                      f"auto: {'on, needed' if checkpointing else 'off, not needed'} to fit {memory}")
     dtype = dtype_name(cfg.model)
@@ -116,8 +115,6 @@ def for_stage(cfg, stage: str, run_dir, examples: int, lengths: list[int] | None
               padding_free: bool = False) -> dict:
     """The stage's plan for its `examples` train examples (their token `lengths` for SFT; the data stage's fit of
     max_length read from the run), written to `<run>/<stage>/plan.json` by the first process."""
-    import os
-
     fit = rundir.metrics(run_dir).get("data", {}).get("max_length")
     plan = resolve(cfg, stage, examples, lengths, padding_free, fit)
     if int(os.environ.get("RANK", "0")) == 0:

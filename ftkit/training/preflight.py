@@ -88,13 +88,13 @@ def micro_batch(cfg, section, tokens_for) -> int:
     return 1
 
 
-def gradient_checkpointing(cfg, tokens: int | None = None) -> bool:
+def gradient_checkpointing(cfg, tokens: int | None = None, figures: dict | None = None) -> bool:
     """model.gradient_checkpointing with auto resolved by `estimate` for a step of `tokens` (default: batch_size *
-    max_length); on where the config cannot be read and a GPU is in use."""
+    max_length; `figures`: that estimate, already made); on where the config cannot be read and a GPU is in use."""
     if cfg.model.gradient_checkpointing != "auto":
         return cfg.model.gradient_checkpointing
     try:
-        return estimate(cfg, tokens)["gradient_checkpointing"]
+        return (figures or estimate(cfg, tokens))["gradient_checkpointing"]
     except ModelNotFound:
         return torch.cuda.is_available()
 

@@ -28,6 +28,7 @@ from ftkit.core.io import read_json, write_atomic
 from ftkit.core.rows import labelled
 from ftkit.models import loader
 from ftkit.recipe import trackers
+from ftkit.training.plan import section_of
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def backing_off(cfg, stage: str, run_dir: str | Path, train_once) -> dict:
     in the log, and the figures (`out_of_memory_backoff`) and the plan record it."""
     import gc
 
-    auto = (cfg.sft if stage == "sft" else cfg.rl).micro_batch_size == "auto"
+    auto = section_of(cfg, stage).micro_batch_size == "auto"
     tried = []
     while True:
         micro = None
@@ -88,7 +89,7 @@ def backing_off(cfg, stage: str, run_dir: str | Path, train_once) -> dict:
                 raise
         if micro is None:
             break
-        share = per_process(cfg, (cfg.sft if stage == "sft" else cfg.rl).batch_size)
+        share = per_process(cfg, section_of(cfg, stage).batch_size)
         smaller = max(d for d in range(1, micro // 2 + 1) if share % d == 0)
         log.warning("%s: out of memory with a micro-batch of %d; training again from the last checkpoint with %d "
                     "(gradient accumulation %d, the same batch)", stage, micro, smaller, share // smaller)
@@ -97,7 +98,7 @@ def backing_off(cfg, stage: str, run_dir: str | Path, train_once) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         cfg = cfg.model_copy(deep=True)
-        (cfg.sft if stage == "sft" else cfg.rl).micro_batch_size = smaller
+        section_of(cfg, stage).micro_batch_size = smaller
     if tried:
         plan = figures["plan"]
         plan["why"]["micro_batch_size"] = (f"auto: {tried[0]} by the estimate, then {plan['micro_batch_size']} after "
