@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftkit", description="Declarative, notebook-driven LLM fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help=f"run a recipe's stages and write {rundir.REPORT}")
-    run.add_argument("recipe")
+    run.add_argument("recipe", metavar="RECIPE", help="the recipe's YAML file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. sft.learning_rate=1e-4 (repeatable)")
     run.add_argument("--stages", help="comma-separated subset of the recipe's stages to run now, e.g. data,sft")
@@ -39,17 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="run one variant of the recipe per value of KEY, then write a page comparing them")
     resume = sub.add_parser("resume", help="continue a run directory: skip what is done, resume training from its "
                                            "last checkpoint, run the rest")
-    resume.add_argument("run_dir")
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (reports/<name>/<run id>)")
     resume.add_argument("--stages", help="comma-separated subset of the recipe's stages")
     resume.add_argument("--force", action="store_true", help="run every stage even when its result is up to date")
     validate = sub.add_parser("validate", help="check a recipe without running anything (exit 0 when valid)")
-    validate.add_argument("recipe")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("recipe", metavar="RECIPE", help="the recipe's YAML file")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe key, as for run (repeatable)")
     compare = sub.add_parser("compare", help="write one HTML page comparing runs")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     compare.add_argument("-o", "--output", help="the page to write (default: reports/compare-<timestamp>.html)")
     report = sub.add_parser("report", help=f"re-render {rundir.REPORT} from a run directory")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (reports/<name>/<run id>)")
     model = sub.add_parser("model", help="make a model available locally and print where it is")
     model.add_argument("id", nargs="?", default=None, help="hub id or directory (default: the default model)")
     return parser

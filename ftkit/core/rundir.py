@@ -55,6 +55,7 @@ def notebooks_dir() -> Path:
 
 
 def reports_dir() -> Path:
+    """Where run directories go: FTKIT_REPORTS, else reports/ under the working directory."""
     return Path(os.environ.get("FTKIT_REPORTS", "reports"))
 
 
@@ -81,18 +82,22 @@ def path(run_dir: str | Path, name: str) -> Path:
 
 
 def executed_notebook(run_dir: str | Path, stage: str) -> Path:
+    """notebooks/<NN_stage>.ipynb: the stage's notebook as executed in this run."""
     return Path(run_dir) / "notebooks" / NOTEBOOKS[stage]
 
 
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """<stage>/: the folder of a stage's artifacts."""
     return Path(run_dir) / stage
 
 
 def split_path(run_dir: str | Path, name: str) -> Path:
+    """data/<name>.jsonl: a split (train, test, validation, generalization) as the data stage wrote it."""
     return Path(run_dir) / "data" / f"{name}.jsonl"
 
 
 def stats_path(run_dir: str | Path) -> Path:
+    """data/stats.json: the data stage's counts, drops, lengths and checks."""
     return Path(run_dir) / "data" / STATS
 
 
@@ -108,6 +113,7 @@ def tensorboard_dir(run_dir: str | Path, stage: str) -> Path:
 
 
 def checkpoints_dir(run_dir: str | Path, stage: str) -> Path:
+    """<stage>/checkpoints/: the training states `ftkit resume` continues from (removed once the result is saved)."""
     return stage_dir(run_dir, stage) / "checkpoints"
 
 
@@ -142,6 +148,7 @@ def remove_eval_files(run_dir: str | Path, kinds=EVAL_FILES, model: str | None =
 
 
 def export_dir(run_dir: str | Path, kind: str) -> Path:
+    """export/merged/ or export/adapter/ (`kind` one of EXPORTS)."""
     _known(kind, EXPORTS)
     return Path(run_dir) / "export" / kind
 
@@ -155,6 +162,7 @@ def record(run_dir: str | Path, stage: str, metrics: dict) -> None:
 
 
 def metrics(run_dir: str | Path) -> dict:
+    """metrics.json: one key per stage, as the stages recorded them."""
     return read_json(path(run_dir, METRICS), {})
 
 
@@ -167,10 +175,12 @@ def forget_metrics(run_dir: str | Path, stage: str) -> None:
 
 
 def status(run_dir: str | Path) -> dict:
+    """status.json: per stage its state, times, fingerprint, error and notebook."""
     return read_json(path(run_dir, STATUS), {})
 
 
 def set_status(run_dir: str | Path, stage: str, entry: dict) -> None:
+    """Replace a stage's entry in status.json (atomically)."""
     update_json(path(run_dir, STATUS), stage, entry)
 
 

@@ -14,6 +14,8 @@ from ftkit.scoring.tasks import TASKS
 
 
 class DataConfig(Section):
+    """Where the examples come from, how they are read, split, cleaned and scored."""
+
     task: Literal[tuple(TASKS)] | None = Field(None, description="built-in task: addition (the default, with no "
                                                "other source), word_problems or code")
     path: str | None = Field(None, description="local JSONL/JSON/CSV/TSV/Parquet file or glob, relative to the recipe")
@@ -24,9 +26,11 @@ class DataConfig(Section):
     subset: str | None = Field(None, description="hub dataset configuration")
     split: str = Field("train", description="hub split to train on")
     test_split: str | None = Field(None, description="the hub dataset's own test split")
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub dataset branch, tag or commit")
     format: Literal["auto", "prompt_completion", "question_answer", "multiple_choice", "alpaca", "messages", "sharegpt",
-                    "preference", "feedback", "prompts", "text"] = "auto"
+                    "preference", "feedback", "prompts", "text"] = Field(
+        "auto", description="how a row is read; auto: detected from the columns (prompt/completion, question/answer, "
+        "instruction/input/output, messages, chosen/rejected, label, text, ...)")
     columns: dict[Literal["prompt", "completion", "question", "answer", "instruction", "input", "output", "chosen",
                           "rejected", "label", "system", "messages", "conversations", "text", "accepted",
                           "choices"], str | list[str]] = Field(
@@ -64,7 +68,7 @@ class DataConfig(Section):
     numeric_tolerance: float = Field(0.0, ge=0, description="numbers within this absolute difference of the reference "
                                      "count as right: the scorer, eval's task and lenient metrics, the task and "
                                      "numeric_match rewards")
-    dedupe: bool = True
+    dedupe: bool = Field(True, description="drop exact duplicate examples (counted)")
     too_long: Literal["drop", "truncate"] = Field("drop", description="examples over sft.max_length tokens")
     max_contamination: float = Field(0.0, ge=0, le=1, description="fraction of test prompts allowed in train")
     split_by: str | None = Field(None, description="examples of one group never straddle train, validation and test: "

@@ -27,8 +27,10 @@ from ftkit.scoring.robustness import PERTURBATIONS
 
 
 class ModelConfig(Section):
+    """The pretrained model, how it is loaded and what of it is trained."""
+
     id: str = Field(DEFAULT_MODEL, min_length=1, description="hub id or local directory")
-    revision: str | None = None
+    revision: str | None = Field(None, description="a hub branch, tag or commit of model.id (default: main)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on a GPU or CPU that computes in it natively (CPU: AVX-512-BF16 or AMX), "
         "else float32")
@@ -37,9 +39,10 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="run modelling code shipped with the model; off unless set")
     adapter: Literal["lora", "qlora", "none"] = Field(
         "lora", description="qlora: LoRA on a 4-bit base (CUDA + bitsandbytes); none: full fine-tuning")
-    lora_r: int = Field(16, gt=0)
-    lora_alpha: int = Field(32, gt=0)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_r: int = Field(16, gt=0, description="LoRA rank: the inner size of each adapter's two matrices")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scale numerator: the update is multiplied by "
+                            "lora_alpha / lora_r")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input while training")
     target_modules: str | list[str] = Field("all-linear", description="default: every linear layer but the output")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="recompute activations: less memory, 11-30% slower; auto: only when the memory estimate "
@@ -47,8 +50,12 @@ class ModelConfig(Section):
 
 
 class SFTConfig(TrainingSection):
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Supervised fine-tuning on the train split's demonstrations (TRL's SFTTrainer)."""
+
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="how the learning rate falls from learning_rate over the steps")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps over which the learning rate "
+                                "rises from 0 to learning_rate")
     max_length: Annotated[int, Field(gt=8)] | Literal["auto"] = Field(
         "auto", description="tokens an example may take as trained; longer ones are dropped or cut (data.too_long). "
         "auto: fitted to the data by the data stage, the longest example (the 99th percentile where the longest is "
@@ -56,16 +63,21 @@ class SFTConfig(TrainingSection):
 
     ASSUMED_LENGTH: ClassVar[int] = 512  # max_length: auto, before the data stage has fitted it (memory estimates)
     padding_free: bool | Literal["auto"] = Field(
-        "auto", description="a step's examples in one row without padding, each attending only to itself; auto: "
-        "where the model's attention keeps them apart and data.too_long is drop")
+        "auto", description="a step's examples in one row without padding, each attending only to itself (same "
+        "loss, same real tokens); auto: on with flash attention and data.too_long: drop, off otherwise (sdpa "
+        "computes the row under a mask and is slower than padded batches); true is refused where the model's "
+        "attention would let the examples see each other")
 
 
 class RLConfig(TrainingSection):
+    """Reinforcement learning after SFT (or from the base): GRPO or RLOO on rewards, DPO or KTO on preferences."""
+
     method: Literal["grpo", "rloo", "dpo", "kto"] = Field(
         "grpo", description="grpo/rloo: maximise rl.rewards on sampled completions; dpo: preference pairs; kto: "
         "answers labelled desirable or not (or preference pairs, unpaired)")
     DEFAULT_STEPS: ClassVar[int] = 30
-    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="the optimizer's learning rate (constant unless "
+                                 "trainer_args set a scheduler)")
     batch_size: int = Field(16, gt=0, description="grpo/rloo: completions per step (prompts_per_step x "
                             "num_generations); dpo: preference pairs per step; kto: labelled answers per step")
     prompts_per_step: int | None = Field(None, gt=0, description="grpo/rloo: prompts per step, each sampled "
@@ -89,7 +101,8 @@ class RLConfig(TrainingSection):
         """beta as trained: the recipe's, else the method's default (DPO 0.1; GRPO/RLOO 0, no reference model)."""
         return self.beta if self.beta is not None else (0.1 if self.method in ("dpo", "kto") else 0.0)
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="grpo/rloo: sampling temperature of the completions (also "
+                               "eval.sampled's)")
     max_completion_length: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="tokens a completion may take; auto: fitted to the train answers (rows.reply_budget: "
         "1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
@@ -136,6 +149,8 @@ class RLConfig(TrainingSection):
 
 
 class JudgeConfig(Section):
+    """A model that reads the replies: pairwise against a reference or another model, or a grade."""
+
     model: str = Field(..., min_length=1, description="the judge: a hub id, a local model directory, or base (the "
                        "recipe's base model)")
     mode: Literal["pairwise", "grade"] = Field("pairwise", description="pairwise: each model's reply against "
@@ -146,10 +161,12 @@ class JudgeConfig(Section):
                         min_length=1, description="what the judge looks for; shown in its prompt and the report")
     examples: int = Field(50, gt=0, description="test examples judged (the first ones)")
     max_new_tokens: int = Field(8, gt=0, description="the judge's reply: a verdict, not an essay")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="judge prompts generated at once")
 
 
 class EvalConfig(Section):
+    """Every model on the same held-out examples: the test split, a shifted set and perturbed prompts."""
+
     models: list[str] | None = Field(
         None, description="models to evaluate: base, sft, rl or a label of eval.extra; default: base, every tuned "
                           "model the recipe trains, and eval.extra")
@@ -161,7 +178,7 @@ class EvalConfig(Section):
                                       "exact_match, accuracy, f1, rouge_l, chrf, bleu or an evaluate hub id; the first "
                                       "is the headline; default: task, lenient (files scored whole: exact_match, f1, "
                                       "rouge_l, lenient; preference pairs: preference; prompts alone: reward)")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="prompts generated at once (sorted by length, left-padded)")
     max_new_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="tokens a reply may take; auto: fitted to the answers of train and test "
         "(rows.reply_budget: 1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
@@ -179,8 +196,9 @@ class EvalConfig(Section):
                                                   "with room to finish (twice the limit, at least 128 tokens), to "
                                                   "tell a model that explains before it answers from one that does "
                                                   "not know the answer; the headline is not changed (0: none)")
-    perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS))
-    n_examples_shown: int = Field(10, ge=0)
+    perturbations: list[Literal[PERTURBATIONS]] = Field(default_factory=lambda: list(PERTURBATIONS), description=
+                                                        "the robustness claim's perturbations, each applied alone")
+    n_examples_shown: int = Field(10, ge=0, description="predictions shown side by side in the notebook and report")
     judge: JudgeConfig | None = Field(None, description="a model that grades the replies or compares them pairwise")
 
     @field_validator("metrics")
@@ -227,21 +245,25 @@ class EvalConfig(Section):
 
 
 class ExportConfig(Section):
+    """The tuned model written for use outside ftkit (runs only when stages lists export)."""
+
     model: Literal["sft", "rl"] | None = Field(None, description="tuned model to export (default: the last trained)")
     merged: bool = Field(True, description="base and adapter merged into one checkpoint, loadable with transformers")
     adapter: bool = Field(True, description="the LoRA adapter alone (small; needs the base model)")
     push_to_hub: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
                                     description="hub repo id for the merged model; the token comes from HF_TOKEN")
-    private: bool = True
+    private: bool = Field(True, description="push_to_hub: create the hub repository private")
 
 
 class LaunchConfig(Section):
+    """Where training runs: one process, several GPUs, several machines (through accelerate launch)."""
+
     num_processes: int = Field(1, ge=1, description="training processes in all machines (one per GPU); 1: train in "
                                                     "the notebook's kernel; more: through `accelerate launch`")
-    num_machines: int = Field(1, ge=1)
+    num_machines: int = Field(1, ge=1, description="machines taking part (the same processes on each)")
     machine_rank: int = Field(0, ge=0, description="this machine's rank (run the same command on each machine)")
     main_process_ip: str | None = Field(None, description="address of machine 0 (several machines)")
-    main_process_port: int = Field(29500, gt=0, lt=65536)
+    main_process_port: int = Field(29500, gt=0, lt=65536, description="port of machine 0 (several machines)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="accelerate's autocast; ftkit's own bf16/fp16 training follows model.dtype")
     config_file: str | None = Field(None, description="accelerate config file (FSDP, DeepSpeed), relative to the "
@@ -266,8 +288,11 @@ class LaunchConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
-    seed: int = 0
+    """One experiment: its name, seed and stages, then one section per part."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80, description="run directories go "
+                      "to reports/<name>/; letters, digits, ., _ and -")
+    seed: int = Field(0, description="one seed for data splits, training and bootstrap intervals")
     report_to: Literal["auto", "none", "tensorboard", "trackio", "wandb", "mlflow"] | list[
         Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(
         "auto", description="experiment trackers for SFT and RL (TRL's report_to): auto (TensorBoard, in "

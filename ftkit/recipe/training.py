@@ -61,7 +61,8 @@ class TrainingSection(Section):
     micro_batch_size: int | Literal["auto"] = Field(
         "auto", description="examples one process puts through the model at once; gradient accumulation makes up "
         "batch_size. auto: the largest that divides its share of the batch and fits in memory by the estimate")
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="the optimizer's peak learning rate (LoRA takes "
+                                 "larger ones than full fine-tuning)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradients clipped to this norm; 0: not clipped")
     optimizer: str = Field("adamw_torch_fused", min_length=1, description="by its transformers name: adamw_torch, "
@@ -69,7 +70,8 @@ class TrainingSection(Section):
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="anything else the trainer's config (TRL's SFTConfig, GRPOConfig, ...) "
         "takes, by its name there, e.g. {adam_beta2: 0.95}; what ftkit sets from other keys is refused")
-    logging_steps: int = Field(5, gt=0)
+    logging_steps: int = Field(5, gt=0, description="the loss and other figures logged every N steps (the "
+                               "curves' resolution)")
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps, for `ftkit resume` after a crash; 0: none")
 
     DEFAULT_STEPS: ClassVar[int] = 60
