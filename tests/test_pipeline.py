@@ -131,6 +131,10 @@ def test_report_holds_the_metrics_table_and_plots(tiny_run):
     assert page.count("data:image/png;base64,") >= 2  # SFT loss and RL reward, embedded
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     assert 'id="stage-eval"' in page
+    # a feature the recipe does not use is one line in the notebook (and so the report), not an empty table
+    for unused in ("data.mix", "data.augment", "eval.judge"):
+        assert f"not used by this recipe: {unused}" in page
+    assert "not a classification" in page
 
 
 def test_report_escapes_model_output_and_dataset_text(tiny_run, tmp_path):

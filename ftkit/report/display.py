@@ -233,3 +233,25 @@ def rl_samples(run_dir: str | Path):
     return pd.DataFrame(rundir.rl_samples(run_dir))
 
 
+
+
+def or_note(table, note: str | None):
+    """The table, or, where it has nothing to show, one line in its place: `note` (a feature the recipe does not
+    use, or nothing found), printed; a reader of the notebook or report sees that instead of an empty table. A dict
+    of tables is empty when every table in it is.
+
+    >>> or_note({"sft": []}, "not used by this recipe: eval.judge")
+    not used by this recipe: eval.judge
+    >>> or_note([1], "unused")
+    [1]
+    """
+    def empty(value) -> bool:
+        if isinstance(value, dict):
+            return all(empty(v) for v in value.values())
+        return value is None or bool(getattr(value, "empty", False)) or (isinstance(value, (list, str)) and not value)
+
+    if empty(table):
+        if note:
+            print(note)
+        return None
+    return table

@@ -97,7 +97,7 @@ def sharpening_note(results: dict) -> str | None:
                     "more likely (it sharpened the distribution it samples from) rather than changing the most "
                     "likely answer on the questions it got wrong. Greedy accuracy moves when that answer "
                     "changes: where demonstrations exist for every prompt, more SFT steps do it faster; RL pays "
-                    "where the reward says more than the demonstrations (README: RL).")
+                    "where the reward says more than the demonstrations (docs/guides/rl.md: When RL pays).")
     return None
 
 
