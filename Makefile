@@ -5,7 +5,7 @@ FTKIT  := $(VENV)/bin/ftkit
 STAMP  := $(VENV)/.ftkit-installed
 RECIPE ?= recipes/quickstart.yaml
 
-.PHONY: setup model quickstart run test test-fast lab tensorboard bench clean
+.PHONY: setup model quickstart run test test-fast docs docs-serve lab tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not pipeline" $(PYTEST_ARGS)
 
+# the docs site: the reference pages generated from the code, then site/ built (--strict: a broken link, an anchor
+# that is not there or a page left out of the navigation fails)
+docs: setup
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 # JupyterLab refuses to run as root unless told; containers often are root
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -53,4 +63,4 @@ bench: model
 	$(PY) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
