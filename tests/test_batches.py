@@ -81,6 +81,16 @@ def test_epochs_set_the_steps_from_the_data(tmp_path, tiny_model_dir):
     assert result["steps"] == 6 and result["epochs"] == pytest.approx(2.0)
 
 
+def test_the_plan_counts_epochs_as_the_trainer_does(tmp_path, tiny_model_dir):
+    """max_steps 4 of 16 on 40 examples: a pass is 3 steps (16 + 16 + 8), so 1.333 epochs in the plan, the
+    report's plan table and the trainer's own count alike."""
+    cfg, run_dir = _prepared(tmp_path, tiny_model_dir, "count", train_size=40, sft={
+        "max_steps": 4, "batch_size": 16, "micro_batch_size": 16, "save_steps": 0})
+    result = sft.train(cfg, run_dir)
+    assert result["plan"]["epochs"] == pytest.approx(4 / 3, abs=1e-3)
+    assert result["epochs"] == pytest.approx(result["plan"]["epochs"], abs=1e-3)
+
+
 def test_steps_and_epochs_exclude_each_other_and_micro_batches_divide_the_batch(tmp_path):
     with pytest.raises(recipe.RecipeError, match=r"r\.yaml:\d+: sft: max_steps \(5\) and epochs \(2\.0\) both say how "
                                                  r"long to train; set one of them"):

@@ -64,7 +64,8 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
     per_step = section.batch_size // cfg.rl.num_generations if stage == "rl" and cfg.rl.method in ("grpo", "rloo") \
         else section.batch_size
     steps = section.steps(examples, per_step) if examples else section.max_steps
-    epochs = section.epochs if section.epochs else (round(steps * per_step / examples, 3) if examples else None)
+    # epochs as the trainer counts them: steps over the steps of one pass (its last step partial)
+    epochs = section.epochs if section.epochs else (round(steps / -(-examples // per_step), 3) if examples else None)
     passes = f"{section.epochs:g} epoch{'' if section.epochs == 1 else 's'}" if section.epochs else ""
     why["steps"] = (f"{passes} of {examples} examples, {per_step} a step"
                     if section.epochs and examples else f"{passes}, counted once the data stage has split the data"
