@@ -165,7 +165,7 @@ def recipe_page() -> str:
              "A recipe is a YAML file with the keys below; every one is optional but `name`. Keys are checked "
              "before anything runs (`ftkit validate RECIPE`): an unknown key, a wrong type or a value out of range is "
              "reported with its file, line and fix. `--set KEY=VALUE` on the command line takes the same dotted "
-             "keys. Defaults shown as `null` are decided at run time; the description says how.\n\n"
+             "keys. A default of `null` means not set: the description says what happens then.\n\n"
              "## Top level\n\n")
     return intro + "\n".join(_section(Recipe, "", 2)).rstrip() + "\n"
 

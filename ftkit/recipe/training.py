@@ -53,7 +53,7 @@ SFT_ONLY = ("lr_scheduler_type", "warmup_steps", "warmup_ratio")  # rl's schedul
 
 class TrainingSection(Section):
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; set this or epochs, not both (neither: "
-                                  "the stage's default steps)")
+                                  "60 steps for sft, 30 for rl)")
     epochs: float | None = Field(None, gt=0, description="passes over the train split (a fraction too), instead of "
                                  "max_steps")
     batch_size: int = Field(16, gt=0, description="examples per optimizer step over all processes (the batch an "
