@@ -51,7 +51,8 @@ GROUPS = {
     },
     "eval": {
         "Models and metrics": ["models", "extra", "metrics", "answer_loss", "likeliest_class"],
-        "Generation": ["batch_size", "max_new_tokens", "temperature", "samples", "sampled", "stop", "finish_cut"],
+        "Generation": ["batch_size", "max_new_tokens", "temperature", "samples", "sampled", "sampled_models",
+                       "sampled_size", "stop", "finish_cut"],
         "Robustness and examples": ["robustness_size", "perturbations", "n_examples_shown"],
     },
 }

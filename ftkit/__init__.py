@@ -18,8 +18,10 @@ Nothing is imported eagerly, so that `ftkit validate` and `ftkit report` answer 
 """
 
 import importlib
+import time
 
 __version__ = "0.1.0"
+IMPORTED_AT = time.perf_counter()  # a stage notebook's first cell imports ftkit, then the stage: the imports phase
 
 
 def __getattr__(name):

@@ -87,6 +87,16 @@ def _print_event(kind, stage, result):
         print(f"✗ {stage} failed after {result.seconds:.1f} s: {result.error}", flush=True)
 
 
+def _print_time(run_dir: Path, stages: list[str]) -> None:
+    """The three phases of the stages that ran now that took longest, with their share of those stages' time."""
+    phases = {(stage, name): s for stage in stages for name, s in rundir.phases(run_dir).get(stage, {}).items()}
+    total = sum(phases.values())
+    if total > 0:
+        top = sorted(phases.items(), key=lambda item: -item[1])[:3]
+        print("most time: " + ", ".join(f"{stage} {name} {s:.0f} s ({100 * s / total:.0f}%)"
+                                        for (stage, name), s in top), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -178,6 +188,7 @@ def _run(args) -> int:
         return EXIT_FAILED
     failed = next((r for r in results if not r.ok), None)
     print(f"report: {report_path}")
+    _print_time(run_dir, [r.stage for r in results if r.ok])
     if failed:
         print(f"ftkit: stage {failed.stage} failed: {failed.error} — open {failed.notebook}", file=sys.stderr)
         return EXIT_FAILED

@@ -155,7 +155,9 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     """One full run (data -> sft -> rl -> eval) of the tiny model through the CLI, shared by the tests that read a
     complete run directory."""
     root = tmp_path_factory.mktemp("run")
-    recipe = recipe_file(root, tiny(tiny_model_dir), file="tiny.yaml")
+    # sampled replies on 12 of the 16 test prompts
+    recipe = recipe_file(root, tiny(tiny_model_dir, eval={"batch_size": 8, "max_new_tokens": 4, "sampled_size": 12}),
+                         file="tiny.yaml")
     run_dir = root / "out"
     from ftkit import cli
 

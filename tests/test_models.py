@@ -135,17 +135,34 @@ def test_lora_adapter_round_trip(tmp_path, tiny_model_dir, dtype):
             "merging into half-precision weights rounds twice: the test would not see the difference otherwise"
 
 
-def test_bfloat16_follows_the_cpu(monkeypatch):
-    """dtype auto reads the CPU flags: bfloat16 only where the CPU computes in it (both branches, on any machine)."""
+def test_bfloat16_follows_the_cpu(monkeypatch, tmp_path):
+    """dtype auto: bfloat16 with AMX, float32 without bfloat16 arithmetic, and with AVX-512-BF16 alone whichever the
+    cached measurement found faster, for training and for generation apart (every branch, on any machine)."""
     from ftkit.core import machine
+    from ftkit.models import dtypes
 
+    monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = []
+    measured = {"training": {"float32": 1.0, "bfloat16": 0.5}, "generation": {"float32": 1.0, "bfloat16": 2.5}}
+    monkeypatch.setattr(dtypes, "benchmark", lambda: calls.append(1) or measured)
     auto = ModelConfig()
-    for cpuinfo, expected in ((EPYC_AVX2, "float32"), (XEON_AMX, "bfloat16"), (EPYC_AVX512_BF16, "bfloat16"),
-                              ("", "float32")):
+    for cpuinfo, training, generation in ((EPYC_AVX2, "float32", "float32"), (XEON_AMX, "bfloat16", "bfloat16"),
+                                          (EPYC_AVX512_BF16, "bfloat16", "float32"), ("", "float32", "float32")):
         monkeypatch.setattr(machine, "read_cpuinfo", lambda text=cpuinfo: text)
-        assert loader.dtype_name(auto) == expected, cpuinfo[:60]
+        assert loader.dtype_name(auto) == training, cpuinfo[:60]
+        assert loader.dtype_name(auto, "generation") == generation, cpuinfo[:60]
         assert loader.dtype_name(ModelConfig(dtype="float32")) == "float32", "an explicit dtype is kept"
+    assert len(calls) == 1, "measured once, then read from the cache"
+    cached = json.loads((tmp_path / dtypes.CACHE_NAME).read_text())
+    assert list(cached.values()) == [measured] and "AMD EPYC" in next(iter(cached))
+    monkeypatch.setattr(machine, "read_cpuinfo", lambda: EPYC_AVX512_BF16)
+    described = dtypes.describe()
+    assert described["generation"]["dtype"] == "float32" and "0.40x" in described["generation"]["reason"]
+    assert described["training"]["dtype"] == "bfloat16" and described["measured_seconds"] == measured
+    measured["training"]["bfloat16"] = 0.95  # 1.05x: inside the margin, the tie goes to float32
+    (tmp_path / dtypes.CACHE_NAME).unlink()
+    assert loader.dtype_name(auto) == "float32"
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: XEON_AMX)
     info = machine.cpu()
     assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+" and info["bf16"]
@@ -153,6 +170,16 @@ def test_bfloat16_follows_the_cpu(monkeypatch):
     assert "computes in bfloat16" in machine.describe_cpu(info)
     monkeypatch.setattr(machine, "read_cpuinfo", lambda: EPYC_AVX2)
     assert machine.cpu()["flags"] == ["avx2"] and "bfloat16 is emulated" in machine.describe_cpu()
+
+
+
+def test_the_dtype_benchmark_times_both_dtypes_for_both_uses():
+    """The micro-benchmark behind dtype auto runs here for real: seconds for each use in each dtype."""
+    from ftkit.models import dtypes
+
+    measured = dtypes.benchmark()
+    assert sorted(measured) == ["generation", "training"]
+    assert all(sorted(m) == ["bfloat16", "float32"] and all(0 < s < 60 for s in m.values()) for m in measured.values())
 
 
 def test_hub_out_of_reach_is_said_once_and_nothing_retries(tmp_path, monkeypatch, capfd):

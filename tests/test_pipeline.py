@@ -48,9 +48,10 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert set(m["robustness"]) == {"clean", "typo", "case", "whitespace", "reword"}
         assert m["robustness"]["typo"]["n"] == 16
         rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
+        sampled = {"sampled_score"} if name != "base" else set()  # GRPO trained: eval.sampled is 4, for RL and SFT
         assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
-                                                                "sampled_score", "finished"}  # GRPO trained:
-        # eval.sampled is 4; the tiny model's replies never end in 4 tokens, so each is answered again with room
+                                                                "finished", *sampled}
+        # the tiny model's replies never end in 4 tokens, so each is answered again with room
         assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
         # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions;
         # a wrong number copied from the question is an echo, not an estimate
@@ -120,6 +121,27 @@ def test_grpo_with_a_user_reward_file_moves_the_weights(tiny_run, tmp_path):
     assert first["my_rewards.py:length"] == len(first["completion"])
     assert first["total"] == pytest.approx(first["my_rewards.py:length"] + 0.5 * first["task"])
     assert {"reward", "rewards/my_rewards.py:length/mean", "rewards/task/mean"} <= set(rundir.rl_curves(copy))
+
+
+def test_each_stage_says_where_its_time_went(tiny_run):
+    """The phases of each stage add up to its time (within 5%): the kernel's start, the imports, what ftkit timed
+    inside the stage, the notebook's own code and writing the notebook. The report shows them as bars."""
+    _, run_dir = tiny_run
+    status, phases = rundir.status(run_dir), rundir.phases(run_dir)
+    for stage in ("data", "sft", "rl", "eval"):
+        total = sum(phases[stage].values())
+        assert abs(total - status[stage]["duration_s"]) <= 0.05 * status[stage]["duration_s"], (stage, phases[stage])
+        assert {"kernel start", "imports", "notebook code", "writing the notebook"} <= set(phases[stage])
+    assert {"loading", "preparing data", "saving"} <= set(phases["data"])
+    assert {"loading", "update", "saving"} <= set(phases["sft"])
+    assert {"loading", "generation", "rewards", "update", "saving"} <= set(phases["rl"])
+    assert {"loading", "generation", "sampled replies", "shifted set", "perturbation sets", "scoring"} \
+        <= set(phases["eval"])
+    # the RL figures per step come from the same clocks
+    per_step = rundir.metrics(run_dir)["rl"]["seconds_per_step"]
+    assert per_step["generation"] > 0 and per_step["update"] > 0
+    page = (run_dir / "report.html").read_text()
+    assert '<div id="phases"><img' in page and "<th>most time</th>" in page
 
 
 def test_report_holds_the_metrics_table_and_plots(tiny_run):

@@ -76,7 +76,8 @@ def test_a_sweep_runs_each_value_and_compares_them(tiny_model_dir, tmp_path, mon
     [page] = (tmp_path / "reports" / "tiny").glob("sweep-*.html")
     html = page.read_text()
     assert "<td>sft.learning_rate</td><td>0.01</td><td>0.001</td>" in html
-    assert all(f"tiny/{p.name}" in html for p in runs) and html.count("data:image/png;base64,") == 1
+    assert all(f"tiny/{p.name}" in html for p in runs) and html.count("data:image/png;base64,") == 2  # SFT loss; phases
+    assert "<h2>Where the time went</h2>" in html
     assert "<script" not in html.lower()
     # the same page from the command line, and a directory that is not a run
     out = tmp_path / "compare.html"

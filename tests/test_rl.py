@@ -337,3 +337,69 @@ def test_preference_answers_may_be_conversations():
                           "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go."}]},
                          "preference", "ultrafeedback row 0")
     assert row == {"prompt": "Hi?", "answer": "Hello.", "rejected": "Go."}
+
+
+def test_grpo_scores_only_the_completion_on_a_cpu_with_the_same_log_probabilities(tiny_model_dir, monkeypatch):
+    """TRL's fused head scores every position off Triton devices; ftkit makes it score the labelled ones (the
+    completion) on a CPU too: the same log-probabilities and gradients, fewer rows through the head."""
+    import torch
+    from peft import get_peft_model
+    from trl.trainer import utils as trl_utils
+
+    from ftkit.recipe import ModelConfig
+    from ftkit.training import trainer
+
+    cfg = ModelConfig(id=str(tiny_model_dir), dtype="float32", lora_r=4, lora_alpha=8)
+    model, _ = loader.load(cfg, trainable=True)
+    trl_utils.add_fused_lm_head(model)
+    model = get_peft_model(model, loader.lora_config(cfg))
+    ids = torch.randint(5, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :9] = -100  # a 9-token prompt, a 3-token completion
+    rows = []
+    original_apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: rows.append(hidden.shape[0]) or original_apply(hidden, *rest))
+
+    def scored():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.log_probs.detach(), grads
+
+    # TRL's own choice, whether or not an earlier training in this process changed it; restored after the test
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(trl_utils._use_triton, "ftkit_original",
+                                                          trl_utils._use_triton))
+    every, every_grads = scored()
+    assert trainer.score_completions_only()
+    assert trainer.score_completions_only(), "a second call leaves the change as it is"
+    compact, compact_grads = scored()
+    assert rows == [3 * 11, 3 * 3], "every shifted position first, then only the completion's"
+    torch.testing.assert_close(compact, every)
+    assert (compact[:, :8] == 0).all()
+    assert every_grads.keys() == compact_grads.keys() and every_grads
+    for name in every_grads:
+        torch.testing.assert_close(compact_grads[name], every_grads[name])
+
+
+def test_the_head_gets_a_contiguous_input_in_generation(tiny_model_dir):
+    """transformers hands the LM head the last position's slice of the hidden states in a generation's first step; on a
+    CPU a frozen head takes a slow path for a strided input, so the loader makes it contiguous (same replies)."""
+    import torch
+
+    from ftkit.recipe import ModelConfig
+
+    model, tokenizer = loader.load(ModelConfig(id=str(tiny_model_dir), dtype="float32"))
+    for param in model.parameters():
+        param.requires_grad_(False)  # as under LoRA
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(5, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert seen and all(seen), seen
+    model.get_output_embeddings()._forward_pre_hooks.clear()
+    seen.clear()
+    again = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert not seen[0], "without the hook, the first step's input is a strided slice (what the hook is for)"
+    assert torch.equal(out, again)

@@ -241,7 +241,8 @@ def test_same_recipe_and_seed_give_the_same_metrics(tiny_run, tmp_path):
     assert code == 0
     assert cli.main(["run", str(first.parent / "tiny.yaml"), "--run-dir", str(tmp_path / "second")]) == 0
     a, b = read_json(first / "metrics.json"), read_json(tmp_path / "second" / "metrics.json")
-    assert set(a) == {"data", "sft", "rl", "eval"}
+    assert set(a) == {"data", "sft", "rl", "eval", rundir.PHASES}
+    a.pop(rundir.PHASES), b.pop(rundir.PHASES)  # seconds only
     assert _without_timings(a) == _without_timings(b)
     assert (first / "eval" / "predictions_rl.jsonl").read_text() == \
         (tmp_path / "second" / "eval" / "predictions_rl.jsonl").read_text()
@@ -253,3 +254,6 @@ def test_same_recipe_and_seed_give_the_same_metrics(tiny_run, tmp_path):
                      '"avx512_bf16"' if "avx512_bf16" in env["cpu"]["flags"] else '"bf16": false'):
         assert html.escape(recorded) in page
     assert "Machine:</b> CPU " + html.escape(machine.describe_cpu(env["cpu"])) in page
+    auto = env["dtype_auto"]  # the tiny recipe's dtype is auto: what it gave here, for both uses, and why
+    assert {auto["training"]["dtype"], auto["generation"]["dtype"]} <= {"float32", "bfloat16"}
+    assert "dtype auto:</b> training in " + auto["training"]["dtype"] in page

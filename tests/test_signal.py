@@ -148,17 +148,20 @@ def test_a_tiny_run_reports_its_signal_and_rl_against_sft(tiny_run):
         assert m["cut_at_limit"] == pytest.approx(sum(r["cut"] for r in records) / len(records), abs=1e-4)
     notebook = rundir.executed_notebook(run_dir, "rl").read_text()
     assert "no-spread share" in notebook and "rl.filter_prompts: true" in notebook
-    # GRPO trained, so eval also sampled 4 replies per prompt at rl.temperature for every model
-    for name, m in metrics["eval"].items():
-        sampled = m["sampled"]
+    # GRPO trained, so eval also sampled 4 replies per prompt at rl.temperature for the RL model and the one it
+    # started from (not the base), on the first eval.sampled_size (12) of the 16 test prompts
+    assert "sampled" not in metrics["eval"]["base"] and "sampled_change" not in metrics["eval"]["rl"]["vs_base"]
+    for name in ("sft", "rl"):
+        sampled = metrics["eval"][name]["sampled"]
         assert sampled["k"] == 4 and sampled["temperature"] == 1.0 and 0 <= sampled["value"] <= 1
-        records = rundir.load_predictions(run_dir, name)
-        assert sampled["value"] == pytest.approx(sum(r["sampled_score"] for r in records) / len(records))
+        assert sampled["n"] == 12 and metrics["eval"][name]["n"] == 16
+        records = [r for r in rundir.load_predictions(run_dir, name) if "sampled_score" in r]
+        assert len(records) == 12 and sampled["value"] == pytest.approx(sum(r["sampled_score"] for r in records) / 12)
         wrong = [r for r in records if r["score"] < 0.5]  # the greedy mistakes, and those a sample got right
         assert sampled["greedy_wrong"] == len(wrong)
         assert sampled["wrong_with_a_right_sample"] == sum(r["sampled_score"] > 0 for r in wrong)
     assert set(vs_sft["sampled_change"]) == {"value", "ci95", "p_value"}
-    assert "sampled (T=1, 4 per prompt)" in page and "sampled change" in page
+    assert "sampled (T=1, 4 per prompt, first 12 prompts)" in page and "sampled change" in page
     assert f"Of the {metrics['eval']['sft']['sampled']['greedy_wrong']} test prompts sft answered wrong greedily" in page
 
 

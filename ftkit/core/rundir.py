@@ -25,6 +25,7 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
+from ftkit.core import timing
 from ftkit.core.io import read_json, read_jsonl, recover_dir, update_json, write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (ftkit/core/rundir.py)
@@ -44,6 +45,7 @@ CHECKPOINT_MARKER = "ftkit-complete.json"  # written into a checkpoint once tran
 EVAL_FILES = ("predictions", "generalization", "robustness", "flips", "judge")  # eval/<kind>_<model>.jsonl
 RESULTS = ("adapter", "model")  # what a training stage saves: a LoRA adapter or a whole model
 EXPORTS = ("merged", "adapter")
+PHASES = "phases"  # metrics.json's key beside the stages': per stage, where its time went (ftkit.core.timing)
 
 
 # ---------------------------------------------------------------- where things are
@@ -157,20 +159,35 @@ def export_dir(run_dir: str | Path, kind: str) -> Path:
 
 
 def record(run_dir: str | Path, stage: str, metrics: dict) -> None:
-    """Record one stage's metrics under its key in `metrics.json`."""
+    """Record one stage's metrics under its key in `metrics.json`, and the phases timed so far in this process
+    (`ftkit.core.timing`) as its entry under `phases` (`ftkit run` adds the kernel's start and the notebook's own
+    time)."""
     update_json(path(run_dir, METRICS), stage, metrics)
+    record_phases(run_dir, stage, timing.seconds())
+
+
+def record_phases(run_dir: str | Path, stage: str, seconds: dict[str, float]) -> None:
+    """Where a stage's time went: its entry in metrics.json's `phases` (phase name: seconds)."""
+    recorded = metrics(run_dir)
+    update_json(path(run_dir, METRICS), PHASES, {**recorded.get(PHASES, {}), stage: seconds})
+
+
+def phases(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """metrics.json's `phases`: per stage that ran, the seconds of each of its phases (`ftkit.core.timing.PHASES`)."""
+    return metrics(run_dir).get(PHASES, {})
 
 
 def metrics(run_dir: str | Path) -> dict:
-    """metrics.json: one key per stage, as the stages recorded them."""
+    """metrics.json: one key per stage, as the stages recorded them, and `phases` (where each stage's time went)."""
     return read_json(path(run_dir, METRICS), {})
 
 
 def forget_metrics(run_dir: str | Path, stage: str) -> None:
     """Drop a stage's recorded metrics (a rerun must record afresh; stale metrics must not pass for success)."""
     recorded = metrics(run_dir)
-    if stage in recorded:
-        recorded.pop(stage)
+    if stage in recorded or stage in recorded.get(PHASES, {}):
+        recorded.pop(stage, None)
+        recorded.get(PHASES, {}).pop(stage, None)
         write_atomic(path(run_dir, METRICS), json.dumps(recorded, indent=2))
 
 

@@ -7,29 +7,47 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ftkit.core import timing
 from ftkit.core.rows import messages, trained_text
 
 
 @torch.inference_mode()
+@timing.timed("likelihoods")
 def token_losses(model, tokenizer, texts: list[str], batch_size: int, max_length: int,
                  skip: list[int] | None = None) -> np.ndarray:
     """(summed negative log-likelihood, scored tokens) of each text, leaving out its first `skip[i]` tokens (the
-    prompt, when scoring reference answers)."""
+    prompt, when scoring reference answers).
+
+    Texts go through in batches of similar prompt length, and the model projects onto the vocabulary only the
+    positions from the batch's shortest prompt on (`logits_to_keep`, where the model takes it): for short answers
+    after long prompts most of the head's work, and of the float32 logits, was for prompt positions never scored."""
     tokenizer.padding_side = "right"
     model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+    skip = skip or [0] * len(texts)
+    keeps = getattr(model, "_supports_logits_to_keep", lambda: False)()
+    order = sorted(range(len(texts)), key=lambda i: (skip[i], len(texts[i])))
+    out: list = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length, add_special_tokens=False).to(model.device)
-        logits = model(**batch).logits[:, :-1].float()
-        targets, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:].clone()
-        for row, k in enumerate((skip or [0] * len(texts))[start:start + batch_size]):
-            mask[row, :max(k - 1, 0)] = 0  # position j predicts token j + 1
+        length = batch["input_ids"].shape[1]
+        first = max(0, min(min(max(skip[i] - 1, 0) for i in idx), length - 2))  # position j predicts token j + 1
+        positions = torch.arange(first, length - 1, device=model.device)
+        if keeps:
+            logits = model(**batch, logits_to_keep=positions).logits.float()
+        else:
+            logits = model(**batch).logits[:, first:length - 1].float()
+        targets, mask = batch["input_ids"][:, first + 1:], batch["attention_mask"][:, first + 1:].clone()
+        for row, i in enumerate(idx):
+            mask[row, :max(skip[i] - 1 - first, 0)] = 0
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        out += zip((nll * mask).sum(1).tolist(), mask.sum(1).tolist())
-    return np.asarray(out, dtype=float)
+        for i, loss, count in zip(idx, (nll * mask).sum(1).tolist(), mask.sum(1).tolist()):
+            out[i] = (loss, count)
+    return np.asarray(out, dtype=float).reshape(len(texts), 2)
 
 
+@timing.timed("likelihoods")
 def answer_losses(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> np.ndarray:
     """Loss of each reference answer given its prompt, through the chat template, as SFT trains it."""
     prompts = [tokenizer.apply_chat_template(messages(r), tokenize=False, add_generation_prompt=True) for r in rows]
@@ -37,6 +55,7 @@ def answer_losses(model, tokenizer, rows: list[dict], batch_size: int, max_lengt
     return token_losses(model, tokenizer, [trained_text(r, tokenizer) for r in rows], batch_size, max_length, skip)
 
 
+@timing.timed("likelihoods")
 def preference_log_likelihoods(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> np.ndarray:
     """Summed log-likelihood of each held-out pair's chosen and rejected answer given its prompt: shape (n, 2)."""
     chosen = answer_losses(model, tokenizer, rows, batch_size, max_length)[:, 0]
@@ -45,6 +64,7 @@ def preference_log_likelihoods(model, tokenizer, rows: list[dict], batch_size: i
     return -np.stack([chosen, rejected], axis=1)
 
 
+@timing.timed("likelihoods")
 def class_log_likelihoods(model, tokenizer, rows: list[dict], names: list[str], batch_size: int,
                           max_length: int) -> np.ndarray:
     """Summed log-likelihood of each class name as the whole reply to each row (its end-of-turn token included),

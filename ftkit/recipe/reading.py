@@ -6,11 +6,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import time
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ftkit.core import timing
 from ftkit.core.io import write_atomic
 from ftkit.core.rundir import RECIPE, has_split, load_split, metrics
 from ftkit.core.rundir import path as run_path
@@ -269,7 +271,14 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
 
 
 def open_run(recipe_path: str | Path, run_dir: str | Path) -> Recipe:
-    """Load a recipe for a notebook and make sure the run directory holds its resolved copy."""
+    """Load a recipe for a notebook and make sure the run directory holds its resolved copy. Starts timing the
+    stage's phases (`ftkit.core.timing`), the first time in a process with the imports since ftkit's."""
+    import ftkit
+
+    timing.reset()
+    if ftkit.IMPORTED_AT < time.perf_counter():
+        timing.add("imports", time.perf_counter() - ftkit.IMPORTED_AT)
+        ftkit.IMPORTED_AT = float("inf")  # counted once: a notebook run again by hand imports nothing anew
     cfg = load(recipe_path)
     target = run_path(run_dir, RECIPE)
     target.parent.mkdir(parents=True, exist_ok=True)

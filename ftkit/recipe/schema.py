@@ -32,8 +32,10 @@ class ModelConfig(Section):
     id: str = Field(DEFAULT_MODEL, min_length=1, description="hub id or local directory")
     revision: str | None = Field(None, description="a hub branch, tag or commit of model.id (default: main)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU or CPU that computes in it natively (CPU: AVX-512-BF16 or AMX), "
-        "else float32")
+        "auto", description="auto: the faster of bfloat16 and float32 here, for training and for generation apart: "
+        "bfloat16 on a GPU with bf16 or a CPU with AMX, float32 on a CPU without bf16 arithmetic, and on a CPU with "
+        "AVX-512-BF16 alone what a few-second benchmark, run once per machine and cached, found faster (the run's "
+        "environment record says which and why)")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="default: transformers' choice (sdpa where supported)")
     trust_remote_code: bool = Field(False, description="run modelling code shipped with the model; off unless set")
@@ -187,6 +189,13 @@ class EvalConfig(Section):
     sampled: int | None = Field(None, ge=0, description="completions per test prompt also sampled at rl.temperature: "
                                 "the sampled accuracy, what GRPO and RLOO maximise, beside the greedy one (default 4 "
                                 "when the recipe trains with GRPO or RLOO and eval is greedy, else 0: none)")
+    sampled_models: list[str] | None = Field(
+        None, description="the models whose replies are also sampled (eval.sampled); default: with an RL stage, the "
+                          "RL model and the model it started from (the sampled gain RL is measured by), else every "
+                          "evaluated model")
+    sampled_size: int = Field(1000, gt=0, description="test prompts (the first ones) whose replies are sampled: 1000 "
+                              "bounds the 95% interval of a pass/fail rate at about ±3 points (1.96 x 0.5 / "
+                              "sqrt(1000)); fewer prompts cost less and give a wider interval")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion")
     answer_loss: bool = Field(True, description="loss and perplexity of each model on the reference answers")
     likeliest_class: bool = Field(True, description="for a classification: the class each model finds likeliest as "
@@ -230,10 +239,11 @@ class EvalConfig(Section):
                 and judge.against not in self.models:
             raise ValueError(f"judge.against is {judge.against!r}, which eval.models ({self.models}) does not "
                              "evaluate; add it there or judge against reference")
-        unknown = [m for m in self.models or [] if m not in ("base", *TUNED_MODELS, *self.extra)]
-        if unknown:
-            raise ValueError(f"models lists {unknown[0]!r}; use base, sft, rl or a label of eval.extra "
-                             f"({', '.join(self.extra) or 'none set'})")
+        for key in ("models", "sampled_models"):
+            unknown = [m for m in getattr(self, key) or [] if m not in ("base", *TUNED_MODELS, *self.extra)]
+            if unknown:
+                raise ValueError(f"{key} lists {unknown[0]!r}; use base, sft, rl or a label of eval.extra "
+                                 f"({', '.join(self.extra) or 'none set'})")
         return self
 
     @model_validator(mode="after")

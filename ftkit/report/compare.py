@@ -15,6 +15,7 @@ import yaml
 
 from ftkit.core import rundir
 from ftkit.core.io import write_atomic
+from ftkit.report.display import plot_phases
 from ftkit.report.markup import CSS, esc, fmt, png
 from ftkit.report.tables import change_text, metric_name
 
@@ -136,6 +137,14 @@ def _robustness(runs: list[dict], labels: list[str]) -> str:
             + body + "</tbody></table>")
 
 
+def _phases(runs: list[dict], labels: list[str]) -> str:
+    """Each run's stages as stacked bars of their phases, one under the other."""
+    bars = {f"{label} · {stage}": phases for run, label in zip(runs, labels)
+            for stage, phases in run["metrics"].get(rundir.PHASES, {}).items()}
+    figure = plot_phases(bars, title="Where each run's time went")
+    return f'<h2>Where the time went</h2><div id="phases">{png(figure)}</div>' if figure else ""
+
+
 def render(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write the comparison page for `run_dirs` to `out` and return its path."""
     runs = [load_run(d) for d in run_dirs]
@@ -169,5 +178,5 @@ def render(run_dirs: list[str | Path], out: str | Path) -> Path:
             "bootstrap interval; the best of each column in bold (lowest for losses, perplexity and numeric "
             "error).</p>" + table
             + _robustness(runs, labels) + "<h2>Recipe keys that differ</h2>" + diff
-            + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + "</body></html>")
+            + "<h2>Training curves</h2>" + "".join(_curves(runs, labels)) + _phases(runs, labels) + "</body></html>")
     return write_atomic(Path(out), page)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.rows import trained_tokens
 
 
@@ -38,6 +38,32 @@ def plot_losses(run_dir: str | Path):
         ax.plot(steps, values, marker="s", markersize=3, label="validation")
         ax.lines[0].set_label("train")
         ax.legend()
+    return fig
+
+
+def plot_phases(bars: dict[str, dict[str, float]], title: str = "Where the time went"):
+    """One horizontal bar per entry of `bars` (a stage, or a run's stage), stacked from its phases' seconds in the
+    order of `ftkit.core.timing.PHASES`, one colour per phase; the largest phases of each bar are labelled.
+    None when no bar has a phase."""
+    bars = {label: phases for label, phases in bars.items() if phases}
+    if not bars:
+        return None
+    names = [n for n in timing.PHASES if any(n in phases for phases in bars.values())]
+    colours = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.4 * len(bars)), layout="constrained")
+    labels = list(bars)[::-1]  # the first stage at the top
+    for name in names:
+        index = timing.PHASES.index(name)
+        widths = [bars[label].get(name, 0.0) for label in labels]
+        lefts = [sum(bars[label].get(n, 0.0) for n in names[:names.index(name)]) for label in labels]
+        ax.barh(labels, widths, left=lefts, color=colours(index % 20), label=name, edgecolor="white", linewidth=0.5)
+        for y, (left, width, label) in enumerate(zip(lefts, widths, labels)):
+            if width >= 0.12 * sum(bars[label].values()):
+                ax.text(left + width / 2, y, f"{width:.0f}", ha="center", va="center", fontsize=7)
+    ax.set(title=title, xlabel="seconds")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    plt.close(fig)
     return fig
 
 

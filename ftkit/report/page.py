@@ -12,10 +12,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import read_json, redact, write_atomic
 from ftkit.core.machine import describe_cpu
-from ftkit.report.display import commonest_note, plan_rows, plot_losses, plot_rl, signal_warning, teacher_note
+from ftkit.report.display import (
+    commonest_note,
+    plan_rows,
+    plot_losses,
+    plot_phases,
+    plot_rl,
+    signal_warning,
+    teacher_note,
+)
 from ftkit.report.markup import CSS, code_css, esc, fmt, html_table, notebook_html, png
 from ftkit.report.tables import (
     all_metrics_table,
@@ -65,11 +73,27 @@ def _header(recipe: dict, status: dict, metrics: dict, env: dict) -> str:
     source = metrics.get("data", {}).get("source") or recipe.get("data", {}).get("task")
     parts.append(f"<p><b>Model:</b> {esc(recipe.get('model', {}).get('id'))} &nbsp; <b>Data:</b> {esc(source)} &nbsp; "
                  f"<b>Seed:</b> {esc(recipe.get('seed'))}</p><p><b>Machine:</b> {esc(machine_line(env))}</p>"
-                 + (f"<p><b>Model terms:</b> {esc(env['model_terms'])}</p>" if env.get("model_terms") else ""))
+                 + (f"<p><b>Model terms:</b> {esc(env['model_terms'])}</p>" if env.get("model_terms") else "")
+                 + _dtype_line(env.get("dtype_auto")))
     return "".join(parts)
 
 
-def _stages(status: dict) -> str:
+def _dtype_line(auto: dict | None) -> str:
+    """What `model.dtype: auto` gave on this machine for training and for generation, and why.
+
+    >>> auto = {"training": {"dtype": "bfloat16", "reason": "<AMX>"}, "generation": {"dtype": "float32", "reason": "r"}}
+    >>> _dtype_line(auto)
+    '<p><b>dtype auto:</b> training in bfloat16 (&lt;AMX&gt;); generation in float32 (r)</p>'
+    """
+    if not auto:
+        return ""
+    uses = [f"{use} in {auto[use]['dtype']} ({auto[use]['reason']})" for use in ("training", "generation")
+            if use in auto]
+    return f"<p><b>dtype auto:</b> {esc('; '.join(uses))}</p>"
+
+
+def _stages(status: dict, phases: dict) -> str:
+    """Each stage's state and seconds, its largest phases, and the phases of every stage as stacked bars."""
     rows = []
     for stage, info in status.items():
         state = rundir.stage_state(info)
@@ -80,9 +104,20 @@ def _stages(status: dict) -> str:
             note = f"unchanged, reused on {info['reused']} (ran {info.get('start')})"
         rows.append(f'<tr><td>{esc(stage)}</td><td class="state-{esc(state.replace(" ", "-"))}">'
                     f'{esc(state)}</td><td>{esc(fmt(info.get("duration_s"), 1))}</td>'
-                    f'<td>{esc(note)}</td></tr>')
-    return ("<h3>Stages</h3><table><thead><tr><th>stage</th><th>state</th><th>seconds</th><th>error</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+                    f'<td>{esc(largest_text(phases.get(stage, {})))}</td><td>{esc(note)}</td></tr>')
+    bars = plot_phases({stage: phases[stage] for stage in status if stage in phases})
+    return ("<h3>Stages</h3><table><thead><tr><th>stage</th><th>state</th><th>seconds</th><th>most time</th>"
+            f"<th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            + (f'<div id="phases">{png(bars)}</div>' if bars else ""))
+
+
+def largest_text(phases: dict) -> str:
+    """A stage's three largest phases with their seconds.
+
+    >>> largest_text({"loading": 2.0, "update": 30.4, "saving": 1.0, "imports": 4.2})
+    'update 30 s, imports 4 s, loading 2 s'
+    """
+    return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timing.largest(phases))
 
 
 def _template_note(overlap: dict) -> str:
@@ -292,7 +327,8 @@ def _curves(run_dir: Path) -> str:
 
 def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict, env: dict) -> str:
     evaluated = metrics.get("eval", {})
-    return "\n".join([_header(recipe, status, metrics, env), _stages(status), _data(metrics.get("data", {})),
+    return "\n".join([_header(recipe, status, metrics, env), _stages(status, rundir.phases(run_dir)),
+                      _data(metrics.get("data", {})),
                       _training(metrics), _rl(metrics.get("rl", {}), recipe.get("rl", {})),
                       _evaluation(run_dir, evaluated, metrics.get("data", {})), _export(metrics.get("export", {})),
                       _curves(run_dir), _rl_samples(run_dir), _examples(run_dir, list(evaluated))])

@@ -64,9 +64,16 @@ def metrics_table(eval_metrics: dict):
 
 
 def sampled_label(model_metrics: dict) -> str:
-    """The column heading of the sampled accuracy, e.g. "sampled (T=1, 4 per prompt)"."""
+    """The column heading of the sampled accuracy, e.g. "sampled (T=1, 4 per prompt)", with the number of prompts
+    where eval.sampled_size took fewer than the test set's.
+
+    >>> sampled_label({"n": 2000, "sampled": {"temperature": 1.0, "k": 4, "n": 1000}})
+    'sampled (T=1, 4 per prompt, first 1000 prompts)'
+    """
     figures = model_metrics["sampled"]
-    return f"sampled (T={figures['temperature']:g}, {figures['k']} per prompt)"
+    fewer = figures.get("n", 0) < model_metrics.get("n", 0)
+    return (f"sampled (T={figures['temperature']:g}, {figures['k']} per prompt"
+            + (f", first {figures['n']} prompts)" if fewer else ")"))
 
 
 def sampled_text(figures: dict) -> str:

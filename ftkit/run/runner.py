@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftkit.core import machine, rundir
+from ftkit.core import machine, rundir, timing
 from ftkit.core.io import NO_SPACE, read_json, redact, secret_values, write_atomic
 from ftkit.run import fingerprints
 
@@ -58,9 +58,12 @@ def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def environment(seed: int, model_id: str | None = None) -> dict:
+def environment(seed: int, model_id: str | None = None, dtype: str | None = None) -> dict:
+    """What env.json records: versions, the machine, and, for `model.dtype: auto`, the dtype it gives here for
+    training and for generation with the reason (`ftkit.models.dtypes`)."""
     import torch
 
+    from ftkit.models import dtypes
     from ftkit.models.offline import OFFLINE
 
     versions = machine.package_versions()
@@ -73,6 +76,7 @@ def environment(seed: int, model_id: str | None = None) -> dict:
     return {"seed": seed, "python": platform.python_version(), "platform": platform.platform(),
             "cpu": machine.cpu(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "git_commit": commit, "packages": versions,
+            **({"dtype_auto": dtypes.describe()} if dtype == "auto" else {}),
             **({"model_terms": OFFLINE[model_id].licence} if model_id in OFFLINE and OFFLINE[model_id].terms else {})}
 
 
@@ -157,6 +161,16 @@ class ProgressWatcher:
             self.thread.join(timeout=5)
 
 
+def cell_times(notebook: Path) -> list[tuple[float, float]]:
+    """(start, end) of each executed code cell of a notebook papermill wrote, in seconds since the epoch."""
+    cells = []
+    for cell in read_json(notebook, {}).get("cells", []):
+        meta = cell.get("metadata", {}).get("papermill", {})
+        if cell.get("cell_type") == "code" and meta.get("start_time") and meta.get("end_time"):
+            cells.append(tuple(dt.datetime.fromisoformat(meta[k]).timestamp() for k in ("start_time", "end_time")))
+    return cells
+
+
 def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict | None = None) -> StageResult:
     """Execute one stage notebook into `<run_dir>/notebooks/` and record its status and fingerprint; its progress
     goes to `on_event("progress", stage, figures)` while it runs."""
@@ -168,7 +182,7 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
     out = rundir.executed_notebook(run_dir, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     rundir.forget_metrics(run_dir, stage)
-    started, t0 = now(), time.perf_counter()
+    started, t0, wall_start = now(), time.perf_counter(), time.time()
     rundir.set_status(run_dir, stage, {"state": "running", "start": started, "end": None, "duration_s": None,
                                        "error": None, "notebook": str(out.relative_to(run_dir)), **record})
     error = None
@@ -188,6 +202,9 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
     if error is None and stage not in rundir.metrics(run_dir):
         error = f"the {stage} notebook finished without recording its metrics in {rundir.METRICS}"
     seconds = time.perf_counter() - t0
+    if error is None:
+        inside = rundir.phases(run_dir).get(stage, {})
+        rundir.record_phases(run_dir, stage, timing.completed(inside, cell_times(out), wall_start, time.time()))
     rundir.set_status(run_dir, stage, {"state": "failed" if error else "done", "start": started, "end": now(),
                                        "duration_s": round(seconds, 1), "error": error,
                                        "notebook": str(out.relative_to(run_dir)), **record})
@@ -202,7 +219,7 @@ def prepare(cfg, run_dir: str | Path | None = None) -> Path:
     for stage in rundir.NOTEBOOKS:  # a notebook autosaved by papermill before a kill, say
         _redact_notebook(rundir.executed_notebook(run_dir, stage))
     write_atomic(rundir.path(run_dir, rundir.RECIPE), cfg.dump())
-    write_atomic(rundir.path(run_dir, rundir.ENV), json.dumps(environment(cfg.seed, cfg.model.id), indent=2))
+    write_atomic(rundir.path(run_dir, rundir.ENV), json.dumps(environment(cfg.seed, cfg.model.id, cfg.model.dtype), indent=2))
     return run_dir
 
 

@@ -8,6 +8,7 @@ import functools
 
 import numpy as np
 
+from ftkit.core import timing
 from ftkit.core.rows import context, sentences
 from ftkit.scoring import answers, metrics, tasks
 from ftkit.scoring.classes import NO_CLASS, class_of
@@ -58,6 +59,7 @@ def load_metric(name: str):
     return evaluate.load(str(metrics.path(name)) if name in metrics.LOCAL else name)
 
 
+@timing.timed("scoring")
 def score(cfg, outputs: list, references: list, rows: list[dict] | None = None
           ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-example scores of every metric (averaged over samples when there are several per prompt) and each

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ftkit import sources
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import write_atomic, write_jsonl
 from ftkit.core.rows import (
     DataError,
@@ -278,6 +278,7 @@ def _generalization(cfg) -> list[dict] | None:
     return clean(with_system(rows, data_cfg.system), Counter())[:data_cfg.generalization_size]
 
 
+@timing.timed("preparing data")
 def build_splits(cfg, tokenizer=None) -> tuple[dict[str, list[dict]], dict]:
     """The recipe's splits, cleaned and checked, and the figures that describe them (with `sft.max_length: auto`,
     the length fitted to the data: the figures' max_length, which the stages after data read)."""
@@ -388,6 +389,7 @@ def check(splits: dict[str, list[dict]], source: str = "data", drops: Counter | 
         raise DataError("the data has problems:\n  " + "\n  ".join(problems[:10]) + more)
 
 
+@timing.timed("saving")
 def save_splits(splits: dict[str, list[dict]], run_dir: str | Path, figures: dict | None = None,
                 tokenizer=None) -> dict:
     """Write the splits and `data/stats.json`; return the stats."""
@@ -400,6 +402,7 @@ def save_splits(splits: dict[str, list[dict]], run_dir: str | Path, figures: dic
     return figures
 
 
+@timing.timed("preparing data")
 def stats(splits: dict[str, list[dict]], tokenizer=None) -> dict:
     """Per split: examples (per source, for a mix), and token-length percentiles as trained (with a tokenizer)."""
     out = {}

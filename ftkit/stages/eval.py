@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import write_jsonl
 from ftkit.core.rows import acceptable, imitated, kind, messages, trained_text, with_lengths
 from ftkit.models import judge, loader
@@ -62,7 +62,8 @@ def evaluate_text(cfg, model, tokenizer, rows: list[dict], run_dir: Path, name: 
     losses = token_losses(model, tokenizer, [trained_text(r, tokenizer) for r in rows], cfg.eval.batch_size,
                           cfg.sft.max_length)
     prompts = [continuation_prompt(r["text"]) for r in rows[:cfg.eval.n_examples_shown]]
-    outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+    with timing.phase("generation"):
+        outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     seconds = time.perf_counter() - start
     per_text = np.exp(losses[:, 0] / np.maximum(losses[:, 1], 1))
     records = [{"prompt": prompts[i] if i < len(prompts) else r["text"][:200],
@@ -86,10 +87,22 @@ def sampled_count(cfg) -> int:
     return 4 if "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo") and cfg.eval.temperature == 0 else 0
 
 
+def sampled_models(cfg, run_dir: str | Path) -> list[str]:
+    """eval.sampled_models as run: the recipe's, else the RL model and the model it started from (where the recipe
+    has an RL model to evaluate), else every evaluated model."""
+    if cfg.eval.sampled_models is not None:
+        return list(cfg.eval.sampled_models)
+    if "rl" in cfg.eval.models:
+        started = rundir.metrics(run_dir).get("rl", {}).get("start_from") or ("sft" if "sft" in cfg.stages else "base")
+        return ["rl", started]
+    return list(cfg.eval.models)
+
+
+@timing.timed("sampled replies")
 def _sampled(cfg, model, tokenizer, rows: list[dict], references: list[str], tick) -> tuple[list[float], dict]:
     """The headline metric averaged over `sampled_count` completions per prompt sampled at rl.temperature: per
-    prompt, and overall with its 95% bootstrap CI. GRPO and RLOO raise this expectation; greedy decoding changes
-    only where the most likely answer changes."""
+    prompt, and overall with its 95% bootstrap CI (`rows`: the first eval.sampled_size test prompts). GRPO and RLOO
+    raise this expectation; greedy decoding changes only where the most likely answer changes."""
     k, temperature = sampled_count(cfg), cfg.rl.temperature
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
@@ -97,6 +110,7 @@ def _sampled(cfg, model, tokenizer, rows: list[dict], references: list[str], tic
                        temperature, k, cfg.eval.stop, tick)
     scores = score(cfg, outputs, references, rows)[0][metric_names(cfg)[0]]
     return scores, {"value": float(np.mean(scores)), "ci95": list(bootstrap_ci(scores, seed=cfg.seed)), "k": k,
+                    "n": len(rows),
                     "temperature": temperature, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -126,7 +140,8 @@ def _records(rows: list[dict], outputs: list, per_example: dict, cut: list, pert
              "output": o if isinstance(o, str) else o[0], **({"samples": o} if isinstance(o, list) else {}),
              "score": next(iter(per_example.values()), [None] * len(rows))[i],
              "scores": {name: values[i] for name, values in per_example.items()},
-             "cut": c if isinstance(c, bool) else any(c), **({"sampled_score": sampled[i]} if sampled else {}),
+             "cut": c if isinstance(c, bool) else any(c),
+             **({"sampled_score": sampled[i]} if sampled and i < len(sampled) else {}),
              **({"finished": finished[i]} if finished and i in finished else {})}
             for i, (r, o, c) in enumerate(zip(rows, outputs, cut))]
 
@@ -146,7 +161,7 @@ def evaluate_model(cfg, run_dir: str | Path, name: str) -> dict:
     if cfg.eval.temperature > 0:
         torch.manual_seed(cfg.seed)
     rundir.remove_eval_files(run_dir, [k for k in rundir.EVAL_FILES if k != "flips"], name)  # an earlier eval's
-    model, tokenizer = loader.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name))
+    model, tokenizer = loader.load(cfg.model, tuned=tuned_path(cfg, Path(run_dir), name), use="generation")
     train = rundir.load_split(run_dir, "train", empty_ok=True)
     cfg = with_lengths(cfg, train + rows, tokenizer)
     if "text" in rows[0]:
@@ -162,7 +177,8 @@ def _answered(cfg, model, tokenizer, rows: list[dict], tick) -> tuple[list, list
     """The greedy (or eval.temperature) replies to the test prompts, whether each was cut, the scores per example
     and overall (the headline first) and, where eval.metrics names preference, each pair's log-likelihoods."""
     start = time.perf_counter()
-    outputs, cut = _run(cfg, model, tokenizer, rows, tick)
+    with timing.phase("generation"):
+        outputs, cut = _run(cfg, model, tokenizer, rows, tick)
     seconds = time.perf_counter() - start
     per_example, overall = score(cfg, outputs, [acceptable(r) for r in rows], rows)
     extra = {"generate_seconds": round(seconds, 1)}
@@ -176,6 +192,7 @@ def _answered(cfg, model, tokenizer, rows: list[dict], tick) -> tuple[list, list
     return outputs, cut, per_example, overall, extra
 
 
+@timing.timed("likelihoods")
 def _answer_loss(cfg, model, tokenizer, rows: list[dict]) -> dict:
     """eval.answer_loss: the loss and perplexity of the reference answers given their prompts."""
     if not (cfg.eval.answer_loss and "answer" in rows[0]):
@@ -214,11 +231,11 @@ def _evaluate_replies(cfg, model, tokenizer, rows: list[dict], train: list[dict]
     primary = metric_names(cfg)[0]
     gen_rows = rundir.load_split(run_dir, "generalization") if rundir.has_split(run_dir, "generalization") else []
     subset = rows[:cfg.eval.robustness_size] if cfg.eval.perturbations else []
-    sampling = sampled_count(cfg) > 0
-    tick = _counter(run_dir, name, len(rows) * (1 + sampling) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
+    sampling = rows[:cfg.eval.sampled_size] if sampled_count(cfg) and name in sampled_models(cfg, run_dir) else []
+    tick = _counter(run_dir, name, len(rows) + len(sampling) + len(gen_rows) + len(subset) * len(cfg.eval.perturbations))
     outputs, cut, per_example, overall, extra = _answered(cfg, model, tokenizer, rows, tick)
     references = [acceptable(r) for r in rows]
-    sampled, sampled_figures = (_sampled(cfg, model, tokenizer, rows, references, tick)
+    sampled, sampled_figures = (_sampled(cfg, model, tokenizer, sampling, references[:len(sampling)], tick)
                                 if sampling and primary in per_example else (None, None))
     finishing, finished = (_finished(cfg, model, tokenizer, rows, per_example, cut, run_dir, name)
                            if primary in per_example else (None, {}))
@@ -237,7 +254,8 @@ def _evaluate_replies(cfg, model, tokenizer, rows: list[dict], train: list[dict]
             likelihoods = class_log_likelihoods(model, tokenizer, rows, names, cfg.eval.batch_size, cfg.sft.max_length)
             result["classes"]["likeliest"] = likeliest(likelihoods, rows, names, cfg.seed)
     if sampled_figures:
-        result["sampled"] = {**sampled_figures, **(reach(per_example[primary], sampled) if primary in BINARY else {})}
+        result["sampled"] = {**sampled_figures, **(reach(per_example[primary][:len(sampled)], sampled)
+                                                   if primary in BINARY else {})}
     if "log_likelihood" in extra:
         result.update(_margin(cfg, extra["log_likelihood"]))
     result.update(_answer_loss(cfg, model, tokenizer, rows))
@@ -258,6 +276,7 @@ def finish_budget(limit: int) -> int:
     return max(128, 2 * limit)
 
 
+@timing.timed("finishing cut replies")
 def _finished(cfg, model, tokenizer, rows: list[dict], per_example: dict, cut: list, run_dir, name: str):
     """The first `eval.finish_cut` test prompts whose reply was cut at eval.max_new_tokens, answered again (the
     same decoding) with room to finish (`finish_budget`): each metric on them as cut and as finished, and how many
@@ -282,6 +301,7 @@ def _finished(cfg, model, tokenizer, rows: list[dict], per_example: dict, cut: l
     return figures, dict(zip(picked, texts))
 
 
+@timing.timed("shifted set")
 def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str, tick) -> dict:
     """The headline metric on the shifted set (its predictions to eval/generalization_<model>.jsonl), and how far
     off its numbers are where the answers are numbers."""
@@ -295,6 +315,7 @@ def _generalization(cfg, model, tokenizer, rows: list[dict], run_dir, name: str,
             **({"numeric_error": error} if error else {})}
 
 
+@timing.timed("perturbation sets")
 def _robustness(cfg, model, tokenizer, subset: list[dict], clean: list[float], run_dir, name: str, tick) -> dict:
     """The headline metric on `subset` under each perturbation, and its change from the unperturbed scores `clean`
     with a 95% paired bootstrap interval (the perturbed predictions to eval/robustness_<model>.jsonl)."""
@@ -341,6 +362,7 @@ def paired_test(cfg, run_dir: str | Path, results: dict) -> dict:
     return results
 
 
+@timing.timed("judge")
 def judge_models(cfg, run_dir: str | Path, results: dict) -> dict:
     """`eval.judge`: the judge model reads the first `examples` test prompts with each evaluated model's replies,
     grading them or comparing them (both orders) with `against`'s replies or the reference answers; verdicts to
@@ -358,7 +380,7 @@ def judge_models(cfg, run_dir: str | Path, results: dict) -> dict:
     judge_id = cfg.model.id if spec.model == "base" else spec.model
     model, tokenizer = loader.load(cfg.model.model_copy(update={"id": judge_id, "adapter": "none",
                                                                 "revision": cfg.model.revision if spec.model == "base"
-                                                                else None}))
+                                                                else None}), use="generation")
     replies = {name: [p["output"] for p in rundir.load_predictions(run_dir, name)[:spec.examples]] for name in results}
     others = [r["answer"] for r in rows[:spec.examples]] if spec.against == "reference" else replies.get(spec.against)
     for name in results:
@@ -393,9 +415,10 @@ def compare_predictions(cfg, before: list[dict], after: list[dict], before_name:
               **({"accepted": b["accepted"]} if b.get("accepted") else {}), before_name: b["output"],
               after_name: a["output"]}
              for i, (b, a) in enumerate(zip(before, after)) if gained[i] or lost[i]]
-    if all("sampled_score" in p for p in before + after) and before:
-        paired["sampled_change"] = stats.sampled_change([p["sampled_score"] for p in before],
-                                                        [p["sampled_score"] for p in after])
+    both = [(b["sampled_score"], a["sampled_score"]) for b, a in zip(before, after)
+            if "sampled_score" in b and "sampled_score" in a]  # eval.sampled_models, the first eval.sampled_size
+    if both:
+        paired["sampled_change"] = stats.sampled_change(*map(list, zip(*both)))
     return paired, flips
 
 

@@ -1,7 +1,7 @@
 """Export stage: the tuned model as files a colleague loads with plain transformers, checked the way they would.
 
-`export/merged/` is the base with the adapter merged in (safetensors, tokenizer and chat template), in the run's dtype
-(`model.dtype` resolved) and with the weights the eval stage measured: in bfloat16 or float16, the float32 merge
+`export/merged/` is the base with the adapter merged in (safetensors, tokenizer and chat template), in the dtype eval
+generated in (`model.dtype` resolved for generation) and with the weights the eval stage measured: in bfloat16 or float16, the float32 merge
 rounded once (`models.merge_in_float32`). `export/adapter/` is the adapter alone. With `export.push_to_hub` the merged
 model is uploaded with the token in HF_TOKEN, which is passed to the hub client only.
 """
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import atomic_dir
 from ftkit.core.rows import messages, with_lengths
 from ftkit.models.generation import continuation_prompt, generate
 from ftkit.models.loader import DTYPES, dtype_name, load
 
 
+@timing.timed("saving")
 def save(cfg, run_dir: str | Path) -> dict:
     """Write the tuned model `export.model` to `<run_dir>/export/` (merged and/or adapter) and push it when the recipe
     says so; returns the figures the notebook records."""
@@ -29,10 +30,10 @@ def save(cfg, run_dir: str | Path) -> dict:
         where = rundir.stage_dir(run_dir, cfg.export.model)
         raise FileNotFoundError(f"export.model = {cfg.export.model!r}, but {where} holds no adapter or model: run the "
                                 f"{cfg.export.model} stage first")
-    figures = {"model": cfg.export.model, "base": cfg.model.id, "dtype": dtype_name(cfg.model)}
+    figures = {"model": cfg.export.model, "base": cfg.model.id, "dtype": dtype_name(cfg.model, "generation")}
     merged = rundir.export_dir(run_dir, "merged")
     if cfg.export.merged:
-        model, tokenizer = load(cfg.model, tuned=tuned, quantized=False)
+        model, tokenizer = load(cfg.model, tuned=tuned, quantized=False, use="generation")
         with atomic_dir(merged) as staging:
             model.to("cpu").save_pretrained(staging)
             tokenizer.save_pretrained(staging)
@@ -54,6 +55,7 @@ def save(cfg, run_dir: str | Path) -> dict:
     return figures
 
 
+@timing.timed("checking")
 def check(cfg, run_dir: str | Path, limit: int = 8) -> dict:
     """Load `export/merged` with plain transformers (no ftkit, no PEFT) in the run's dtype and generate for the first
     test prompts; `same_as_eval` counts outputs identical to the eval stage's predictions for the exported model."""
@@ -62,7 +64,7 @@ def check(cfg, run_dir: str | Path, limit: int = 8) -> dict:
     merged = rundir.export_dir(run_dir, "merged")
     if not merged.is_dir():
         return {"skipped": "no merged model (export.merged is false)"}
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=DTYPES[dtype_name(cfg.model)])
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=DTYPES[dtype_name(cfg.model, "generation")])
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     rows = rundir.load_split(run_dir, "test")

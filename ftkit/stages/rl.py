@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import write_jsonl
 from ftkit.core.rows import DataError, kind, messages, reward_columns, with_lengths
 from ftkit.models import loader
@@ -118,7 +118,7 @@ def _train(cfg, run_dir: str | Path) -> dict:
     filtered = None
     if cfg.rl.filter_prompts:  # sampled from the starting model merged: several times faster than through the adapter
         start = rundir.tuned_dir(run_dir, "sft") if "sft" in cfg.stages else None
-        sampler, tokenizer = loader.load(cfg.model, tuned=start)
+        sampler, tokenizer = loader.load(cfg.model, tuned=start, use="generation")
         cfg = with_lengths(cfg, rows, tokenizer)
         filtered = informative_prompts(cfg, sampler, tokenizer, rows, functions, weights)
         rows = filtered.pop("rows")
@@ -127,7 +127,7 @@ def _train(cfg, run_dir: str | Path) -> dict:
     cfg = with_lengths(cfg, rows, tokenizer)  # after filtering only where it was resolved before: the whole train split
     dataset = prompt_dataset(rows)
     per_step = cfg.rl.batch_size // cfg.rl.num_generations
-    samples, clock = SampleLog(cfg.rl.steps(len(rows), per_step)), StepClock()
+    samples = SampleLog(cfg.rl.steps(len(rows), per_step))
     vllm = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.rl.use_vllm else {}
     grpo = {k: getattr(cfg.rl, k) for k in ("loss_type", "scale_rewards") if getattr(cfg.rl, k) is not None}
     plan = training_plan.for_stage(cfg, "rl", run_dir, len(rows))
@@ -135,9 +135,8 @@ def _train(cfg, run_dir: str | Path) -> dict:
                          beta=cfg.rl.kl_beta, temperature=cfg.rl.temperature,
                          max_completion_length=cfg.rl.max_completion_length, lr_scheduler_type="constant",
                          reward_weights=weights, **grpo, **vllm)
-    trainer = trainer_cls(model=model, reward_funcs=[clock.wrap(samples.wrap(f)) for f in functions], args=args,
-                          train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    trainer.add_callback(clock.callback())
+    trainer = trainer_cls(model=model, reward_funcs=[timing.timed("rewards", samples.wrap(f)) for f in functions],
+                          args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     figures, history = fit(trainer, tokenizer, run_dir, "rl")
     if trainer.is_world_process_zero():
         samples.save(rundir.stage_file(run_dir, "rl", rundir.SAMPLES),
@@ -148,7 +147,8 @@ def _train(cfg, run_dir: str | Path) -> dict:
             "rewards": {f.__name__: w for f, w in zip(functions, weights)},
             "first_reward": rewards_seen[0] if rewards_seen else None,
             "final_reward": rewards_seen[-1] if rewards_seen else None,
-            "signal": {**signal(history), **clock.figures()},
+            "signal": {**signal(history), **{f"{name}_seconds_per_step": round(figures["seconds_per_step"].get(name, 0.0), 2)
+                                             for name in ("generation", "update")}},
             **({"prompt_filter": filtered} if filtered is not None else {})}
 
 
@@ -174,6 +174,7 @@ def signal(history: list[dict]) -> dict:
     return out
 
 
+@timing.timed("filtering prompts")
 def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weights) -> dict:
     """Before training: sample `num_generations` completions for a pool of train prompts with the starting model
     (RL's own sampling settings), score them with the recipe's rewards, and keep the prompts whose completions got
@@ -215,49 +216,6 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
         log.warning("only %d of %d prompts gave different rewards; training on the whole pool", len(kept), len(pool))
         kept, figures["fell_back_to_pool"] = pool, True
     return {**figures, "rows": kept}
-
-
-class StepClock:
-    """Seconds each GRPO/RLOO step spends generating (from its start until its rewards are computed) and updating
-    the model (from then to its end): where a slow step's time goes."""
-
-    def __init__(self):
-        self.begin, self.scored, self.rewarded, self.end = {}, {}, {}, {}
-
-    def wrap(self, fn):
-        def reward(completions, **columns):
-            state = columns.get("trainer_state")
-            if state is not None:
-                self.scored.setdefault(state.global_step, time.perf_counter())
-            values = fn(completions, **columns)
-            if state is not None:
-                self.rewarded[state.global_step] = time.perf_counter()
-            return values
-
-        reward.__name__ = fn.__name__
-        return reward
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Clock(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                clock.begin[state.global_step] = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                clock.end[state.global_step - 1] = time.perf_counter()
-
-        return Clock()
-
-    def figures(self) -> dict:
-        steps = [s for s in self.begin if s in self.scored and s in self.end]
-        if not steps:
-            return {}
-        generating = sum(self.scored[s] - self.begin[s] for s in steps) / len(steps)
-        updating = sum(self.end[s] - self.rewarded[s] for s in steps) / len(steps)
-        return {"generation_seconds_per_step": round(generating, 2), "update_seconds_per_step": round(updating, 2)}
 
 
 def _train_offline(cfg, run_dir: str | Path, dataset, config_cls, trainer_cls) -> tuple[dict, dict, dict]:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ftkit import recipe
-from ftkit.core import rundir
+from ftkit.core import rundir, timing
 from ftkit.core.io import CommandFailed, read_json, redact, write_atomic
 
 INSIDE = "FTKIT_LAUNCHED"  # set in the launched processes, so that they train instead of launching again
@@ -100,7 +100,10 @@ def train(cfg, run_dir: str | Path, stage: str) -> dict:
     if not result.is_file():
         raise CommandFailed(f"{stage} training in {cfg.launch.num_processes} processes exited without writing "
                             f"{result}; see {log_path}")
-    return read_json(result)
+    figures = read_json(result)
+    for name, seconds in figures.pop("phases", {}).items():  # the first process's, as phases of this stage
+        timing.add(name, seconds)
+    return figures
 
 
 def inside(stage: str, train, argv: list[str] | None = None) -> None:
@@ -111,4 +114,5 @@ def inside(stage: str, train, argv: list[str] | None = None) -> None:
     cfg = recipe.load(rundir.path(run_dir, rundir.RECIPE))
     figures = train(cfg, run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
+        figures = {**figures, "phases": timing.seconds()}
         write_atomic(rundir.stage_file(run_dir, stage, rundir.TRAIN_RESULT), json.dumps(figures, indent=2))

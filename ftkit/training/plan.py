@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-import torch
-
 from ftkit.core import rundir
 from ftkit.core.io import write_atomic
+from ftkit.models import dtypes
 from ftkit.models.loader import ModelNotFound, dtype_name
 from ftkit.training import preflight
 
@@ -83,8 +82,7 @@ def resolve(cfg, stage: str, examples: int | None = None, lengths: list[int] | N
 def _reasons(cfg, dtype: str, fit: dict | None) -> dict:
     """Why the dtype, max_length and sharding are what they are."""
     why = {"dtype": "set in the recipe" if cfg.model.dtype != "auto" else
-           "auto: float32, as this machine does not compute in bfloat16 natively" if dtype == "float32" else
-           f"auto: bfloat16, as {'the GPU' if torch.cuda.is_available() else 'this CPU'} computes in it",
+           "auto: " + dtypes.choose("training")[1],
            "shard": ("FSDP2: each process holds its share of the weights, gradients and optimizer state"
                      if cfg.launch.shard == "fsdp" else "every process holds the whole model")}
     if cfg.sft.max_length == "auto":
