@@ -12,6 +12,7 @@ micro-benchmark (`ftkit.models.dtypes.benchmark`, measured afresh here), so the 
 from __future__ import annotations
 
 import argparse
+
 import torch
 
 from ftkit.core import machine
