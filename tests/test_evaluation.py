@@ -312,3 +312,77 @@ def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tmp_path, t
     assert found["data"]["reply_tokens"] == both and both["longest_answer"] > 8, "a worked answer is long"
     assert found["eval"]["base"]["max_new_tokens"] == found["eval"]["rl"]["max_new_tokens"] == both["tokens"]
     assert found["rl"]["max_completion_length"] == reply_budget(splits["train"], tokenizer)["tokens"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neo"])
+def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_each(tmp_path, arch, monkeypatch):
+    """Sampled replies (eval.sampled, samples > 1) encode each prompt once and repeat its cache: greedily, every copy
+    is the reply that one generation of that prompt gives (left-padded prompts of different lengths, a sliding window
+    and GPT-Neo's local attention included)."""
+    import torch
+
+    from ftkit.models import generation, loader
+    from ftkit.recipe import ModelConfig
+
+    model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, arch, tied=False)), dtype="float32"))
+    conversations = [[{"role": "user", "content": text}] for text in
+                     ("2 + 2?", "What is the sum of 17 and 25, please?", "hello", "a b c d e f g h i j k l m n o p q")]
+    used = []
+    original = generation._prefilled_once
+    monkeypatch.setattr(generation, "_prefilled_once", lambda *a: used.append(original(*a)) or used[-1])
+    once = generation.generate(model, tokenizer, conversations, 4, 24, samples=3)
+    assert used and all(inputs is not None for inputs in used), "the prompts were encoded once"
+    alone = [generation.generate(model, tokenizer, [c], 1, 24)[0] for c in conversations]
+    assert once == [[reply] * 3 for reply in alone]
+    assert any(reply.strip() for reply in alone), "random untied weights: replies with text in them"
+    torch.manual_seed(0)
+    sampled = generation.generate(model, tokenizer, conversations, 4, 8, temperature=1.0, samples=3)
+    assert [len(replies) for replies in sampled] == [3] * 4 and len({r for rs in sampled for r in rs}) > 4
+
+
+def test_answer_losses_project_only_the_scored_positions_with_the_same_losses(tmp_path):
+    """token_losses keeps only the positions from the batch's shortest prompt on (logits_to_keep): the same summed
+    loss and token count as the whole logits give, text by text."""
+    import torch
+
+    from ftkit.models import loader
+    from ftkit.recipe import ModelConfig
+
+    model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, "llama")), dtype="float32"))
+    texts = ["a b c d e f", "hello there, how are you today", "x", "one two three four five six seven eight"]
+    skip = [3, 5, 0, 7]
+    got = likelihood.token_losses(model, tokenizer, texts, 3, 64, skip)
+    for text, k, (loss, count) in zip(texts, skip, got):
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[max(k - 1, 0):]
+        assert count == len(nll)
+        assert loss == pytest.approx(nll.sum().item(), rel=1e-4, abs=1e-4)
+
+
+def test_eval_batch_size_auto_follows_the_free_memory(tmp_path, monkeypatch):
+    """eval.batch_size auto (the default): prompts a call by what a quarter of the free memory holds, at most 128, at
+    least 1; sampled replies count their rows; greedy replies are those of a fixed batch size."""
+    import psutil
+
+    from ftkit.models import generation, loader
+    from ftkit.recipe import ModelConfig
+
+    assert recipe.build({"name": "t"}).eval.batch_size == "auto"
+    model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, "llama", tied=False)), dtype="float32"))
+    assert generation.auto_batch_size(model, 100) == generation.AUTO_BATCH_CAP
+    row = 2 * 2 * 2 * 8 * 4 * 100 + 3 * 4 * model.config.vocab_size  # cache of 2 layers x 2 kv heads x 8 dims, logits
+
+    class Memory:
+        available = 4 * row * 10
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    assert generation.auto_batch_size(model, 100) == 10
+    assert generation.auto_batch_size(model, 100, rows_per_prompt=4) == 2
+    Memory.available = 1
+    assert generation.auto_batch_size(model, 100) == 1
+    Memory.available = 4 * row * 3
+    conversations = [[{"role": "user", "content": f"{i} + {i}?"}] for i in range(7)]
+    auto = generation.generate(model, tokenizer, conversations, "auto", 5)
+    assert auto == generation.generate(model, tokenizer, conversations, 3, 5)

@@ -6,13 +6,39 @@ from __future__ import annotations
 
 import torch
 
+AUTO_BATCH_CAP = 128  # prompts a call at most: greedy replies to 200 addition questions (2 CPU cores, SmolLM2-135M)
+# took 7.8 s in batches of 32, 7.3 in 64, 6.4 in 128 and 6.2 in one of 200
+
+
+def auto_batch_size(model, tokens: int, rows_per_prompt: int = 1, logits_per_row: int = 1) -> int:
+    """Prompts a call for `eval.batch_size: auto`: as many as a quarter of the free memory (the GPU's, or RAM) holds,
+    at most AUTO_BATCH_CAP. A row costs its cache for `tokens` tokens (keys and values of every layer) and
+    `logits_per_row` float32 rows of logits (with their softmax and the sampler's copy); a prompt, `rows_per_prompt`
+    rows (its sampled replies)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_attention_heads", 1) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = next(model.parameters()).element_size()
+    cache = 2 * config.num_hidden_layers * kv_heads * head_dim * element * tokens
+    row = cache + 3 * 4 * config.vocab_size * logits_per_row
+    if model.device.type == "cuda":
+        free = torch.cuda.mem_get_info(model.device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return int(max(1, min(AUTO_BATCH_CAP, free / 4 // (row * rows_per_prompt))))
+
 
 @torch.inference_mode()
-def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tokens: int, temperature: float = 0.0,
+def generate(model, tokenizer, conversations: list, batch_size: int | str, max_new_tokens: int,
+             temperature: float = 0.0,
              samples: int = 1, stop: list[str] | tuple = (), progress=None, return_cut: bool = False):
     """Chat completions (plain-text continuations for string prompts), batched with left padding and prompts sorted
     by length to waste less padding. Greedy unless `temperature` > 0; with `samples` > 1 each output is a list of
-    that many completions. A completion ends at the first of the `stop` strings (which is cut off). `progress(n)`
+    that many completions; `batch_size` "auto" sizes the batches by memory (`auto_batch_size`). A completion ends at
+    the first of the `stop` strings (which is cut off). `progress(n)`
     is called after each batch with the number of prompts it finished. With `return_cut`, also whether each
     completion was cut at `max_new_tokens` (it had not ended: no end-of-sequence token, no stop string)."""
     tokenizer.padding_side = "left"
@@ -24,6 +50,9 @@ def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tok
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
              for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    if batch_size == "auto":
+        longest = len(tokenizer(texts[order[-1]], add_special_tokens=False)["input_ids"]) if texts else 0
+        batch_size = auto_batch_size(model, longest + max_new_tokens, samples)
     outputs: list = [None] * len(texts)
     cut: list = [None] * len(texts)
     ends = _end_ids(model, tokenizer)
@@ -32,8 +61,10 @@ def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tok
         idx = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(model.device)
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   **options)
+        expanded = _prefilled_once(model, batch, samples) if samples > 1 else None
+        generated = model.generate(**(expanded or batch), max_new_tokens=max_new_tokens,
+                                   pad_token_id=tokenizer.pad_token_id,
+                                   **{**options, "num_return_sequences": 1} if expanded else options)
         new = generated[:, batch["input_ids"].shape[1]:]
         decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
         unended = (~torch.isin(new, ends.to(new.device)).any(dim=1)).tolist() if new.shape[1] >= max_new_tokens \
@@ -46,6 +77,31 @@ def generate(model, tokenizer, conversations: list, batch_size: int, max_new_tok
         if progress is not None:
             progress(len(idx))
     return (outputs, cut) if return_cut else outputs
+
+
+def _prefilled_once(model, batch, samples: int) -> dict | None:
+    """The inputs of `samples` completions per prompt with the prompts encoded once: their cache (all but the last
+    token) computed for the batch, then repeated for each sample. `num_return_sequences` repeats the prompts before
+    encoding them, so `samples` times the prompt's work: with short replies that was most of the time (4 sampled
+    replies to 200 addition questions took 3.9x the greedy ones). Positions follow the attention mask, as `generate`
+    sets them for left-padded prompts. None (generate as usual) for one-token prompts, or where the model's forward
+    does not take position ids or returns no cache that can be repeated."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if ids.shape[1] < 2:
+        return None
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    try:
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                    use_cache=True)
+    except TypeError:
+        return None
+    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"  # transformers 5.x renames it
+    cache = getattr(out, name, None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(samples)
+    return {"input_ids": ids.repeat_interleave(samples, dim=0),
+            "attention_mask": mask.repeat_interleave(samples, dim=0), name: cache}
 
 
 def _end_ids(model, tokenizer) -> torch.Tensor:

@@ -9,11 +9,12 @@ import torch
 
 from ftkit.core import timing
 from ftkit.core.rows import messages, trained_text
+from ftkit.models.generation import auto_batch_size
 
 
 @torch.inference_mode()
 @timing.timed("likelihoods")
-def token_losses(model, tokenizer, texts: list[str], batch_size: int, max_length: int,
+def token_losses(model, tokenizer, texts: list[str], batch_size: int | str, max_length: int,
                  skip: list[int] | None = None) -> np.ndarray:
     """(summed negative log-likelihood, scored tokens) of each text, leaving out its first `skip[i]` tokens (the
     prompt, when scoring reference answers).
@@ -24,6 +25,8 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int, max_length
     tokenizer.padding_side = "right"
     model.eval()
     skip = skip or [0] * len(texts)
+    if batch_size == "auto":  # every position's logits at worst, and the activations of a pass (as a cache would be)
+        batch_size = auto_batch_size(model, max_length, logits_per_row=max_length)
     keeps = getattr(model, "_supports_logits_to_keep", lambda: False)()
     order = sorted(range(len(texts)), key=lambda i: (skip[i], len(texts[i])))
     out: list = [None] * len(texts)

@@ -180,7 +180,9 @@ class EvalConfig(Section):
                                       "exact_match, accuracy, f1, rouge_l, chrf, bleu or an evaluate hub id; the first "
                                       "is the headline; default: task, lenient (files scored whole: exact_match, f1, "
                                       "rouge_l, lenient; preference pairs: preference; prompts alone: reward)")
-    batch_size: int = Field(32, gt=0, description="prompts generated at once (sorted by length, left-padded)")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="prompts generated (or scored) at once, sorted by length; auto: as many as a quarter of "
+        "the free memory holds (each one's cache and logits), at most 128")
     max_new_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="tokens a reply may take; auto: fitted to the answers of train and test "
         "(rows.reply_budget: 1.25 x the longest + 4, at least 8; 64 for prompts without answers)")
