@@ -55,12 +55,15 @@ RUN ?= reports
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(RUN)
 
-# the CPU benchmarks, one at a time (overhead.py runs the quickstart twice: about 30 minutes on 2 cores)
+# the CPU benchmarks, one at a time (overhead.py and run_speed.py each run the quickstart twice: about 45 minutes
+# in all on 2 cores); run_speed.py compares this checkout's stage times with 63f17f8's
 bench: model
 	$(PY) bench/data_stage.py
 	$(PY) bench/eval_batching.py
+	$(PY) bench/dtype_check.py
 	$(PY) bench/sft_throughput.py --data addition --examples 1000 --steps 10 --trl-steps 3 --learning-rate 1e-3
 	$(PY) bench/overhead.py
+	$(PY) bench/run_speed.py
 
 clean:
 	rm -rf $(VENV) build site *.egg-info

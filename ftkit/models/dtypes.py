@@ -144,8 +144,8 @@ def choose(use: str) -> tuple[str, str]:
     seconds = measured()[use]
     ratio = seconds["float32"] / seconds["bfloat16"]
     dtype = "bfloat16" if ratio >= MARGIN else "float32"
-    return dtype, (f"measured on this CPU (AVX-512-BF16, no AMX): {use} in bfloat16 at {ratio:.2f}x the speed of "
-                   f"float32 (bfloat16 taken from {MARGIN:.2f}x)")
+    return dtype, (f"measured on this CPU, AVX-512-BF16 without AMX: bfloat16 {ratio:.2f}x the speed of float32 for "
+                   f"{use}, taken from {MARGIN:.2f}x")
 
 
 def describe() -> dict:

@@ -49,14 +49,14 @@ def plot_phases(bars: dict[str, dict[str, float]], title: str = "Where the time 
     if not bars:
         return None
     names = [n for n in timing.PHASES if any(n in phases for phases in bars.values())]
-    colours = plt.get_cmap("tab20")
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]  # a colour for each of the 21 phases
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.4 * len(bars)), layout="constrained")
     labels = list(bars)[::-1]  # the first stage at the top
     for name in names:
         index = timing.PHASES.index(name)
         widths = [bars[label].get(name, 0.0) for label in labels]
         lefts = [sum(bars[label].get(n, 0.0) for n in names[:names.index(name)]) for label in labels]
-        ax.barh(labels, widths, left=lefts, color=colours(index % 20), label=name, edgecolor="white", linewidth=0.5)
+        ax.barh(labels, widths, left=lefts, color=colours[index % len(colours)], label=name, edgecolor="white", linewidth=0.5)
         for y, (left, width, label) in enumerate(zip(lefts, widths, labels)):
             if width >= 0.12 * sum(bars[label].values()):
                 ax.text(left + width / 2, y, f"{width:.0f}", ha="center", va="center", fontsize=7)
