@@ -58,7 +58,6 @@ def answer_losses(model, tokenizer, rows: list[dict], batch_size: int, max_lengt
     return token_losses(model, tokenizer, [trained_text(r, tokenizer) for r in rows], batch_size, max_length, skip)
 
 
-@timing.timed("likelihoods")
 def preference_log_likelihoods(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> np.ndarray:
     """Summed log-likelihood of each held-out pair's chosen and rejected answer given its prompt: shape (n, 2)."""
     chosen = answer_losses(model, tokenizer, rows, batch_size, max_length)[:, 0]
@@ -67,7 +66,6 @@ def preference_log_likelihoods(model, tokenizer, rows: list[dict], batch_size: i
     return -np.stack([chosen, rejected], axis=1)
 
 
-@timing.timed("likelihoods")
 def class_log_likelihoods(model, tokenizer, rows: list[dict], names: list[str], batch_size: int,
                           max_length: int) -> np.ndarray:
     """Summed log-likelihood of each class name as the whole reply to each row (its end-of-turn token included),

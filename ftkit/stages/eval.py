@@ -192,7 +192,6 @@ def _answered(cfg, model, tokenizer, rows: list[dict], tick) -> tuple[list, list
     return outputs, cut, per_example, overall, extra
 
 
-@timing.timed("likelihoods")
 def _answer_loss(cfg, model, tokenizer, rows: list[dict]) -> dict:
     """eval.answer_loss: the loss and perplexity of the reference answers given their prompts."""
     if not (cfg.eval.answer_loss and "answer" in rows[0]):
