@@ -316,8 +316,9 @@ def test_auto_lengths_fit_the_longest_answer_and_are_recorded_as_run(tmp_path, t
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neo"])
 def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_each(tmp_path, arch, monkeypatch):
-    """Sampled replies (eval.sampled, samples > 1) encode each prompt once and repeat its cache: greedily, every copy
-    is the reply that one generation of that prompt gives (left-padded prompts of different lengths, a sliding window
+    """Sampled replies (eval.sampled, samples > 1) encode each prompt once and repeat its cache, and a batch's shared
+    prefix (here a system prompt) is encoded once for all its prompts: greedily, every copy is the reply that one
+    generation of that prompt gives (prompts of different lengths padded after the shared prefix, a sliding window
     and GPT-Neo's local attention included)."""
     import torch
 
@@ -325,15 +326,23 @@ def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_
     from ftkit.recipe import ModelConfig
 
     model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, arch, tied=False)), dtype="float32"))
-    conversations = [[{"role": "user", "content": text}] for text in
+    system = {"role": "system", "content": "You answer questions about numbers and letters, briefly and exactly."}
+    conversations = [[system, {"role": "user", "content": text}] for text in
                      ("2 + 2?", "What is the sum of 17 and 25, please?", "hello", "a b c d e f g h i j k l m n o p q")]
-    used = []
-    original = generation._prefilled_once
+    used, shared = [], []
+    original, prefix_cache = generation._prefilled_once, generation._prefix_cache
     monkeypatch.setattr(generation, "_prefilled_once", lambda *a: used.append(original(*a)) or used[-1])
+    monkeypatch.setattr(generation, "_prefix_cache", lambda m, p, n: shared.append(len(p)) or prefix_cache(m, p, n))
     once = generation.generate(model, tokenizer, conversations, 4, 24, samples=3)
     assert used and all(inputs is not None for inputs in used), "the prompts were encoded once"
+    if generation.attention_window(model) is None:
+        assert shared and min(shared) >= generation.MIN_SHARED, "the system prompt was encoded once for the batch"
+    else:  # these tiny models' windows (16 tokens) are shorter than the prompts: padding in the middle would count
+        assert not shared
     alone = [generation.generate(model, tokenizer, [c], 1, 24)[0] for c in conversations]
     assert once == [[reply] * 3 for reply in alone]
+    # greedy, one reply a prompt: the shared prefix's cache, repeated, gives each prompt's own reply
+    assert generation.generate(model, tokenizer, conversations, 4, 24) == alone
     assert any(reply.strip() for reply in alone), "random untied weights: replies with text in them"
     torch.manual_seed(0)
     sampled = generation.generate(model, tokenizer, conversations, 4, 8, temperature=1.0, samples=3)

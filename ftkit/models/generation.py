@@ -59,9 +59,10 @@ def generate(model, tokenizer, conversations: list, batch_size: int | str, max_n
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(model.device)
+        batch = _encoded(model, tokenizer, [texts[i] for i in idx], max_new_tokens)
         expanded = _prefilled_once(model, batch, samples) if samples > 1 else None
+        if expanded is None and samples > 1 and _cache_key(batch):  # num_return_sequences cannot repeat a cache
+            batch = _encoded(model, tokenizer, [texts[i] for i in idx], max_new_tokens, share=False)
         generated = model.generate(**(expanded or batch), max_new_tokens=max_new_tokens,
                                    pad_token_id=tokenizer.pad_token_id,
                                    **{**options, "num_return_sequences": 1} if expanded else options)
@@ -79,20 +80,84 @@ def generate(model, tokenizer, conversations: list, batch_size: int | str, max_n
     return (outputs, cut) if return_cut else outputs
 
 
-def _prefilled_once(model, batch, samples: int) -> dict | None:
+MIN_SHARED = 8  # tokens: a shorter common prefix is not worth its own forward pass
+
+
+def _encoded(model, tokenizer, texts: list[str], max_new_tokens: int, share: bool = True) -> dict:
+    """The batch's inputs, left-padded. Where the prompts begin with the same tokens (a system prompt, few-shot
+    examples, a task's wording: at least MIN_SHARED of them), that prefix is encoded once and its cache repeated for
+    every prompt; the padding then sits between the shared prefix and each prompt's own tokens (masked, and positions
+    follow the mask as for left padding). Not where the model attends within a window that the prompts and replies
+    outgrow (the window counts the padding in the middle), nor without a cache the model can take: plain left
+    padding then."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    window = attention_window(model)
+    fits = window is None or max(map(len, ids)) + max_new_tokens <= window
+    shared = _common_prefix(ids) if share and fits and len(ids) > 1 else 0
+    cache = _prefix_cache(model, ids[0][:shared], len(ids)) if shared >= MIN_SHARED else None
+    shared = shared if cache else 0
+    width, pad = max(map(len, ids)), tokenizer.pad_token_id
+    rows = [r[:shared] + [pad] * (width - len(r)) + r[shared:] for r in ids]
+    mask = [[1] * shared + [0] * (width - len(r)) + [1] * (len(r) - shared) for r in ids]
+    batch = {"input_ids": torch.tensor(rows, device=model.device),
+             "attention_mask": torch.tensor(mask, device=model.device)}
+    return {**batch, **cache} if cache else batch
+
+
+def attention_window(model) -> int | None:
+    """The smallest window of the model's local (sliding-window) attention layers, or None where every layer sees the
+    whole sequence (Qwen2 names a window that `use_sliding_window: false` turns off)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    windows = []
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
+        windows.append(config.sliding_window)
+    if getattr(config, "window_size", None) and "local" in str(getattr(config, "attention_layers", "")):
+        windows.append(config.window_size)  # GPT-Neo
+    return min(windows, default=None)
+
+
+def _common_prefix(ids: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least its last token.
+
+    >>> _common_prefix([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 3]])
+    2
+    """
+    shortest = min(map(len, ids)) - 1
+    n = 0
+    while n < shortest and all(r[n] == ids[0][n] for r in ids):
+        n += 1
+    return n
+
+
+def _prefix_cache(model, prefix: list[int], rows: int) -> dict | None:
+    """{cache argument name: the cache of `prefix` encoded once, repeated for `rows` prompts}, or None where the
+    model's forward returns no cache that can be repeated."""
+    out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"  # transformers 5.x renames it
+    cache = getattr(out, name, None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(rows)
+    return {name: cache}
+
+
+def _prefilled_once(model, batch: dict, samples: int) -> dict | None:
     """The inputs of `samples` completions per prompt with the prompts encoded once: their cache (all but the last
-    token) computed for the batch, then repeated for each sample. `num_return_sequences` repeats the prompts before
-    encoding them, so `samples` times the prompt's work: with short replies that was most of the time (4 sampled
-    replies to 200 addition questions took 3.9x the greedy ones). Positions follow the attention mask, as `generate`
-    sets them for left-padded prompts. None (generate as usual) for one-token prompts, or where the model's forward
-    does not take position ids or returns no cache that can be repeated."""
+    token; after the shared prefix's cache where `batch` has one) computed for the batch, then repeated for each
+    sample. `num_return_sequences` repeats the prompts before encoding them, so `samples` times the prompt's work:
+    with short replies that was most of the time (4 sampled replies to 200 addition questions took 3.9x the greedy
+    ones). Positions follow the attention mask, as `generate` sets them for left-padded prompts. None (generate as
+    usual) for one-token prompts, or where the model's forward does not take position ids or returns no cache that
+    can be repeated."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if ids.shape[1] < 2:
+    known = _cache_key(batch)
+    done = batch[known].get_seq_length() if known else 0
+    if ids.shape[1] - done < 2:
         return None
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     try:
-        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                    use_cache=True)
+        out = model(input_ids=ids[:, done:-1], attention_mask=mask[:, :-1], position_ids=positions[:, done:-1],
+                    use_cache=True, **({known: batch[known]} if known else {}))
     except TypeError:
         return None
     name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"  # transformers 5.x renames it
@@ -102,6 +167,10 @@ def _prefilled_once(model, batch, samples: int) -> dict | None:
     cache.batch_repeat_interleave(samples)
     return {"input_ids": ids.repeat_interleave(samples, dim=0),
             "attention_mask": mask.repeat_interleave(samples, dim=0), name: cache}
+
+
+def _cache_key(inputs: dict) -> str | None:
+    return next((k for k in ("cache", "past_key_values") if k in inputs), None)
 
 
 def _end_ids(model, tokenizer) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ftkit.core import machine, rundir, timing
 from ftkit.core.io import NO_SPACE, read_json, redact, secret_values, write_atomic
-from ftkit.run import fingerprints
+from ftkit.run import fingerprints, kernels
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +171,16 @@ def cell_times(notebook: Path) -> list[tuple[float, float]]:
     return cells
 
 
-def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict | None = None) -> StageResult:
+def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict | None = None,
+              km=None) -> StageResult:
     """Execute one stage notebook into `<run_dir>/notebooks/` and record its status and fingerprint; its progress
-    goes to `on_event("progress", stage, figures)` while it runs."""
+    goes to `on_event("progress", stage, figures)` while it runs. `km`: a kernel started for it ahead
+    (`ftkit.run.kernels`), shut down here when the notebook ends; without one papermill starts the kernel."""
     import papermill
 
     fingerprint = fingerprint or fingerprints.fingerprint(cfg, run_dir, stage)
     record = {"fingerprint": fingerprint["fingerprint"], "fingerprint_parts": fingerprint["parts"],
-              "pid": os.getpid(), "host": platform.node()}
+              "pid": os.getpid(), "host": platform.node(), "kernel": "started ahead" if km else "started with the stage"}
     out = rundir.executed_notebook(run_dir, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     rundir.forget_metrics(run_dir, stage)
@@ -195,9 +197,12 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
             papermill.execute_notebook(
                 str(rundir.notebooks_dir() / rundir.NOTEBOOKS[stage]), str(out), parameters=parameters,
                 kernel_name=ensure_kernel(), cwd=str(rundir.notebooks_dir()), execution_timeout=cfg.cell_timeout,
-                progress_bar=False, log_output=False)
+                progress_bar=False, log_output=False, km=km, shutdown_kernel="immediate")
     except Exception as exc:  # papermill raises for errors, timeouts and dead kernels alike
         error = _error_text(exc, run_dir)
+    finally:
+        if km is not None:
+            kernels.shut_down(km)
     _redact_notebook(out)
     if error is None and stage not in rundir.metrics(run_dir):
         error = f"the {stage} notebook finished without recording its metrics in {rundir.METRICS}"
@@ -210,6 +215,23 @@ def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict |
                                        "notebook": str(out.relative_to(run_dir)), **record})
     warnings = tuple(rundir.metrics(run_dir).get(stage, {}).get("warnings", ())) if error is None else ()
     return StageResult(stage, error is None, seconds, error, out, warnings)
+
+
+def _start_ahead(cfg, run_dir: Path, later: list[str], running: set[str], force: bool) -> dict:
+    """{stage: kernels.Ahead} for the next of the `later` stages, where it will run (it is not up to date, or it
+    builds on a stage that runs), so that its kernel starts and imports while the stages before it run."""
+    if not later:
+        return {}
+    stage = later[0]
+    if not force and _up_to_date(run_dir, stage, fingerprints.fingerprint(cfg, run_dir, stage), running):
+        return {}
+    os.environ.update(KERNEL_ENV)
+    try:
+        return {stage: kernels.Ahead(ensure_kernel(), rundir.notebooks_dir() / rundir.NOTEBOOKS[stage],
+                                     rundir.notebooks_dir(), rundir.path(run_dir, rundir.RECIPE).resolve())}
+    except Exception as exc:  # its stage starts its own kernel, as without this
+        log.warning("could not start the %s stage's kernel ahead: %s", stage, exc)
+        return {}
 
 
 def prepare(cfg, run_dir: str | Path | None = None) -> Path:
@@ -252,29 +274,38 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
 
     stages = stages or cfg.stages
     run_dir = prepare(cfg, run_dir)
-    results, ran = [], set()
-    for stage in stages:
-        fingerprint = fingerprints.fingerprint(cfg, run_dir, stage)
-        entry = rundir.status(run_dir).get(stage)
-        if not force and _up_to_date(run_dir, stage, fingerprint, ran):
-            rundir.set_status(run_dir, stage, {**entry, "reused": now()})
+    results, ran, ahead = [], set(), {}
+    try:
+        for index, stage in enumerate(stages):
+            fingerprint = fingerprints.fingerprint(cfg, run_dir, stage)
+            entry = rundir.status(run_dir).get(stage)
+            if not force and _up_to_date(run_dir, stage, fingerprint, ran):
+                rundir.set_status(run_dir, stage, {**entry, "reused": now()})
+                if stage in ahead:
+                    ahead.pop(stage).discard()
+                if on_event:
+                    on_event("skip", stage, entry)
+                continue
             if on_event:
-                on_event("skip", stage, entry)
-            continue
-        if on_event:
-            interrupted = (rundir.stage_state(entry) == "interrupted"
-                           and entry.get("fingerprint") == fingerprint["fingerprint"])
-            on_event("start", stage, "interrupted" if interrupted else fingerprints.changed(entry, fingerprint))
-        result = run_stage(stage, cfg, run_dir, on_event, fingerprint)
-        ran.add(stage)
-        results.append(result)
-        if on_event:
-            on_event("end", stage, result)
-        if not result.ok:
-            for skipped in stages[stages.index(stage) + 1:]:  # their recorded results no longer follow
-                rundir.set_status(run_dir, skipped, {"state": "not run", "start": None, "end": None, "duration_s": None,
-                                                     "error": f"not run because {stage} failed", "notebook": None})
-            break
+                interrupted = (rundir.stage_state(entry) == "interrupted"
+                               and entry.get("fingerprint") == fingerprint["fingerprint"])
+                on_event("start", stage, "interrupted" if interrupted else fingerprints.changed(entry, fingerprint))
+            km = ahead.pop(stage).take() if stage in ahead else None
+            ahead.update(_start_ahead(cfg, run_dir, stages[index + 1:], ran | {stage}, force))
+            result = run_stage(stage, cfg, run_dir, on_event, fingerprint, km=km)
+            ran.add(stage)
+            results.append(result)
+            if on_event:
+                on_event("end", stage, result)
+            if not result.ok:
+                for skipped in stages[index + 1:]:  # their recorded results no longer follow
+                    rundir.set_status(run_dir, skipped, {"state": "not run", "start": None, "end": None,
+                                                         "duration_s": None, "error": f"not run because {stage} failed",
+                                                         "notebook": None})
+                break
+    finally:
+        for kernel in ahead.values():
+            kernel.discard()
     report_path = rundir.path(run_dir, rundir.REPORT)
     if ran or not report_path.is_file():  # nothing ran: the report already shows these very results
         report_path = page.render(run_dir)
