@@ -330,9 +330,9 @@ def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_
     conversations = [[system, {"role": "user", "content": text}] for text in
                      ("2 + 2?", "What is the sum of 17 and 25, please?", "hello", "a b c d e f g h i j k l m n o p q")]
     used, shared = [], []
-    original, prefix_cache = generation._prefilled_once, generation._prefix_cache
+    original, prefix_cache = generation._prefilled_once, generation.prefix_cache
     monkeypatch.setattr(generation, "_prefilled_once", lambda *a: used.append(original(*a)) or used[-1])
-    monkeypatch.setattr(generation, "_prefix_cache", lambda m, p, n: shared.append(len(p)) or prefix_cache(m, p, n))
+    monkeypatch.setattr(generation, "prefix_cache", lambda m, p, n: shared.append(len(p)) or prefix_cache(m, p, n))
     once = generation.generate(model, tokenizer, conversations, 4, 24, samples=3)
     assert used and all(inputs is not None for inputs in used), "the prompts were encoded once"
     if generation.attention_window(model) is None:
@@ -350,8 +350,9 @@ def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_
 
 
 def test_answer_losses_project_only_the_scored_positions_with_the_same_losses(tmp_path):
-    """token_losses keeps only the positions from the batch's shortest prompt on (logits_to_keep): the same summed
-    loss and token count as the whole logits give, text by text."""
+    """token_losses keeps only the positions from the batch's shortest prompt on (logits_to_keep), and encodes a
+    prefix that the batch's rows share once: the same summed loss and token count as the whole logits give, text by
+    text."""
     import torch
 
     from ftkit.models import loader
@@ -360,7 +361,18 @@ def test_answer_losses_project_only_the_scored_positions_with_the_same_losses(tm
     model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, "llama")), dtype="float32"))
     texts = ["a b c d e f", "hello there, how are you today", "x", "one two three four five six seven eight"]
     skip = [3, 5, 0, 7]
-    got = likelihood.token_losses(model, tokenizer, texts, 3, 64, skip)
+    # and rows that begin alike (a system prompt): that prefix is encoded once for the batch
+    system = "You answer questions about numbers and letters, briefly and exactly. "
+    texts += [system + "2 + 2? 4", system + "the sum of 17 and 25? 42", system + "hello? hi there"]
+    skip += [len(tokenizer(t[:-2], add_special_tokens=False)["input_ids"]) for t in texts[4:]]
+    shared = []
+    prefix_cache = likelihood.prefix_cache
+    likelihood.prefix_cache = lambda m, p, n: shared.append(len(p)) or prefix_cache(m, p, n)
+    try:
+        got = likelihood.token_losses(model, tokenizer, texts, 4, 128, skip)  # the last three in a batch
+    finally:
+        likelihood.prefix_cache = prefix_cache
+    assert shared and max(shared) >= likelihood.MIN_SHARED
     for text, k, (loss, count) in zip(texts, skip, got):
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():

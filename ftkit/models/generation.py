@@ -94,7 +94,7 @@ def _encoded(model, tokenizer, texts: list[str], max_new_tokens: int, share: boo
     window = attention_window(model)
     fits = window is None or max(map(len, ids)) + max_new_tokens <= window
     shared = _common_prefix(ids) if share and fits and len(ids) > 1 else 0
-    cache = _prefix_cache(model, ids[0][:shared], len(ids)) if shared >= MIN_SHARED else None
+    cache = prefix_cache(model, ids[0][:shared], len(ids)) if shared >= MIN_SHARED else None
     shared = shared if cache else 0
     width, pad = max(map(len, ids)), tokenizer.pad_token_id
     rows = [r[:shared] + [pad] * (width - len(r)) + r[shared:] for r in ids]
@@ -129,7 +129,7 @@ def _common_prefix(ids: list[list[int]]) -> int:
     return n
 
 
-def _prefix_cache(model, prefix: list[int], rows: int) -> dict | None:
+def prefix_cache(model, prefix: list[int], rows: int) -> dict | None:
     """{cache argument name: the cache of `prefix` encoded once, repeated for `rows` prompts}, or None where the
     model's forward returns no cache that can be repeated."""
     out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)

@@ -9,7 +9,7 @@ import torch
 
 from ftkit.core import timing
 from ftkit.core.rows import messages, trained_text
-from ftkit.models.generation import auto_batch_size
+from ftkit.models.generation import MIN_SHARED, attention_window, auto_batch_size, prefix_cache
 
 
 @torch.inference_mode()
@@ -36,11 +36,7 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int | str, max_
                           max_length=max_length, add_special_tokens=False).to(model.device)
         length = batch["input_ids"].shape[1]
         first = max(0, min(min(max(skip[i] - 1, 0) for i in idx), length - 2))  # position j predicts token j + 1
-        positions = torch.arange(first, length - 1, device=model.device)
-        if keeps:
-            logits = model(**batch, logits_to_keep=positions).logits.float()
-        else:
-            logits = model(**batch).logits[:, first:length - 1].float()
+        logits = _scored_logits(model, batch, first, keeps)
         targets, mask = batch["input_ids"][:, first + 1:], batch["attention_mask"][:, first + 1:].clone()
         for row, i in enumerate(idx):
             mask[row, :max(skip[i] - 1 - first, 0)] = 0
@@ -48,6 +44,23 @@ def token_losses(model, tokenizer, texts: list[str], batch_size: int | str, max_
         for i, loss, count in zip(idx, (nll * mask).sum(1).tolist(), mask.sum(1).tolist()):
             out[i] = (loss, count)
     return np.asarray(out, dtype=float).reshape(len(texts), 2)
+
+
+def _scored_logits(model, batch, first: int, keeps: bool) -> torch.Tensor:
+    """float32 logits of positions `first` to the last but one. The tokens that every row begins with (up to
+    `first`: a system prompt, the template's wording; at least MIN_SHARED of them) are encoded once and their cache
+    repeated for every row, where the model's attention sees the whole sequence and it returns a cache."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    length, shared = ids.shape[1], 0
+    if len(ids) > 1 and attention_window(model) is None:
+        shared = min(first, int((ids == ids[0]).all(dim=0).long().cumprod(0).sum()))
+    cache = prefix_cache(model, ids[0, :shared].tolist(), len(ids)) if shared >= MIN_SHARED else None
+    if cache is None:
+        shared, cache = 0, {}
+    positions = torch.arange(first - shared, length - 1 - shared, device=model.device)
+    if keeps:
+        return model(input_ids=ids[:, shared:], attention_mask=mask, logits_to_keep=positions, **cache).logits.float()
+    return model(input_ids=ids[:, shared:], attention_mask=mask, **cache).logits[:, positions].float()
 
 
 @timing.timed("likelihoods")
