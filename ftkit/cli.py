@@ -8,6 +8,7 @@
     ftkit compare reports/quickstart/20261126-101500 reports/quickstart/20261126-113000 -o compare.html
     ftkit run recipes/quickstart.yaml --sweep sft.learning_rate=1e-3,3e-4
     ftkit model HuggingFaceTB/SmolLM2-135M-Instruct
+    ftkit chat reports/quickstart/20261126-101500 --model sft      # or --prompt "What is 23 plus 45?"
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("-o", "--output", help="the page to write (default: reports/compare-<timestamp>.html)")
     report = sub.add_parser("report", help=f"re-render {rundir.REPORT} from a run directory")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (reports/<name>/<run id>)")
+    chat = sub.add_parser("chat", help="talk to a run's model in the terminal, or answer prompts for a script")
+    chat.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (reports/<name>/<run id>)")
+    chat.add_argument("--model", choices=("base", "sft", "rl", "export"),
+                      help="which model (default: the last trained, rl then sft, else base)")
+    chat.add_argument("--prompt", action="append", metavar="TEXT",
+                      help="answer TEXT and exit, each prompt on its own (repeatable); '-' reads prompts from stdin, "
+                           "one a line")
+    chat.add_argument("--system", help="the system prompt (default: the one the run's test prompts share)")
+    chat.add_argument("--temperature", type=float, help="default: eval.temperature (0: greedy)")
+    chat.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens as the eval stage ran it")
+    chat.add_argument("--jsonl", action="store_true", help="print each answer as a JSON line {model, prompt, reply} "
+                                                           "(the default when prompts come from stdin)")
     model = sub.add_parser("model", help="make a model available locally and print where it is")
     model.add_argument("id", nargs="?", default=None, help="hub id or directory (default: the default model)")
     return parser
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on image alt text
     commands = {"run": _run, "resume": _resume, "validate": _validate, "report": _report, "compare": _compare,
-                "model": _model}
+                "model": _model, "chat": _chat}
     return commands[args.command](args)
 
 
@@ -192,6 +205,35 @@ def _run(args) -> int:
     if failed:
         print(f"ftkit: stage {failed.stage} failed: {failed.error} — open {failed.notebook}", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def _chat(args) -> int:
+    import json
+
+    from ftkit.stages import chat
+
+    if not _is_run_dir(args.run_dir):
+        return EXIT_INVALID
+    prompts = args.prompt or ([] if sys.stdin.isatty() else ["-"])
+    from_stdin = "-" in prompts
+    prompts = [line.rstrip("\n") for p in prompts for line in (sys.stdin if p == "-" else [p])]
+    try:
+        session = chat.open_session(args.run_dir, args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ftkit: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for name in ("system", "temperature", "max_new_tokens"):
+        if getattr(args, name) is not None:
+            setattr(session, name, getattr(args, name))
+    if not args.prompt and not from_stdin:
+        chat.interact(session)
+        return 0
+    for prompt in (p for p in prompts if p.strip()):
+        session.reset()
+        reply = session.reply(prompt)
+        print(json.dumps({"model": session.name, "prompt": prompt, "reply": reply}) if args.jsonl or from_stdin
+              else reply, flush=True)
     return 0
 
 

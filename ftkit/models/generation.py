@@ -34,19 +34,25 @@ def auto_batch_size(model, tokens: int, rows_per_prompt: int = 1, logits_per_row
 @torch.inference_mode()
 def generate(model, tokenizer, conversations: list, batch_size: int | str, max_new_tokens: int,
              temperature: float = 0.0,
-             samples: int = 1, stop: list[str] | tuple = (), progress=None, return_cut: bool = False):
+             samples: int = 1, stop: list[str] | tuple = (), progress=None, return_cut: bool = False,
+             streamer=None):
     """Chat completions (plain-text continuations for string prompts), batched with left padding and prompts sorted
     by length to waste less padding. Greedy unless `temperature` > 0; with `samples` > 1 each output is a list of
     that many completions; `batch_size` "auto" sizes the batches by memory (`auto_batch_size`). A completion ends at
     the first of the `stop` strings (which is cut off). `progress(n)`
     is called after each batch with the number of prompts it finished. With `return_cut`, also whether each
-    completion was cut at `max_new_tokens` (it had not ended: no end-of-sequence token, no stop string)."""
+    completion was cut at `max_new_tokens` (it had not ended: no end-of-sequence token, no stop string). A
+    transformers `streamer` gets the tokens of a single prompt's reply as they come."""
     tokenizer.padding_side = "left"
     options = {"do_sample": temperature > 0, "num_return_sequences": samples}
     if temperature > 0:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
     if stop:
         options.update(stop_strings=list(stop), tokenizer=tokenizer)
+    if streamer is not None:
+        if len(conversations) != 1 or samples != 1:
+            raise ValueError("a streamer takes the reply to one prompt")
+        options["streamer"] = streamer
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
              for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
