@@ -349,6 +349,32 @@ def test_several_replies_per_prompt_encode_the_prompt_once_and_match_generating_
     assert [len(replies) for replies in sampled] == [3] * 4 and len({r for rs in sampled for r in rs}) > 4
 
 
+def test_replies_that_ended_leave_the_batch_and_the_others_reply_as_in_one_call(tmp_path, monkeypatch):
+    """Generation goes CHUNK tokens a call, and rows whose reply ended (an end token, a stop string) leave the batch
+    and its cache between calls: greedy replies and cut flags equal those of one call, with and without a stop
+    string and a shared system prompt."""
+    from ftkit.models import generation, loader
+    from ftkit.recipe import ModelConfig
+
+    model, tokenizer = loader.load(ModelConfig(id=str(make_model_dir(tmp_path, "llama", tied=False)), dtype="float32"))
+    system = {"role": "system", "content": "You answer questions about numbers and letters, briefly and exactly."}
+    conversations = [[system, {"role": "user", "content": text}] for text in
+                     ("2 + 2?", "What is the sum of 17 and 25, please?", "hello", "a b c d e f g h i j k l m n o p q",
+                      "x", "the end")]
+    kept = []
+    select = type(generation.prefix_cache(model, [1, 2, 3], 1)["cache"]).batch_select_indices
+    monkeypatch.setattr(type(generation.prefix_cache(model, [1, 2, 3], 1)["cache"]), "batch_select_indices",
+                        lambda cache, indices: kept.append(len(indices)) or select(cache, indices))
+    for stop in ((), ("m",)):  # "m" ends some of these replies (random weights, seeded), not all
+        monkeypatch.setattr(generation, "CHUNK", 10 ** 6)
+        whole = generation.generate(model, tokenizer, conversations, 6, 20, stop=stop, return_cut=True)
+        monkeypatch.setattr(generation, "CHUNK", 3)
+        kept.clear()
+        assert generation.generate(model, tokenizer, conversations, 6, 20, stop=stop, return_cut=True) == whole
+        if stop:
+            assert any(n < len(conversations) for n in kept), "rows that met the stop string left the batch"
+
+
 def test_answer_losses_project_only_the_scored_positions_with_the_same_losses(tmp_path):
     """token_losses keeps only the positions from the batch's shortest prompt on (logits_to_keep), and encodes a
     prefix that the batch's rows share once: the same summed loss and token count as the whole logits give, text by

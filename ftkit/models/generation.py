@@ -65,14 +65,7 @@ def generate(model, tokenizer, conversations: list, batch_size: int | str, max_n
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = _encoded(model, tokenizer, [texts[i] for i in idx], max_new_tokens)
-        expanded = _prefilled_once(model, batch, samples) if samples > 1 else None
-        if expanded is None and samples > 1 and _cache_key(batch):  # num_return_sequences cannot repeat a cache
-            batch = _encoded(model, tokenizer, [texts[i] for i in idx], max_new_tokens, share=False)
-        generated = model.generate(**(expanded or batch), max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id,
-                                   **{**options, "num_return_sequences": 1} if expanded else options)
-        new = generated[:, batch["input_ids"].shape[1]:]
+        new = _new_tokens(model, tokenizer, [texts[i] for i in idx], samples, max_new_tokens, options, ends, stop)
         decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
         unended = (~torch.isin(new, ends.to(new.device)).any(dim=1)).tolist() if new.shape[1] >= max_new_tokens \
             else [False] * len(decoded)
@@ -84,6 +77,61 @@ def generate(model, tokenizer, conversations: list, batch_size: int | str, max_n
         if progress is not None:
             progress(len(idx))
     return (outputs, cut) if return_cut else outputs
+
+
+def _new_tokens(model, tokenizer, texts: list[str], samples: int, max_new_tokens: int, options: dict,
+                ends: torch.Tensor, stop) -> torch.Tensor:
+    """The new tokens of one batch's replies (`samples` rows a prompt, in order), padded."""
+    batch = _encoded(model, tokenizer, texts, max_new_tokens)
+    expanded = _prefilled_once(model, batch, samples) if samples > 1 else None
+    if expanded is None and samples > 1 and _cache_key(batch):  # num_return_sequences cannot repeat a cache
+        batch = _encoded(model, tokenizer, texts, max_new_tokens, share=False)
+    if expanded or samples == 1:
+        return _leaving(model, tokenizer, expanded or batch, max_new_tokens, {**options, "num_return_sequences": 1},
+                        ends, stop)
+    return model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                          **options)[:, batch["input_ids"].shape[1]:]
+
+
+CHUNK = 8  # new tokens a generate call: between calls, the rows that ended leave the batch
+
+
+def _leaving(model, tokenizer, inputs: dict, max_new_tokens: int, options: dict, ends: torch.Tensor,
+             stop) -> torch.Tensor:
+    """The new tokens of each row (padded), generated CHUNK at a time: rows that ended (an end token, a stop string)
+    leave the batch and its cache between calls, the others go on from the cache. `generate` keeps every row of a
+    batch until the last one ends, and replies differ in length (worked solutions: 22 tokens on average, 48 at most),
+    so most of that work was for replies already over. Greedy replies are those of one call; where the model returns
+    no cache that can drop rows, or a streamer is given, one call."""
+    ids, mask, key = inputs["input_ids"], inputs["attention_mask"], _cache_key(inputs)
+    cache, rows = inputs.get(key), list(range(len(ids)))
+    pieces: list[list[torch.Tensor]] = [[] for _ in rows]
+    done, ends = 0, ends.to(ids.device)
+    step = max_new_tokens if "streamer" in options else CHUNK
+    while rows and done < max_new_tokens:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(step, max_new_tokens - done),
+                             pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+                             **({key: cache} if cache is not None else {}), **options)
+        new = out.sequences[:, ids.shape[1]:]
+        for k, row in enumerate(rows):
+            pieces[row].append(new[k])
+        done += new.shape[1]
+        cache, key = (out.cache, "cache") if getattr(out, "cache", None) is not None else (
+            getattr(out, "past_key_values", None), "past_key_values")
+        if done >= max_new_tokens or cache is None or not hasattr(cache, "batch_select_indices"):
+            break
+        so_far = [torch.cat(pieces[row]) for row in rows]
+        keep = [k for k, tokens in enumerate(so_far) if not torch.isin(tokens, ends).any() and not any(
+            marker in tokenizer.decode(tokens, skip_special_tokens=True) for marker in stop)]
+        if len(keep) < len(rows):
+            cache.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=ids.device))
+        ids = out.sequences[keep]
+        mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+        rows = [rows[k] for k in keep]
+    replies = [torch.cat(p) for p in pieces]
+    longest = max(len(r) for r in replies)
+    pad = tokenizer.pad_token_id
+    return torch.stack([torch.cat([r, r.new_full((longest - len(r),), pad)]) for r in replies])
 
 
 MIN_SHARED = 8  # tokens: a shorter common prefix is not worth its own forward pass

@@ -101,8 +101,11 @@ def _exported(cfg, run_dir: Path):
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), AutoTokenizer.from_pretrained(merged)
 
 
-def answers(run_dir: str | Path, prompts: list[str], name: str | None = None) -> list[dict]:
-    """Each prompt answered on its own (no conversation between them): [{model, prompt, reply}]."""
+def answers(run_dir: str | Path, prompts: str | list[str], name: str | None = None) -> list[dict]:
+    """Each prompt (a list, or a text with one a line) answered on its own, with no conversation between them:
+    [{model, prompt, reply}]."""
+    if isinstance(prompts, str):
+        prompts = [line for line in prompts.splitlines() if line.strip()]
     if not prompts:
         return []
     session = open_session(run_dir, name)
