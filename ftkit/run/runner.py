@@ -172,19 +172,21 @@ def cell_times(notebook: Path) -> list[tuple[float, float]]:
 
 
 def run_stage(stage: str, cfg, run_dir: Path, on_event=None, fingerprint: dict | None = None,
-              km=None) -> StageResult:
+              ahead: kernels.Ahead | None = None) -> StageResult:
     """Execute one stage notebook into `<run_dir>/notebooks/` and record its status and fingerprint; its progress
-    goes to `on_event("progress", stage, figures)` while it runs. `km`: a kernel started for it ahead
-    (`ftkit.run.kernels`), shut down here when the notebook ends; without one papermill starts the kernel."""
+    goes to `on_event("progress", stage, figures)` while it runs. `ahead`: a kernel started for it ahead
+    (`ftkit.run.kernels`; a wait for its warm-up counts in the stage's time), shut down here when the notebook ends;
+    without one papermill starts the kernel."""
     import papermill
 
     fingerprint = fingerprint or fingerprints.fingerprint(cfg, run_dir, stage)
-    record = {"fingerprint": fingerprint["fingerprint"], "fingerprint_parts": fingerprint["parts"],
-              "pid": os.getpid(), "host": platform.node(), "kernel": "started ahead" if km else "started with the stage"}
     out = rundir.executed_notebook(run_dir, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     rundir.forget_metrics(run_dir, stage)
     started, t0, wall_start = now(), time.perf_counter(), time.time()
+    km = ahead.take() if ahead else None
+    record = {"fingerprint": fingerprint["fingerprint"], "fingerprint_parts": fingerprint["parts"],
+              "pid": os.getpid(), "host": platform.node(), "kernel": "started ahead" if km else "started with the stage"}
     rundir.set_status(run_dir, stage, {"state": "running", "start": started, "end": None, "duration_s": None,
                                        "error": None, "notebook": str(out.relative_to(run_dir)), **record})
     error = None
@@ -290,9 +292,9 @@ def run(cfg, run_dir: str | Path | None = None, stages: list[str] | None = None,
                 interrupted = (rundir.stage_state(entry) == "interrupted"
                                and entry.get("fingerprint") == fingerprint["fingerprint"])
                 on_event("start", stage, "interrupted" if interrupted else fingerprints.changed(entry, fingerprint))
-            km = ahead.pop(stage).take() if stage in ahead else None
+            warm = ahead.pop(stage, None)
             ahead.update(_start_ahead(cfg, run_dir, stages[index + 1:], ran | {stage}, force))
-            result = run_stage(stage, cfg, run_dir, on_event, fingerprint, km=km)
+            result = run_stage(stage, cfg, run_dir, on_event, fingerprint, ahead=warm)
             ran.add(stage)
             results.append(result)
             if on_event:
