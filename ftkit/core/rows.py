@@ -178,10 +178,15 @@ def conversation(row: dict) -> list[dict]:
     return messages(row) + [{"role": "assistant", "content": row["answer"]}]
 
 
-def _common_prefix(ids: list[int], other: list[int]) -> int:
+def common_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares.
+
+    >>> common_prefix([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2]])
+    2
+    """
     n = 0
-    for a, b in zip(ids, other):
-        if a != b:
+    for column in zip(*seqs):
+        if any(t != column[0] for t in column):
             break
         n += 1
     return n
@@ -214,8 +219,8 @@ def labelled(row: dict, tokenizer) -> tuple[list[int], list[bool]]:
     for k, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        start = _common_prefix(_template_ids(tokenizer, turns[:k], add_generation_prompt=True), ids)
-        end = len(ids) if k == len(turns) - 1 else _common_prefix(_template_ids(tokenizer, turns[:k + 1]), ids)
+        start = common_prefix([_template_ids(tokenizer, turns[:k], add_generation_prompt=True), ids])
+        end = len(ids) if k == len(turns) - 1 else common_prefix([_template_ids(tokenizer, turns[:k + 1]), ids])
         trained[start:end] = [True] * max(0, end - start)
     if not any(trained):
         raise DataError(f"the chat template of {tokenizer.name_or_path!r} does not put the answer after the "

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ftkit.core.rows import common_prefix
+
 AUTO_BATCH_CAP = 128  # prompts a call at most: greedy replies to 200 addition questions (2 CPU cores, SmolLM2-135M)
 # took 7.8 s in batches of 32, 7.3 in 64, 6.4 in 128 and 6.2 in one of 200
 
@@ -116,8 +118,7 @@ def _leaving(model, tokenizer, inputs: dict, max_new_tokens: int, options: dict,
         for k, row in enumerate(rows):
             pieces[row].append(new[k])
         done += new.shape[1]
-        cache, key = (out.cache, "cache") if getattr(out, "cache", None) is not None else (
-            getattr(out, "past_key_values", None), "past_key_values")
+        key, cache = returned_cache(out)
         if done >= max_new_tokens or cache is None or not hasattr(cache, "batch_select_indices"):
             break
         so_far = [torch.cat(pieces[row]) for row in rows]
@@ -147,7 +148,7 @@ def _encoded(model, tokenizer, texts: list[str], max_new_tokens: int, share: boo
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     window = attention_window(model)
     fits = window is None or max(map(len, ids)) + max_new_tokens <= window
-    shared = _common_prefix(ids) if share and fits and len(ids) > 1 else 0
+    shared = min(common_prefix(ids), min(map(len, ids)) - 1) if share and fits and len(ids) > 1 else 0
     cache = prefix_cache(model, ids[0][:shared], len(ids)) if shared >= MIN_SHARED else None
     shared = shared if cache else 0
     width, pad = max(map(len, ids)), tokenizer.pad_token_id
@@ -170,25 +171,11 @@ def attention_window(model) -> int | None:
     return min(windows, default=None)
 
 
-def _common_prefix(ids: list[list[int]]) -> int:
-    """How many leading tokens every row shares, leaving each row at least its last token.
-
-    >>> _common_prefix([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 3]])
-    2
-    """
-    shortest = min(map(len, ids)) - 1
-    n = 0
-    while n < shortest and all(r[n] == ids[0][n] for r in ids):
-        n += 1
-    return n
-
-
 def prefix_cache(model, prefix: list[int], rows: int) -> dict | None:
     """{cache argument name: the cache of `prefix` encoded once, repeated for `rows` prompts}, or None where the
     model's forward returns no cache that can be repeated."""
     out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
-    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"  # transformers 5.x renames it
-    cache = getattr(out, name, None)
+    name, cache = returned_cache(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     cache.batch_repeat_interleave(rows)
@@ -214,13 +201,19 @@ def _prefilled_once(model, batch: dict, samples: int) -> dict | None:
                     use_cache=True, **({known: batch[known]} if known else {}))
     except TypeError:
         return None
-    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"  # transformers 5.x renames it
-    cache = getattr(out, name, None)
+    name, cache = returned_cache(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     cache.batch_repeat_interleave(samples)
     return {"input_ids": ids.repeat_interleave(samples, dim=0),
             "attention_mask": mask.repeat_interleave(samples, dim=0), name: cache}
+
+
+def returned_cache(out) -> tuple[str, object]:
+    """(the name generate and forward take it by, the cache) of a model output: transformers 5.x renames
+    `past_key_values` to `cache`. The cache is None where the model returned none."""
+    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+    return name, getattr(out, name, None)
 
 
 def _cache_key(inputs: dict) -> str | None:

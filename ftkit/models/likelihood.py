@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ftkit.core import timing
-from ftkit.core.rows import messages, trained_text
+from ftkit.core.rows import common_prefix, messages, trained_text
 from ftkit.models.generation import MIN_SHARED, attention_window, auto_batch_size, prefix_cache
 
 
@@ -53,7 +53,7 @@ def _scored_logits(model, batch, first: int, keeps: bool) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     length, shared = ids.shape[1], 0
     if len(ids) > 1 and attention_window(model) is None:
-        shared = min(first, int((ids == ids[0]).all(dim=0).long().cumprod(0).sum()))
+        shared = min(first, common_prefix(ids.tolist()))
     cache = prefix_cache(model, ids[0, :shared].tolist(), len(ids)) if shared >= MIN_SHARED else None
     if cache is None:
         shared, cache = 0, {}

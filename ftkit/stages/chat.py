@@ -42,7 +42,7 @@ class Session:
     def reply(self, prompt: str, streamer=None) -> str:
         """The model's reply to `prompt` after the conversation so far, which it then joins."""
         if self.temperature > 0:
-            torch.manual_seed(torch.seed())  # a fresh draw each time, as a chat would
+            torch.seed()  # reseeds from the system: a fresh draw each time, as a chat would
         text = generate(self.model, self.tokenizer, [self.messages(prompt)], 1, self.max_new_tokens, self.temperature,
                         stop=self.stop, streamer=streamer)[0]
         self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
