@@ -13,15 +13,18 @@ learning rate and max_length, one after the other in this process:
   trl-fp32   the same with bf16=False, a reference that shows how much of the gap is bf16 on this machine
 Untimed warm-up runs of both come first (`--warmup-steps`: oneDNN's primitives on a CPU, CUDA's caches on a GPU).
 Tokens are TRL's own `num_tokens` count (the examples' tokens, never padding), over the whole `train()` call.
-Prints the CPU (its bf16 flags) or GPU, a table with the dtype of each side's weights and compute, the ratios
-ftkit / trl, ftkit / trl-fp32 and ftkit / the fastest TRL run (the --trl-variant runs included), and (on a GPU) MFU = 6 * N * tokens/s / peak bf16
-FLOP/s, N = the model's parameters. `--model shape:qwen2.5-0.5b` (or -1.5b) builds randomly-initialised weights of
+`--repeats N` runs every side N times, alternating, and keeps each side's median run (a 10-step run on 2 CPU cores
+varies by about 7% back to back). Prints the CPU (its bf16 flags) or GPU, a table with the dtype of each side's
+weights and compute, the ratios ftkit / trl, ftkit / trl-fp32 and ftkit / the fastest TRL run (the --trl-variant
+runs included), and (on a GPU) MFU = 6 * N * tokens/s / peak bf16 FLOP/s, N = the model's parameters.
+`--model shape:qwen2.5-0.5b` (or -1.5b) builds randomly-initialised weights of
 that architecture offline, with the tokenizer of `--tokenizer` (default: ftkit's default model).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -96,6 +99,21 @@ def trl_dataset(rows: list[dict]):
                               for r in rows])
 
 
+@contextlib.contextmanager
+def plain_trl():
+    """TRL as its users run it: ftkit's training changes how TRL's fused LM head chooses which positions to score
+    (`ftkit.training.trainer.score_completions_only`, for the whole process), which the TRL runs here must not
+    inherit from an ftkit run before them."""
+    from trl.trainer import utils as trl_utils
+
+    patched = getattr(trl_utils, "_use_triton", None)
+    trl_utils._use_triton = getattr(patched, "ftkit_original", patched)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = patched
+
+
 def trl_run(model_path: str, rows: list[dict], args, steps: int, out: Path, **changes) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -107,9 +125,10 @@ def trl_run(model_path: str, rows: list[dict], args, steps: int, out: Path, **ch
     trainer = SFTTrainer(model=model_path, args=config, train_dataset=trl_dataset(rows),
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    with plain_trl():
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h][-1]
     settings = trainer_settings(trainer)
     del trainer
@@ -138,6 +157,43 @@ def ftkit_run(cfg, run_dir: Path) -> dict:
                                    "peak_gpu_gb") if k in result}
 
 
+def planned_runs(args, skip, model_id, data_section, cfg, run_dir, path, rows, tmp) -> dict:
+    """{run name: a function that trains it once and returns its figures}, in the order they run."""
+    runs = {}
+    if "ftkit" not in skip:
+        runs["ftkit"] = lambda: ftkit_run(cfg, run_dir)
+    for variant in args.variant:
+        name, _, sets = variant.partition(":")
+        changed = recipe_for(model_id, data_section, args, sets.split(","))
+        runs[name] = lambda changed=changed: ftkit_run(changed, run_dir)
+    steps = args.trl_steps or args.steps
+    trl = {} if "trl" in skip else {"trl": {}}
+    trl |= {} if "trl-fp32" in skip else {"trl-fp32": {"bf16": False}}
+    for variant in args.trl_variant:
+        name, _, sets = variant.partition(":")
+        trl[name] = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sets.split(","))}
+    for name, changes in trl.items():
+        runs[name] = lambda name=name, changes=changes: measured(
+            lambda: trl_run(path, rows, args, steps, tmp / name, **changes))
+    return runs
+
+
+def repeated(runs: dict, repeats: int) -> dict:
+    """Each run `repeats` times, the runs alternating (ftkit, TRL, ..., ftkit, TRL, ...) so that a machine's drift
+    (another process, the CPU's clock) touches every run alike. A run's figures are those of its median repeat by
+    real tokens/s, with every repeat's tokens/s beside them."""
+    results: dict[str, list] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            results[name].append(run())
+    out = {}
+    for name, tries in results.items():
+        ranked = sorted(tries, key=lambda r: r["real_tokens_per_second"])
+        out[name] = {**ranked[(len(ranked) - 1) // 2],
+                     "repeats_tokens_per_second": [r["real_tokens_per_second"] for r in tries]}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=recipe.DEFAULT_MODEL)
@@ -157,6 +213,9 @@ def main() -> int:
                         help="another ftkit run with recipe overrides, e.g. ftkit-padded:sft.padding_free=false")
     parser.add_argument("--trl-variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="another TRL run with SFTConfig changes, e.g. trl-liger:use_liger_kernel=true")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each side this many times, alternating, and report the median (noise on a CPU: "
+                             "the same run measured 293 and 315 tokens/s back to back)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not known")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -199,22 +258,8 @@ def main() -> int:
             warm = recipe_for(model_id, data_section, args, [f"sft.max_steps={args.warmup_steps}"])
             sft.train(warm, run_dir)
             trl_run(path, rows, args, args.warmup_steps, tmp / "warmup")
-        if "ftkit" not in skip:
-            out["runs"]["ftkit"] = ftkit_run(cfg, run_dir)
-        for variant in args.variant:
-            name, _, sets = variant.partition(":")
-            changed = recipe_for(model_id, data_section, args, sets.split(","))
-            out["runs"][name] = ftkit_run(changed, run_dir)
-        trl_steps = args.trl_steps or args.steps
-        if "trl" not in skip:
-            out["runs"]["trl"] = measured(lambda: trl_run(path, rows, args, trl_steps, tmp / "trl"))
-        if "trl-fp32" not in skip:
-            out["runs"]["trl-fp32"] = measured(lambda: trl_run(path, rows, args, trl_steps, tmp / "trl-fp32",
-                                                               bf16=False))
-        for variant in args.trl_variant:
-            name, _, sets = variant.partition(":")
-            changes = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sets.split(","))}
-            out["runs"][name] = measured(lambda: trl_run(path, rows, args, trl_steps, tmp / name, **changes))
+        out["runs"] = repeated(planned_runs(args, skip, model_id, data_section, cfg, run_dir, path, rows, tmp),
+                               args.repeats)
     peak = peak_flops(args.peak_tflops)
     for run in out["runs"].values():
         if peak:
@@ -235,10 +280,12 @@ def main() -> int:
         mfu = f"{run['mfu']:.1%}" if "mfu" in run else "-"
         s = run["settings"]
         print(f"{name:10} {run['steps']:>5} {run['train_seconds']:>8} {run['real_tokens']:>8} "
-              f"{run['real_tokens_per_second']:>9} {mfu:>6}  {s['weights']} weights, {s['dtype']} compute, checkpointing "
+              f"{run['real_tokens_per_second']:>9} {mfu:>6}  {s['weights']} weights, {s['dtype']} compute, "
+              f"checkpointing "
               f"{'on' if s['gradient_checkpointing'] else 'off'}, {'padding-free' if s['padding_free'] else 'padded'}"
               f"{', Liger' if s['liger_kernels'] else ''}"
-              f"{', peak %s GB' % run['peak_gpu_gb'] if 'peak_gpu_gb' in run else ''}")
+              f"{', peak %s GB' % run['peak_gpu_gb'] if 'peak_gpu_gb' in run else ''}"
+              + (f"; repeats {run['repeats_tokens_per_second']}" if len(run["repeats_tokens_per_second"]) > 1 else ""))
     for key in dict.fromkeys(["ratio_ftkit_over_trl", "ratio_ftkit_over_trl-fp32",
                               f"ratio_ftkit_over_{out.get('best_trl')}"]):
         if key in out:
