@@ -300,3 +300,13 @@ def ends_with_end_of_turn(row: dict, tokenizer) -> bool:
     """Whether the trained tokens include the end-of-turn/EOS token, so the model learns to stop."""
     trained = [run for run, flag in trained_tokens(row, tokenizer) if flag]
     return bool(trained) and tokenizer.eos_token in trained[-1]
+
+
+def shared_system(rows: list[dict]) -> str | None:
+    """The system prompt every test prompt has, or None where they differ or have none.
+
+    >>> shared_system([{"system": "Be brief."}, {"system": "Be brief."}]), shared_system([{"system": "A"}, {}])
+    ('Be brief.', None)
+    """
+    systems = {r.get("system") for r in rows}
+    return systems.pop() if len(systems) == 1 else None

@@ -44,7 +44,7 @@ ACCELERATE_CONFIG = "accelerate.yaml"  # <stage>/: the accelerate config ftkit w
 CHECKPOINT_MARKER = "ftkit-complete.json"  # written into a checkpoint once transformers has written all of it
 EVAL_FILES = ("predictions", "generalization", "robustness", "flips", "judge")  # eval/<kind>_<model>.jsonl
 RESULTS = ("adapter", "model")  # what a training stage saves: a LoRA adapter or a whole model
-EXPORTS = ("merged", "adapter")
+EXPORTS = ("merged", "adapter", "gguf")
 PHASES = "phases"  # metrics.json's key beside the stages': per stage, where its time went (ftkit.core.timing)
 
 
@@ -150,7 +150,7 @@ def remove_eval_files(run_dir: str | Path, kinds=EVAL_FILES, model: str | None =
 
 
 def export_dir(run_dir: str | Path, kind: str) -> Path:
-    """export/merged/ or export/adapter/ (`kind` one of EXPORTS)."""
+    """export/merged/, export/adapter/ or export/gguf/ (`kind` one of EXPORTS)."""
     _known(kind, EXPORTS)
     return Path(run_dir) / "export" / kind
 

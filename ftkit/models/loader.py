@@ -81,9 +81,10 @@ def resolve(model_id: str, revision: str | None = None) -> str:
 
 
 @timing.timed("loading")
-def load_tokenizer(path: str):
-    """The model's tokenizer, with a pad token (EOS) and a chat template (DEFAULT_CHAT_TEMPLATE) when it lacks them."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(path: str, **options):
+    """The model's tokenizer, with a pad token (EOS) and a chat template (DEFAULT_CHAT_TEMPLATE) when it lacks them.
+    `options` go to `from_pretrained` (a GGUF file's name: `gguf_file`)."""
+    tokenizer = AutoTokenizer.from_pretrained(path, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:

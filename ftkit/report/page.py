@@ -24,6 +24,7 @@ from ftkit.report.display import (
     signal_warning,
     teacher_note,
 )
+from ftkit.report.exported import export_section
 from ftkit.report.markup import CSS, code_css, esc, fmt, html_table, notebook_html, png
 from ftkit.report.tables import (
     all_metrics_table,
@@ -304,18 +305,6 @@ def _versus_start(evaluated: dict) -> str:
             + (f'<p class="warning">{esc(note)}</p>' if note else ""))
 
 
-def _export(exported: dict) -> str:
-    if not (exported.get("merged") or exported.get("adapter")):
-        return ""
-    check = exported.get("check", {})
-    same = (f"; loaded with plain transformers, {check['same_as_eval']} of {check['prompts']} outputs match the eval "
-            "stage's" if "same_as_eval" in check else "")
-    pushed = f"; pushed to {exported['pushed_to']}" if exported.get("pushed_to") else ""
-    files = ", ".join(str(exported[k]) for k in ("merged", "adapter") if exported.get(k))
-    return (f"<h3>Export</h3><p>The {esc(exported.get('model'))} model: {esc(files)} in the run directory"
-            f"{esc(same)}{esc(pushed)}.</p>")
-
-
 def _curves(run_dir: Path) -> str:
     plots = []
     if rundir.log_history(run_dir, "sft"):
@@ -330,7 +319,7 @@ def _summary(run_dir: Path, recipe: dict, status: dict, metrics: dict, env: dict
     return "\n".join([_header(recipe, status, metrics, env), _stages(status, rundir.phases(run_dir)),
                       _data(metrics.get("data", {})),
                       _training(metrics), _rl(metrics.get("rl", {}), recipe.get("rl", {})),
-                      _evaluation(run_dir, evaluated, metrics.get("data", {})), _export(metrics.get("export", {})),
+                      _evaluation(run_dir, evaluated, metrics.get("data", {})), export_section(metrics.get("export", {})),
                       _curves(run_dir), _rl_samples(run_dir), _examples(run_dir, list(evaluated))])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ftkit.core import rundir
-from ftkit.core.rows import with_lengths
+from ftkit.core.rows import shared_system, with_lengths
 from ftkit.models import loader
 from ftkit.models.generation import generate
 from ftkit.recipe import fitted, load
@@ -55,16 +55,6 @@ class Session:
 def default_model(run_dir: str | Path) -> str:
     """The last trained model the run holds (rl, then sft), else the base model."""
     return next((name for name in ("rl", "sft") if rundir.tuned_dir(run_dir, name) is not None), "base")
-
-
-def shared_system(rows: list[dict]) -> str | None:
-    """The system prompt every test prompt has, or None where they differ or have none.
-
-    >>> shared_system([{"system": "Be brief."}, {"system": "Be brief."}]), shared_system([{"system": "A"}, {}])
-    ('Be brief.', None)
-    """
-    systems = {r.get("system") for r in rows}
-    return systems.pop() if len(systems) == 1 else None
 
 
 def open_session(run_dir: str | Path, name: str | None = None) -> Session:

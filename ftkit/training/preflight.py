@@ -272,6 +272,21 @@ def describe(figures: dict) -> str:
             f"{figures['available_gb']} GB")
 
 
+def _gguf_problems(cfg) -> list[str]:
+    """export.gguf for a model that ftkit cannot write as GGUF (its architecture, rotary scaling): refused before
+    any training. A model whose config cannot be read here is left to the loader's own message."""
+    from ftkit.models.gguf_export import refusal
+
+    if not (cfg.export.gguf and "export" in cfg.stages):
+        return []
+    try:
+        reason = refusal(_config(cfg.model))
+    except ModelNotFound:
+        return []
+    return [f"export.gguf = {list(cfg.export.gguf)}: {reason}; remove export.gguf (export/merged/ is still written, "
+            "and llama.cpp's own convert_hf_to_gguf.py may convert it)"] if reason else []
+
+
 def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> list[str]:
     """What the recipe needs from this machine and would only find out at load or train time: each problem with
     the fix. Empty when the recipe can run here. `figures`: an `estimate` already made."""
@@ -306,6 +321,7 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
         problems.append(f"export.push_to_hub = {export.push_to_hub!r} needs a Hugging Face token in the environment "
                         "variable HF_TOKEN (it is read from there only and never written anywhere); set it, or "
                         "set export.push_to_hub: null")
+    problems += _gguf_problems(cfg)
     if check_memory and {"sft", "rl"} & set(cfg.stages) and not problems:
         try:
             figures = figures or estimate(cfg)

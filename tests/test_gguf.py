@@ -1,0 +1,139 @@
+"""GGUF export (`export.gguf`): tiny models written as GGUF by ftkit, read back with transformers' own GGUF loader and
+tokenizer, and compared with the model they were written from; the Ollama Modelfile; refusals at validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftkit import cli, recipe
+from ftkit.core.io import read_json
+from ftkit.models import gguf_export, loader
+from ftkit.scoring.tasks import Addition
+from ftkit.training import preflight
+from tests.conftest import build_model, build_tokenizer, make_model_dir, recipe_file, tiny
+
+# f16 rounds each weight to 11 significant bits: measured 0.0013 standard deviations of the logits at most on these
+# models; q8_0 (8-bit blocks of 32): 0.035.
+LOGIT_TOLERANCE = {"f16": 0.01, "bf16": 0.05, "q8_0": 0.1}
+
+
+def _conversations(n: int = 6) -> list[list[dict]]:
+    rows = Addition().splits(n, 1, 3)["train"]
+    return [[{"role": "user", "content": r["prompt"]}] for r in rows]
+
+
+def _read_back(folder, name):
+    """The GGUF file as a colleague opens it: transformers' GGUF loader and tokenizer, nothing from ftkit."""
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def _greedy(model, ids: list[int], tokens: int = 12) -> list[int]:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                         pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_a_written_gguf_reads_back_with_the_same_tokens_logits_and_greedy_replies(tmp_path, arch, kind):
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, arch=arch, tied=arch != "qwen2")  # tied and untied heads both
+    model.eval()
+    written = gguf_export.write(model, tokenizer, tmp_path / "m.gguf", kind, "tiny")
+    assert written["bytes"] == (tmp_path / "m.gguf").stat().st_size and written["pre_tokenizer"] == "gpt-2"
+    matrices = sum(p.dim() == 2 for n, p in model.state_dict().items()
+                   if not (model.config.tie_word_embeddings and n == "lm_head.weight"))
+    assert written["tensor_types"][kind.upper()] == matrices  # every matrix in the chosen type, norms in float32
+    back, own = _read_back(tmp_path, "m.gguf")
+    assert type(back).__name__ == ("Qwen2ForCausalLM" if arch == "qwen2" else "LlamaForCausalLM")
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in _conversations()]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert own(texts, add_special_tokens=False)["input_ids"] == ids
+    agreement = gguf_export.logit_agreement(model, back, ids)
+    assert agreement["max_logit_diff_over_std"] < LOGIT_TOLERANCE[kind], agreement
+    assert agreement["top1_same"] >= (1.0 if kind == "f16" else 0.95), agreement
+    if kind == "f16":
+        with torch.no_grad():
+            assert all(_greedy(model, row) == _greedy(back, row) for row in ids)
+
+
+@pytest.mark.parametrize("template", ["chatml", "ftkit-default"])
+def test_the_chat_template_survives_the_trip(tmp_path, template):
+    tokenizer = build_tokenizer()
+    if template == "ftkit-default":  # a base model's tokenizer: ftkit's ### Role: headers and a BOS token
+        tokenizer.chat_template = loader.DEFAULT_CHAT_TEMPLATE
+    model = build_model(tokenizer, arch="llama")
+    gguf_export.write(model, tokenizer, tmp_path / "m.gguf", "f16", "tiny")
+    _, own = _read_back(tmp_path, "m.gguf")
+    assert own.chat_template == tokenizer.chat_template
+    conversation = [{"role": "system", "content": "Be brief."}, *_conversations(1)[0],
+                    {"role": "assistant", "content": "42"}, {"role": "user", "content": "And 1 + 1?"}]
+    assert own.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) == \
+        tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert (own.bos_token, own.eos_token, own.pad_token) == (tokenizer.bos_token, tokenizer.eos_token,
+                                                             tokenizer.pad_token)
+
+
+def test_the_modelfile_carries_the_template_in_go_the_system_prompt_and_the_stops():
+    tokenizer = build_tokenizer()
+    text = gguf_export.modelfile("run-sft-q8_0.gguf", tokenizer, "Be brief.", 0.0, 12, ["\n\n"])
+    assert text.splitlines()[0] == "FROM ./run-sft-q8_0.gguf"
+    assert f'TEMPLATE """{gguf_export.CHATML_GO}"""' in text and 'SYSTEM """Be brief."""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "\\n\\n"' in text
+    assert "PARAMETER temperature 0" in text and "PARAMETER num_predict 12" in text
+    tokenizer.chat_template = loader.DEFAULT_CHAT_TEMPLATE
+    template, implied, stops = gguf_export.ollama_template(tokenizer)
+    assert template.startswith("<|im_start|>{{- range .Messages }}### ") and "<|im_end|>\n{{ end }}" in template
+    assert implied is None and stops == ["<|im_end|>", "### User:"]
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    assert gguf_export.ollama_template(tokenizer)[0] is None  # not a format ftkit writes in Go: Ollama reads the GGUF's
+    assert "no TEMPLATE" in gguf_export.modelfile("m.gguf", tokenizer, None, 0.7, 8, [])
+
+
+def test_rotary_rows_are_reordered_as_transformers_reorders_them_back():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weights = torch.randn(4 * 8, 16).numpy()  # 4 heads of 8 dimensions
+    ordered = gguf_export.rotary_order(weights, 4)
+    undone = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 4}).process(
+        ordered, "blk.0.attn_q.weight").weights
+    assert (undone == weights).all() and not (ordered == weights).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "gemma3"])
+def test_an_architecture_ftkit_cannot_write_is_refused_at_validation(tmp_path, arch, capsys):
+    model_dir = make_model_dir(tmp_path, arch)
+    path = recipe_file(tmp_path, tiny(model_dir), stages=["data", "sft", "export"], export={"gguf": ["f16", "q8_0"]})
+    [problem] = preflight.preflight(recipe.load(path), check_memory=False)
+    kind = "gpt_neo" if arch == "gpt_neo" else "gemma3_text"
+    assert problem.startswith(f"export.gguf = ['f16', 'q8_0']: model_type {kind!r} cannot be written as GGUF")
+    assert "supported: llama, mistral, qwen2" in problem and "remove export.gguf" in problem
+    assert cli.main(["validate", str(path)]) != 0
+    assert "cannot be written as GGUF" in capsys.readouterr().err
+
+
+def test_gguf_types_are_checked_in_the_recipe(tmp_path):
+    with pytest.raises(recipe.RecipeError, match="export.gguf"):
+        recipe.build({"name": "g", "export": {"gguf": ["q4_k_m"]}})
+
+
+@pytest.mark.pipeline
+def test_the_export_stage_writes_gguf_files_checked_against_the_merge(tmp_path, tiny_model_dir):
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "sft", "eval", "export"],
+                       export={"gguf": ["f16", "q8_0"]}, file="tiny.yaml")
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(path), "--run-dir", str(run_dir)]) == 0, read_json(run_dir / "status.json")
+    exported = read_json(run_dir / "metrics.json")["export"]
+    assert set(exported["gguf"]) == {"f16", "q8_0"}
+    for kind, written in exported["gguf"].items():
+        assert (run_dir / written["file"]).is_file() and (run_dir / written["modelfile"]).is_file()
+    check = exported["gguf_check"]
+    n = check["prompts"]
+    assert n == 16 and check["f16"]["greedy_same"] == check["f16"]["tokenizer_same"] == n
+    assert check["f16"]["chat_template_same"] and check["f16"]["task"] == check["merged"]["task"]
+    assert exported["gguf"]["q8_0"]["mb"] < exported["gguf"]["f16"]["mb"]
+    report = (run_dir / "report.html").read_text()
+    assert "GGUF files" in report and "tiny-sft-q8_0.gguf" in report
