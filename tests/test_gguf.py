@@ -30,9 +30,10 @@ def _read_back(folder, name):
     return model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
-def _greedy(model, ids: list[int], tokens: int = 12) -> list[int]:
-    out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                         pad_token_id=0)
+def _greedy(model, ids: list[int], tokens: int = 12, stop_at_end: bool = False) -> list[int]:
+    """Greedy new tokens: `tokens` of them (an end token does not stop them unless `stop_at_end`)."""
+    out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=1 if stop_at_end else tokens,
+                         do_sample=False, pad_token_id=0)
     return out[0, len(ids):].tolist()
 
 
@@ -137,3 +138,21 @@ def test_the_export_stage_writes_gguf_files_checked_against_the_merge(tmp_path, 
     assert exported["gguf"]["q8_0"]["mb"] < exported["gguf"]["f16"]["mb"]
     report = (run_dir / "report.html").read_text()
     assert "GGUF files" in report and "tiny-sft-q8_0.gguf" in report
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_cpp_reads_the_file_and_answers_as_transformers_does(tmp_path, arch):
+    """Where llama.cpp's bindings are installed (the `gguf` extra): llama.cpp itself tokenizes the prompts as the
+    model's tokenizer does and gives the same greedy replies as the model the file was written from."""
+    pytest.importorskip("llama_cpp")
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, arch=arch, tied=False)  # untied: replies are text, not the prompt's last token
+    model.eval()
+    gguf_export.write(model, tokenizer, tmp_path / "m.gguf", "f16", "tiny")
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in _conversations()]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ran = gguf_export.llama_cpp_replies(tmp_path / "m.gguf", texts, ids, 8)
+    assert ran["tokenized_alike"] == len(texts)
+    with torch.no_grad():
+        expected = [_greedy(model, row, 8, stop_at_end=True) for row in ids]
+    assert ran["replies"] == [e[:-1] if e[-1] == tokenizer.eos_token_id else e for e in expected]

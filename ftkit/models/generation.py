@@ -73,7 +73,7 @@ def generate(model, tokenizer, conversations: list, batch_size: int | str, max_n
             else [False] * len(decoded)
         for k, i in enumerate(idx):
             rows = range(k * samples, (k + 1) * samples)
-            texts_i = [_cut(decoded[r], stop) for r in rows]
+            texts_i = [cut_reply(decoded[r], stop) for r in rows]
             cut_i = [unended[r] and not any(marker in decoded[r] for marker in stop) for r in rows]
             outputs[i], cut[i] = (texts_i[0], cut_i[0]) if samples == 1 else (texts_i, cut_i)
         if progress is not None:
@@ -228,7 +228,8 @@ def _end_ids(model, tokenizer) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i is not None))
 
 
-def _cut(text: str, stop) -> str:
+def cut_reply(text: str, stop) -> str:
+    """A reply as eval keeps it: up to the first stop string, stripped."""
     for marker in stop:
         text = text.split(marker, 1)[0]
     return text.strip()

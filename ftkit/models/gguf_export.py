@@ -290,3 +290,27 @@ def logit_agreement(reference, model, ids: list[list[int]]) -> dict:
         positions += len(row)
     return {"max_logit_diff": round(worst, 5), "max_logit_diff_over_std": round(worst / float(np.mean(spread)), 5),
             "top1_same": round(same / max(positions, 1), 4)}
+
+
+def llama_cpp_replies(path: str | Path, texts: list[str], ids: list[list[int]], max_new_tokens: int) -> dict | None:
+    """The GGUF file run by llama.cpp itself, where its Python bindings are installed (`pip install -e '.[gguf]'`:
+    llama-cpp-python, built from source): how many of the rendered prompts `texts` llama.cpp tokenizes to `ids` (the
+    merged model's tokens), and the token ids of its greedy replies to `ids`, up to an end-of-generation token (for
+    the caller to decode and cut as eval does). None without it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(map(len, ids)) + max_new_tokens + 8,
+                          n_threads=torch.get_num_threads(), seed=0, verbose=False)
+    alike = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == row for t, row in zip(texts, ids))
+    replies = []
+    for row in ids:
+        reply = []
+        for token in llm.generate(row, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(reply) == max_new_tokens:
+                break
+            reply.append(token)
+        replies.append(reply)
+    del llm
+    return {"tokenized_alike": alike, "replies": replies}

@@ -21,7 +21,8 @@ def export_section(exported: dict) -> str:
 
 
 def _gguf(files: dict, check: dict) -> str:
-    """The GGUF files and how each, loaded back with transformers, compares with the float32 merge."""
+    """The GGUF files and how each, read back by transformers (and run by llama.cpp where it is installed), compares
+    with the float32 merge."""
     if not files:
         return ""
     n = check.get("prompts", 0)
@@ -29,13 +30,20 @@ def _gguf(files: dict, check: dict) -> str:
     rows = []
     for kind, written in files.items():
         c = check.get(kind, {})
-        rows.append([written["file"], f"{written['mb']:.1f}",
-                     f"{c['tokenizer_same']}/{n}" if c else "-", ("yes" if c["chat_template_same"] else "no") if c
-                     else "-", f"{c['max_logit_diff']:.4f} ({c['max_logit_diff_over_std']:.3f} sd)" if c else "-",
-                     f"{c['top1_same']:.1%}" if c else "-", f"{c['greedy_same']}/{n}" if c else "-",
-                     fmt(c[metric]) if c and metric in c else "-"])
-    header = ["file", "MB", "prompts tokenized alike", "chat template kept", "largest logit difference",
+        rows.append([written["file"], "transformers", f"{written['mb']:.1f}"] + (_checked(c, n, metric) if c else
+                                                                                 ["-"] * 6))
+        if c.get("llama_cpp"):
+            ran = c["llama_cpp"]
+            rows.append([written["file"], "llama.cpp", "", f"{ran['tokenizer_same']}/{n}", "", "", "",
+                         f"{ran['greedy_same']}/{n}", fmt(ran.get(metric)) if metric in ran else "-"])
+    header = ["file", "read by", "MB", "prompts tokenized alike", "chat template kept", "largest logit difference",
               "same top token", "same greedy reply", f"{metric} (merged: {fmt(check['merged'][metric])})"
               if metric else "score"]
-    return ("<p>GGUF files (Ollama: <code>ollama create NAME -f</code> the Modelfile beside each), loaded back with "
-            f"transformers and compared with the float32 merge on {n} test prompts:</p>" + html_table(header, rows))
+    return ("<p>GGUF files (Ollama: <code>ollama create NAME -f</code> the Modelfile beside each), compared with the "
+            f"float32 merge they were written from on {n} test prompts:</p>" + html_table(header, rows))
+
+
+def _checked(c: dict, n: int, metric: str | None) -> list[str]:
+    return [f"{c['tokenizer_same']}/{n}", "yes" if c["chat_template_same"] else "no",
+            f"{c['max_logit_diff']:.4f} ({c['max_logit_diff_over_std']:.3f} sd)", f"{c['top1_same']:.1%}",
+            f"{c['greedy_same']}/{n}", fmt(c[metric]) if metric in c else "-"]

@@ -20,7 +20,7 @@ from ftkit.core import rundir, timing
 from ftkit.core.io import atomic_dir
 from ftkit.core.rows import acceptable, messages, shared_system, with_lengths
 from ftkit.models import gguf_export
-from ftkit.models.generation import continuation_prompt, generate
+from ftkit.models.generation import continuation_prompt, cut_reply, generate
 from ftkit.models.loader import DTYPES, dtype_name, load, load_tokenizer
 from ftkit.scoring.grading import metric_names, score
 
@@ -132,6 +132,12 @@ def check_gguf(cfg, run_dir: str | Path, limit: int = 200) -> dict:
                      "greedy_same": sum(a == b for a, b in zip(replies, gguf_replies)),
                      **_scored(cfg, rows, gguf_replies)}
         del model
+        ran = gguf_export.llama_cpp_replies(folder / name, texts, ids, cfg.eval.max_new_tokens)
+        if ran is not None:
+            answers = [cut_reply(tokenizer.decode(r, skip_special_tokens=True), cfg.eval.stop) for r in ran["replies"]]
+            out[kind]["llama_cpp"] = {"tokenizer_same": ran["tokenized_alike"],
+                                      "greedy_same": sum(a == b for a, b in zip(replies, answers)),
+                                      **_scored(cfg, rows, answers)}
     return out
 
 
