@@ -45,14 +45,18 @@ def test_metrics_are_present_and_in_range(tiny_run):
         assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0 and m["n"] == 16
         assert m["answer_loss"] > 0 and m["answer_perplexity"] > 1
         assert m["generalization"]["n"] == 100 and 0.0 <= m["generalization"]["value"] <= 1.0
-        assert set(m["robustness"]) == {"clean", "typo", "case", "whitespace", "reword"}
-        assert m["robustness"]["typo"]["n"] == 16
+        robust = m["robustness"]
+        if robust["clean"]["value"] == 0:  # nothing right unperturbed: nothing a perturbation could cost
+            assert set(robust) == {"clean", "skipped"} and robust["skipped"].startswith("not perturbed")
+        else:
+            assert set(robust) == {"clean", "typo", "case", "whitespace", "reword"} and robust["typo"]["n"] == 16
         rows = (run_dir / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()
         sampled = {"sampled_score"} if name != "base" else set()  # GRPO trained: eval.sampled is 4, for RL and SFT
         assert len(rows) == 16 and set(json.loads(rows[0])) == {"prompt", "reference", "output", "score", "scores", "cut",
                                                                 "finished", *sampled}
         # the tiny model's replies never end in 4 tokens, so each is answered again with room
-        assert len((run_dir / "eval" / f"robustness_{name}.jsonl").read_text().splitlines()) == 4 * 16
+        perturbed = run_dir / "eval" / f"robustness_{name}.jsonl"
+        assert len(perturbed.read_text().splitlines()) == 4 * 16 if "typo" in robust else not perturbed.exists()
         # addition's answers are numbers: how far off the greedy replies' first numbers are, from the predictions;
         # a wrong number copied from the question is an echo, not an estimate
         def off(records):
@@ -139,8 +143,9 @@ def test_each_stage_says_where_its_time_went(tiny_run):
     assert {"loading", "preparing data", "saving"} <= set(phases["data"])
     assert {"loading", "update", "saving"} <= set(phases["sft"])
     assert {"loading", "generation", "rewards", "update", "saving"} <= set(phases["rl"])
-    assert {"loading", "generation", "sampled replies", "shifted set", "perturbation sets", "scoring"} \
-        <= set(phases["eval"])
+    perturbed = any("typo" in m["robustness"] for m in rundir.metrics(run_dir)["eval"].values())
+    assert {"loading", "generation", "sampled replies", "shifted set", "scoring"} <= set(phases["eval"])
+    assert ("perturbation sets" in phases["eval"]) == perturbed  # none where no model got a test prompt right
     # the RL figures per step come from the same clocks
     per_step = rundir.metrics(run_dir)["rl"]["seconds_per_step"]
     assert per_step["generation"] > 0 and per_step["update"] > 0
@@ -153,7 +158,10 @@ def test_report_holds_the_metrics_table_and_plots(tiny_run):
     page = (run_dir / "report.html").read_text()
     assert '<div id="metrics">' in page and "<td>sft</td>" in page and "<td>rl</td>" in page
     assert "1 · Task performance" in page and "2 · Generalization and 3 · Robustness" in page
-    assert "robustness: typo (change)" in page
+    evaluated = rundir.metrics(run_dir)["eval"]
+    for name, m in evaluated.items():  # the tiny models get no sum right: nothing a perturbation could cost them
+        assert ("robustness: typo (change)" in page) if "typo" in m["robustness"] else (
+            f"<p>{name}: not perturbed: no reply to the unperturbed prompts was right" in page)
     assert page.count("data:image/png;base64,") >= 2  # SFT loss and RL reward, embedded
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     assert 'id="stage-eval"' in page

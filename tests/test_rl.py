@@ -279,9 +279,10 @@ def test_prompts_without_answers_train_with_grpo_and_are_evaluated_by_their_rewa
             assert record["score"] == pytest.approx(mentions + 0.5 * penalty)
             assert record["reference"] == ""
         assert result["reward"] == pytest.approx(sum(r["score"] for r in records) / len(records))
-        assert result["sampled"]["k"] == 2 and "robustness" in result
+        assert result["sampled"]["k"] == 2 and result["robustness"]["case"]["n"] == 2  # rewards: perturbed always
     assert metrics["eval"]["rl"]["vs_base"]["test"] == "wilcoxon"
-    assert "reward/rw.py:mentions" in (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "reward/rw.py:mentions" in page and "robustness: case (change)" in page
 
 
 def test_prompts_without_answers_refuse_sft_dpo_and_rewards_that_need_an_answer(tmp_path, tiny_model_dir):

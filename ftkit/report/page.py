@@ -337,7 +337,9 @@ def _claims(evaluated: dict) -> str:
             f"<p>{generalization}Robustness: its change on the first {esc(perturbed.get('n', 0))} test prompts under "
             "each perturbation, with its 95% paired bootstrap interval (negative: worse than on the unperturbed "
             "prompts).</p>"
-            + html_table(["model", *table.columns], rows))
+            + html_table(["model", *table.columns], rows)
+            + "".join(f"<p>{esc(name)}: {esc(m['robustness']['skipped'])}.</p>" for name, m in evaluated.items()
+                      if m.get("robustness", {}).get("skipped")))
 
 
 def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:

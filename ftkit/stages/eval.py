@@ -261,9 +261,18 @@ def _evaluate_replies(cfg, model, tokenizer, rows: list[dict], train: list[dict]
     if gen_rows:
         result["generalization"] = _generalization(cfg, model, tokenizer, gen_rows, run_dir, name, tick)
     if subset and primary in per_example:
-        result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean=per_example[primary][:len(subset)],
-                                           run_dir=run_dir, name=name, tick=tick)
+        clean = per_example[primary][:len(subset)]
+        lost_nothing = primary in BINARY and not any(clean)
+        result["robustness"] = ({"clean": {"value": 0.0, "n": len(subset)}, "skipped": NOTHING_TO_LOSE} if lost_nothing
+                                else _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick))
     return result
+
+
+# A model none of whose replies to the unperturbed prompts is right (pass/fail metrics; a base model that never answers
+# in the format, or rambles past the budget) has nothing a perturbation could cost it: its perturbation sets, as many
+# replies as the test prompts for the robustness subset's usual 50 x 4, are not generated. On the word problems the
+# base model's replies all run to the 48-token limit, and its perturbation sets took about 40 of eval's 400 s.
+NOTHING_TO_LOSE = "not perturbed: no reply to the unperturbed prompts was right, so no perturbation could cost anything"
 
 
 def finish_budget(limit: int) -> int:
