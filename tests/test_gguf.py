@@ -118,7 +118,7 @@ def test_an_architecture_ftkit_cannot_write_is_refused_at_validation(tmp_path, a
 
 def test_gguf_types_are_checked_in_the_recipe(tmp_path):
     with pytest.raises(recipe.RecipeError, match="export.gguf"):
-        recipe.build({"name": "g", "export": {"gguf": ["q4_k_m"]}})
+        recipe.build({"name": "g", "export": {"gguf": ["q4_0"]}})
 
 
 @pytest.mark.pipeline
@@ -156,3 +156,34 @@ def test_llama_cpp_reads_the_file_and_answers_as_transformers_does(tmp_path, arc
     with torch.no_grad():
         expected = [_greedy(model, row, 8, stop_at_end=True) for row in ids]
     assert ran["replies"] == [e[:-1] if e[-1] == tokenizer.eos_token_id else e for e in expected]
+
+
+def test_k_quants_are_made_by_llama_cpp_and_read_back(tmp_path):
+    """q4_k_m through llama.cpp's own quantizer (the `gguf` extra): it mixes 4- and 6-bit blocks as its llama-quantize
+    does, and transformers reads the file back. Rows of 256 weights, the k-quants' block."""
+    pytest.importorskip("llama_cpp")
+    import transformers
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    written = gguf_export.write(model, tokenizer, tmp_path / "m.gguf", "q4_k_m", "tiny")
+    assert written["tensor_types"]["Q4_K"] > written["tensor_types"].get("Q6_K", 0) > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]  # the f16 file it was made from is gone
+    back, own = _read_back(tmp_path, "m.gguf")
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in _conversations()]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert own(texts, add_special_tokens=False)["input_ids"] == ids
+    assert gguf_export.logit_agreement(model, back, ids)["max_logit_diff_over_std"] < 1.0
+
+
+def test_k_quants_without_llama_cpp_are_refused_at_validation(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(gguf_export, "has_quantizer", lambda: False)
+    path = recipe_file(tmp_path, tiny(tiny_model_dir), stages=["data", "sft", "export"],
+                       export={"gguf": ["q8_0", "q4_k_m"]})
+    [problem] = preflight.preflight(recipe.load(path), check_memory=False)
+    assert problem.startswith("export.gguf = ['q8_0', 'q4_k_m']: q4_k_m needs llama.cpp's quantizer")
+    assert "pip install -e '.[gguf]'" in problem and "choose from f16, bf16, q8_0" in problem

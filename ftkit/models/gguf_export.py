@@ -5,7 +5,9 @@ A file holds the weights, the architecture's hyperparameters, the tokenizer (its
 special tokens, and which of llama.cpp's pre-tokenizers splits text as it does) and the chat template. Types:
   f16, bf16  every matrix in that type; norms and biases stay float32, as llama.cpp keeps them;
   q8_0       matrices in blocks of 32 weights (8-bit integers and a float16 scale a block, 8.5 bits a weight);
-             a matrix whose rows do not split into blocks of 32 stays f16.
+             a matrix whose rows do not split into blocks of 32 stays f16;
+  q4_k_m, q5_k_m, q6_k  llama.cpp's k-quants, made by llama.cpp's own quantizer from an f16 file where its Python
+             bindings are installed (the `gguf` extra); it chooses each tensor's type as its llama-quantize tool does.
 Llama and Mistral rotate each attention head's two halves where llama.cpp rotates neighbouring pairs, so their query
 and key rows are reordered as llama.cpp's converter does (transformers' GGUF loader reorders them back). Mistral is
 written as llama.cpp's `llama`, as llama.cpp's converter writes it; transformers reads it back as a Llama model, the
@@ -23,7 +25,9 @@ import torch
 
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # transformers model_type -> GGUF's
 PERMUTED = {"llama", "mistral"}  # query/key rows reordered for llama.cpp's rotary layout
-TYPES = ("f16", "bf16", "q8_0")
+WRITTEN = ("f16", "bf16", "q8_0")  # written here with the gguf package
+QUANTIZED = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}  # llama_ftype: made from an f16 file by llama.cpp's quantizer
+TYPES = (*WRITTEN, *QUANTIZED)
 BLOCK = 32  # weights a q8_0 block
 
 
@@ -46,16 +50,32 @@ def refusal(config) -> str | None:
 
 
 def write(model, tokenizer, path: str | Path, kind: str, name: str) -> dict:
-    """Write `model` (a merged causal LM) with `tokenizer` to `path` as GGUF of type `kind` (f16, bf16 or q8_0);
-    returns what went in (tensors per type, the pre-tokenizer, the bytes written)."""
-    import gguf
-
+    """Write `model` (a merged causal LM) with `tokenizer` to `path` as GGUF of type `kind` (one of TYPES: the
+    k-quants through llama.cpp's own quantizer, from an f16 file written first); returns what went in (tensors per
+    type as the file holds them, the pre-tokenizer, the bytes written)."""
     if kind not in TYPES:
         raise Unsupported(f"GGUF type {kind!r}: choose from {', '.join(TYPES)}")
-    config = model.config
-    reason = refusal(config)
+    reason = refusal(model.config)
     if reason:
         raise Unsupported(reason)
+    path = Path(path)
+    if kind in QUANTIZED:
+        full = path.with_name(path.name + ".f16.partial")
+        try:
+            pre = _written(model, tokenizer, full, "f16", name)
+            quantize(full, path, kind)
+        finally:
+            full.unlink(missing_ok=True)
+    else:
+        pre = _written(model, tokenizer, path, kind, name)
+    return {"type": kind, "tensor_types": tensor_types(path), "pre_tokenizer": pre, "bytes": path.stat().st_size}
+
+
+def _written(model, tokenizer, path: Path, kind: str, name: str) -> str:
+    """Write the file with the gguf package; returns the pre-tokenizer's name."""
+    import gguf
+
+    config = model.config
     arch = ARCHITECTURES[config.model_type]
     writer = gguf.GGUFWriter(str(path), arch, use_temp_file=True)  # tensors spool to disk as they are added
     writer.add_name(name)
@@ -65,13 +85,38 @@ def write(model, tokenizer, path: str | Path, kind: str, name: str) -> dict:
     _hyperparameters(writer, config)
     vocab = _vocabulary(tokenizer, config.vocab_size)
     _tokenizer_fields(writer, tokenizer, vocab)
-    types = _tensors(writer, model, arch, kind)
+    _tensors(writer, model, arch, kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"type": kind, "tensor_types": dict(types), "pre_tokenizer": vocab["pre"],
-            "bytes": Path(path).stat().st_size}
+    return vocab["pre"]
+
+
+def tensor_types(path: str | Path) -> dict[str, int]:
+    """How many of the file's tensors are stored in each GGML type."""
+    import gguf
+
+    return dict(Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors))
+
+
+def has_quantizer() -> bool:
+    """Whether llama.cpp's quantizer (its Python bindings, the `gguf` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def quantize(source: Path, dest: Path, kind: str) -> None:
+    """llama.cpp's own quantizer (`llama_model_quantize`, as its llama-quantize tool runs it): `source` (f16) to
+    `dest` in `kind`, one of QUANTIZED."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANTIZED[kind]
+    params.nthread = torch.get_num_threads()
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source.name} to {kind}")
 
 
 def _hyperparameters(writer, config) -> None:
@@ -93,7 +138,7 @@ def _hyperparameters(writer, config) -> None:
         writer.add_value_length(head_dim)
 
 
-def _tensors(writer, model, arch: str, kind: str) -> Counter:
+def _tensors(writer, model, arch: str, kind: str) -> None:
     import gguf
 
     config = model.config
@@ -101,7 +146,6 @@ def _tensors(writer, model, arch: str, kind: str) -> Counter:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     tied = getattr(config, "tie_word_embeddings", False)
-    types: Counter = Counter()
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue  # transformers and llama.cpp take the embeddings for the head where the file has no output
@@ -113,8 +157,6 @@ def _tensors(writer, model, arch: str, kind: str) -> Counter:
             data = rotary_order(data, heads if "attn_q" in name else kv_heads)
         data, qtype = _encoded(data, kind)
         writer.add_tensor(name, data, raw_dtype=qtype)
-        types[qtype.name] += 1
-    return types
 
 
 def rotary_order(weights: np.ndarray, heads: int) -> np.ndarray:

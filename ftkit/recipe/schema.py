@@ -265,10 +265,10 @@ class ExportConfig(Section):
     push_to_hub: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
                                     description="hub repo id for the merged model; the token comes from HF_TOKEN")
     private: bool = Field(True, description="push_to_hub: create the hub repository private")
-    gguf: list[Literal["f16", "bf16", "q8_0"]] = Field(
+    gguf: list[Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]] = Field(
         default_factory=list, description="GGUF files for llama.cpp and Ollama (export/gguf/, with an Ollama "
         "Modelfile), each loaded back and checked against the merged model; e.g. [f16, q8_0]. Llama, Mistral and "
-        "Qwen2 models")
+        "Qwen2 models; the k-quants (q4_k_m, q5_k_m, q6_k) need llama.cpp's quantizer: pip install -e '.[gguf]'")
 
 
 class LaunchConfig(Section):

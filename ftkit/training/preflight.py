@@ -275,16 +275,22 @@ def describe(figures: dict) -> str:
 def _gguf_problems(cfg) -> list[str]:
     """export.gguf for a model that ftkit cannot write as GGUF (its architecture, rotary scaling): refused before
     any training. A model whose config cannot be read here is left to the loader's own message."""
-    from ftkit.models.gguf_export import refusal
+    from ftkit.models.gguf_export import QUANTIZED, WRITTEN, has_quantizer, refusal
 
     if not (cfg.export.gguf and "export" in cfg.stages):
         return []
+    problems = []
+    needs = [k for k in cfg.export.gguf if k in QUANTIZED]
+    if needs and not has_quantizer():
+        problems.append(f"export.gguf = {list(cfg.export.gguf)}: {', '.join(needs)} needs llama.cpp's quantizer, "
+                        "which is not installed here; pip install -e '.[gguf]' (builds llama-cpp-python from source, "
+                        f"about 5 minutes), or choose from {', '.join(WRITTEN)}")
     try:
         reason = refusal(_config(cfg.model))
     except ModelNotFound:
-        return []
-    return [f"export.gguf = {list(cfg.export.gguf)}: {reason}; remove export.gguf (export/merged/ is still written, "
-            "and llama.cpp's own convert_hf_to_gguf.py may convert it)"] if reason else []
+        return problems
+    return problems + ([f"export.gguf = {list(cfg.export.gguf)}: {reason}; remove export.gguf (export/merged/ is "
+                        "still written, and llama.cpp's own convert_hf_to_gguf.py may convert it)"] if reason else [])
 
 
 def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> list[str]:
