@@ -47,8 +47,15 @@ def html_table(header: list[str], rows: list[list]) -> str:
 
 
 def fmt(value, digits=3) -> str:
-    """A table cell: floats to `digits` places, None as nothing."""
-    return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
+    """A table cell: floats to `digits` places, None as nothing, NaN (a table's cell for a figure one model lacks:
+    not measured) as a dash.
+
+    >>> fmt(0.12345), fmt(None), fmt(float("nan")), fmt(3)
+    ('0.123', '', '–', '3')
+    """
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.{digits}f}"
+    return "" if value is None else str(value)
 
 
 TEMPLATES = Path(__file__).parent / "templates"
