@@ -110,13 +110,20 @@ def has_quantizer() -> bool:
 def quantize(source: Path, dest: Path, kind: str) -> None:
     """llama.cpp's own quantizer (`llama_model_quantize`, as its llama-quantize tool runs it): `source` (f16) to
     `dest` in `kind`, one of QUANTIZED."""
+    import logging
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZED[kind]
     params.nthread = torch.get_num_threads()
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params) != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source.name} to {kind}")
+    bindings = logging.getLogger("llama-cpp-python")  # their log callback prints a line a tensor below ERROR
+    level, _ = bindings.level, bindings.setLevel(logging.ERROR)
+    try:
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {source.name} to {kind}")
+    finally:
+        bindings.setLevel(level)
 
 
 def _hyperparameters(writer, config) -> None:
