@@ -187,3 +187,50 @@ def test_k_quants_without_llama_cpp_are_refused_at_validation(tmp_path, tiny_mod
     [problem] = preflight.preflight(recipe.load(path), check_memory=False)
     assert problem.startswith("export.gguf = ['q8_0', 'q4_k_m']: q4_k_m needs llama.cpp's quantizer")
     assert "pip install -e '.[gguf]'" in problem and "choose from f16, bf16, q8_0" in problem
+
+
+def _sentencepiece_style_tokenizer():
+    """A tokenizer as Llama 2's and Mistral's tokenizer.json are: BPE over "▁"-marked pieces, ids 3-258 the byte
+    pieces that unknown characters fall back to, BOS added; trained on addition questions."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    marked = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.normalizer, raw.pre_tokenizer = marked, pre_tokenizers.Split("▁", behavior="merged_with_next")
+    specials = ["<unk>", "<s>", "</s>"]
+    raw.train_from_iterator([f"{r['prompt']} {r['answer']}" for r in Addition().splits(300, 1, 0)["train"]],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    learned = raw.get_vocab()
+    order = specials + [f"<0x{i:02X}>" for i in range(256)] + sorted(set(learned) - set(specials), key=learned.get)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
+              __import__("json").loads(raw.to_str())["model"]["merges"]]
+    spm = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(order)}, merges=merges, unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    spm.normalizer = marked
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", chat_template=loader.DEFAULT_CHAT_TEMPLATE)
+
+
+def test_a_sentencepiece_style_vocabulary_is_written_as_llama_cpp_reads_it(tmp_path):
+    """llama.cpp tokenizes as the model's tokenizer does: the "▁" it puts before a text, after a special token too,
+    pieces with byte fallback, runs of spaces. transformers' GGUF reader rebuilds such a vocabulary for plain text
+    only: after a special token and before runs of spaces it drops a "▁" (measured here), which the export's check
+    reports as prompts not tokenized alike."""
+    tokenizer = _sentencepiece_style_tokenizer()
+    model = build_model(tokenizer, arch="llama", tied=False)
+    written = gguf_export.write(model, tokenizer, tmp_path / "m.gguf", "f16", "tiny")
+    assert written["pre_tokenizer"] == "default"  # llama.cpp's SentencePiece path splits on its own
+    plain = "What is 12 + 35? é"  # "é": no piece for it, two byte pieces
+    own = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    assert own(plain)["input_ids"] == tokenizer(plain)["input_ids"] and own.bos_token == "<s>"
+    llama_cpp = pytest.importorskip("llama_cpp")
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in _conversations()]
+    texts += [plain, "  two  spaces"]
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), verbose=False)
+    assert [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts] == \
+        tokenizer(texts, add_special_tokens=False)["input_ids"]
+    del llm
