@@ -106,14 +106,55 @@ def test_rotary_rows_are_reordered_as_transformers_reorders_them_back():
 
 @pytest.mark.parametrize("arch", ["gpt_neo", "gemma3"])
 def test_an_architecture_ftkit_cannot_write_is_refused_at_validation(tmp_path, arch, capsys):
+    """GPT-Neo has no GGUF form; a Gemma 3 whose attention scale is not 1/sqrt(head_dim) (the tiny one: head_dim 8,
+    query_pre_attn_scalar 256) would run differently in llama.cpp."""
     model_dir = make_model_dir(tmp_path, arch)
     path = recipe_file(tmp_path, tiny(model_dir), stages=["data", "sft", "export"], export={"gguf": ["f16", "q8_0"]})
     [problem] = preflight.preflight(recipe.load(path), check_memory=False)
-    kind = "gpt_neo" if arch == "gpt_neo" else "gemma3_text"
-    assert problem.startswith(f"export.gguf = ['f16', 'q8_0']: model_type {kind!r} cannot be written as GGUF")
-    assert "supported: llama, mistral, qwen2" in problem and "remove export.gguf" in problem
+    if arch == "gpt_neo":
+        assert problem.startswith("export.gguf = ['f16', 'q8_0']: model_type 'gpt_neo' cannot be written as GGUF")
+        assert "supported: llama, mistral, qwen2, gemma3_text" in problem
+    else:
+        assert "Gemma 3 with query_pre_attn_scalar 256 (not head_dim 8) cannot be written as GGUF" in problem
+    assert "remove export.gguf" in problem
     assert cli.main(["validate", str(path)]) != 0
     assert "cannot be written as GGUF" in capsys.readouterr().err
+
+
+def test_gemma3_round_trips_with_its_shifted_norms_and_sliding_window(tmp_path):
+    """Gemma 3's shape (head_dim 256 = query_pre_attn_scalar, five local layers then a global one, norms scaling by
+    1 + weight) on prompts longer than its 16-token window: transformers reads the file back, and llama.cpp where
+    installed gives the same greedy tokens."""
+    import transformers
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=7, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=256, query_pre_attn_scalar=256, sliding_window=16,
+        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # norms away from their initial zeros, so that a missing shift shows
+        for name, weight in model.named_parameters():
+            if "norm" in name:
+                weight.add_(torch.randn_like(weight) * 0.3)
+    gguf_export.write(model, tokenizer, tmp_path / "m.gguf", "f16", "tiny")
+    back, _ = _read_back(tmp_path, "m.gguf")
+    assert type(back).__name__ == "Gemma3ForCausalLM" and back.config.sliding_window == 16
+    assert back.config.layer_types == model.config.layer_types
+    system = [{"role": "system", "content": "Add the two numbers, check the sum twice, then answer with the number."}]
+    texts = [tokenizer.apply_chat_template(system + c, tokenize=False, add_generation_prompt=True)
+             for c in _conversations(4)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert min(map(len, ids)) > 16
+    agreement = gguf_export.logit_agreement(model, back, ids)
+    assert agreement["max_logit_diff_over_std"] < LOGIT_TOLERANCE["f16"] and agreement["top1_same"] >= 0.98
+    pytest.importorskip("llama_cpp")
+    ran = gguf_export.llama_cpp_replies(tmp_path / "m.gguf", texts, ids, 8)
+    with torch.no_grad():
+        expected = [_greedy(model, row, 8, stop_at_end=True) for row in ids]
+    assert ran["tokenized_alike"] == len(ids)
+    assert ran["replies"] == [e[:-1] if e[-1] == tokenizer.eos_token_id else e for e in expected]
 
 
 def test_gguf_types_are_checked_in_the_recipe(tmp_path):

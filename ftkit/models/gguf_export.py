@@ -11,7 +11,8 @@ special tokens, and which of llama.cpp's pre-tokenizers splits text as it does) 
 Llama and Mistral rotate each attention head's two halves where llama.cpp rotates neighbouring pairs, so their query
 and key rows are reordered as llama.cpp's converter does (transformers' GGUF loader reorders them back). Mistral is
 written as llama.cpp's `llama`, as llama.cpp's converter writes it; transformers reads it back as a Llama model, the
-same computation but for Mistral's sliding window (4,096 tokens in Mistral 7B v0.1; none from v0.2 on).
+same computation but for Mistral's sliding window (4,096 tokens in Mistral 7B v0.1; none from v0.2 on). Gemma 3's
+norms scale by 1 + weight; GGUF stores 1 + weight, as llama.cpp's converter writes it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # transformers model_type -> GGUF's
+# transformers' model_type -> GGUF's architecture
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3"}
+SHIFTED_NORMS = {"gemma3_text"}  # norms that scale by 1 + weight: GGUF stores 1 + weight, as llama.cpp's converter
 PERMUTED = {"llama", "mistral"}  # query/key rows reordered for llama.cpp's rotary layout
 WRITTEN = ("f16", "bf16", "q8_0")  # written here with the gguf package
 QUANTIZED = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}  # llama_ftype: made from an f16 file by llama.cpp's quantizer
@@ -40,12 +43,35 @@ def refusal(config) -> str | None:
     kind = getattr(config, "model_type", None)
     if kind not in ARCHITECTURES:
         return (f"model_type {kind!r} cannot be written as GGUF by ftkit; supported: "
-                f"{', '.join(ARCHITECTURES)} (SmolLM2, Llama 2 and 3, Mistral, Qwen2 and 2.5)")
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+                f"{', '.join(ARCHITECTURES)} (SmolLM2, Llama 2 and 3, Mistral, Qwen2 and 2.5, Gemma 3 up to 12B)")
+    rope = _global_rope(config)
     scaling = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if scaling not in ("default", None):
         return (f"rotary scaling {scaling!r} (config.json rope_scaling) is not written by ftkit's GGUF export: "
                 "only models with plain rotary embeddings are")
+    if kind == "gemma3_text":
+        return _gemma3_refusal(config)
+    return None
+
+
+def _global_rope(config) -> dict:
+    """The rotary settings of the layers that attend over the whole sequence (Gemma 3 keeps one set per layer type)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope.get("full_attention", rope) if isinstance(rope, dict) else {}
+
+
+def _gemma3_refusal(config) -> str | None:
+    """llama.cpp runs Gemma 3 with every sixth layer global and attention scaled by 1/sqrt(head_dim), as Gemma 3's
+    270M to 12B models are; GGUF has no field for other choices (Gemma 3 27B scales by hidden size / heads)."""
+    pattern = [("full_attention" if (i + 1) % 6 == 0 else "sliding_attention")
+               for i in range(config.num_hidden_layers)]
+    if list(getattr(config, "layer_types", pattern)) != pattern:
+        return "Gemma 3 layers other than five local then one global cannot be written as GGUF by ftkit"
+    if config.query_pre_attn_scalar != config.head_dim:
+        return (f"Gemma 3 with query_pre_attn_scalar {config.query_pre_attn_scalar} (not head_dim "
+                f"{config.head_dim}) cannot be written as GGUF by ftkit: llama.cpp scales by head_dim")
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
+        return "Gemma 3 with logit soft-capping cannot be written as GGUF by ftkit"
     return None
 
 
@@ -129,7 +155,7 @@ def quantize(source: Path, dest: Path, kind: str) -> None:
 def _hyperparameters(writer, config) -> None:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rope = getattr(config, "rope_parameters", None) or {}
+    rope = _global_rope(config)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -143,6 +169,8 @@ def _hyperparameters(writer, config) -> None:
     if head_dim != config.hidden_size // heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    if config.model_type == "gemma3_text":
+        writer.add_sliding_window(config.sliding_window)
 
 
 def _tensors(writer, model, arch: str, kind: str) -> None:
@@ -162,6 +190,8 @@ def _tensors(writer, model, arch: str, kind: str) -> None:
         data = tensor.detach().to("cpu", torch.float32).numpy()
         if config.model_type in PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
             data = rotary_order(data, heads if "attn_q" in name else kv_heads)
+        if config.model_type in SHIFTED_NORMS and name.endswith("norm.weight"):
+            data = data + 1.0
         data, qtype = _encoded(data, kind)
         writer.add_tensor(name, data, raw_dtype=qtype)
 
@@ -218,7 +248,9 @@ def _vocabulary(tokenizer, size: int) -> dict:
                      if i in added else T.BYTE if not byte_level and _is_byte_piece(token) else T.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return {"model": "gpt2" if byte_level else "llama", "tokens": tokens, "types": types, "merges": merges,
-            "pre": pre_tokenizer_name(spec) if byte_level else "default"}
+            "pre": pre_tokenizer_name(spec) if byte_level else "default",
+            "space_prefix": '"Prepend"' in json.dumps(spec.get("normalizer")) or '"prepend_scheme": "always"' in
+            json.dumps(spec.get("pre_tokenizer"))}  # Llama 2 puts "▁" before a text, Gemma does not
 
 
 def _is_byte_piece(token: str) -> bool:
@@ -250,6 +282,7 @@ def _tokenizer_fields(writer, tokenizer, vocab: dict) -> None:
     writer.add_token_types([int(t) for t in vocab["types"]])
     if vocab["model"] == "llama":  # SentencePiece-style: llama.cpp merges by score, the later piece the lower
         writer.add_token_scores([0.0 if t != 1 else -float(i) for i, t in enumerate(vocab["types"])])
+        writer.add_add_space_prefix(vocab["space_prefix"])
     if vocab["merges"]:
         writer.add_token_merges(vocab["merges"])
     for token, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),

@@ -267,8 +267,8 @@ class ExportConfig(Section):
     private: bool = Field(True, description="push_to_hub: create the hub repository private")
     gguf: list[Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]] = Field(
         default_factory=list, description="GGUF files for llama.cpp and Ollama (export/gguf/, with an Ollama "
-        "Modelfile), each loaded back and checked against the merged model; e.g. [f16, q8_0]. Llama, Mistral and "
-        "Qwen2 models; the k-quants (q4_k_m, q5_k_m, q6_k) need llama.cpp's quantizer: pip install -e '.[gguf]'")
+        "Modelfile), each loaded back and checked against the merged model; e.g. [f16, q8_0]. Llama, Mistral, "
+        "Qwen2 and Gemma 3 models; the k-quants (q4_k_m, q5_k_m, q6_k) need llama.cpp's quantizer: pip install -e '.[gguf]'")
 
 
 class LaunchConfig(Section):
