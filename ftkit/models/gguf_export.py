@@ -384,7 +384,7 @@ def llama_cpp_replies(path: str | Path, texts: list[str], ids: list[list[int]], 
     except ImportError:
         return None
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(map(len, ids)) + max_new_tokens + 8,
-                          n_threads=torch.get_num_threads(), seed=0, verbose=False)
+                          n_gpu_layers=-1, n_threads=torch.get_num_threads(), seed=0, verbose=False)  # GPU if built so
     alike = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == row for t, row in zip(texts, ids))
     replies = []
     for row in ids:
