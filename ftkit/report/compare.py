@@ -88,12 +88,12 @@ def robustness_rows(runs: list[dict]) -> tuple[list[str], list[list]]:
     columns = []
     for run in runs:
         for name, m in run["metrics"].get("eval", {}).items():
-            columns += [f"{name} {kind}" for kind, figures in m.get("robustness", {}).items() if kind != "clean"
-                        and isinstance(figures, dict) and f"{name} {kind}" not in columns]
+            columns += [f"{name} {kind}" for kind in m.get("robustness", {}) if kind != "clean"
+                        and f"{name} {kind}" not in columns]
     rows = []
     for run in runs:
         values = {f"{name} {kind}": change_text(figures) for name, m in run["metrics"].get("eval", {}).items()
-                  for kind, figures in m.get("robustness", {}).items() if kind != "clean" and isinstance(figures, dict)}
+                  for kind, figures in m.get("robustness", {}).items() if kind != "clean"}
         rows.append([values.get(c) for c in columns])
     return columns, rows
 

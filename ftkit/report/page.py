@@ -338,8 +338,8 @@ def _claims(evaluated: dict) -> str:
             "each perturbation, with its 95% paired bootstrap interval (negative: worse than on the unperturbed "
             "prompts).</p>"
             + html_table(["model", *table.columns], rows)
-            + "".join(f"<p>{esc(name)}: {esc(m['robustness']['skipped'])}.</p>" for name, m in evaluated.items()
-                      if m.get("robustness", {}).get("skipped")))
+            + "".join(f"<p>{esc(name)}: {esc(m['robustness_skipped'])}.</p>" for name, m in evaluated.items()
+                      if m.get("robustness_skipped")))
 
 
 def _flips(run_dir: Path, evaluated: dict, limit: int = 8) -> str:

@@ -262,9 +262,11 @@ def _evaluate_replies(cfg, model, tokenizer, rows: list[dict], train: list[dict]
         result["generalization"] = _generalization(cfg, model, tokenizer, gen_rows, run_dir, name, tick)
     if subset and primary in per_example:
         clean = per_example[primary][:len(subset)]
-        lost_nothing = primary in BINARY and not any(clean)
-        result["robustness"] = ({"clean": {"value": 0.0, "n": len(subset)}, "skipped": NOTHING_TO_LOSE} if lost_nothing
-                                else _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick))
+        if primary in BINARY and not any(clean):
+            result["robustness"], result["robustness_skipped"] = {"clean": {"value": 0.0, "n": len(subset)}}, \
+                NOTHING_TO_LOSE
+        else:
+            result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick)
     return result
 
 

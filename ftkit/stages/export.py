@@ -116,14 +116,13 @@ def check_gguf(cfg, run_dir: str | Path, limit: int = 200) -> dict:
     cfg, rows, prompts = _prompts(cfg, run_dir, tokenizer, limit)
     replies = _greedy(cfg, reference, tokenizer, prompts)
     out = {"prompts": len(prompts), "merged": _scored(cfg, rows, replies)}
+    texts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for kind in cfg.export.gguf:
         name = _file_names(cfg, kind)[0]
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         own = load_tokenizer(str(folder), gguf_file=name)
-        texts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False,
-                                                                             add_generation_prompt=True)
-                 for p in prompts]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         theirs = own(texts, add_special_tokens=False)["input_ids"]
         gguf_replies = _greedy(cfg, model, own, prompts)
         out[kind] = {"tokenizer_same": sum(a == b for a, b in zip(ids, theirs)),
