@@ -246,6 +246,9 @@ def save_trained(model, tokenizer, run_dir: str | os.PathLike, stage: str, state
 
     kind = "adapter" if isinstance(model, PeftModel) else "model"
     dest = rundir.result_dir(run_dir, stage, kind)
+    if state_dict is not None:  # gathered copies are separate tensors: a tied weight (lm_head) would be saved twice
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
     with atomic_dir(dest) as staging:
         model.save_pretrained(staging, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(staging)

@@ -180,7 +180,7 @@ def _training(metrics: dict) -> str:
     trained = {stage: metrics[stage] for stage in ("sft", "rl") if metrics.get(stage, {}).get("steps")}
     if not trained:
         return ""
-    rows = [[stage, m["steps"], m.get("epochs", ""), m.get("processes", 1), m.get("trainable_parameters"),
+    rows = [[stage, m["steps"], m.get("epochs", ""), _processes(m), m.get("trainable_parameters"),
              m.get("train_seconds"), m.get("real_tokens", ""), m.get("real_tokens_per_second", ""),
              m.get("resumed_from_step") or "", _settings(m.get("settings"))] for stage, m in trained.items()]
     plans = "".join(f"<p>The {stage} plan: what ftkit chose, and why.</p>"
@@ -188,6 +188,22 @@ def _training(metrics: dict) -> str:
                     for stage, m in trained.items() if m.get("plan"))
     return "<h3>Training</h3>" + html_table(["stage", "steps", "epochs", "processes", "trained parameters", "seconds",
                                          "real tokens", "real tokens/s", "resumed from step", "settings"], rows) + plans
+
+
+def _processes(figures: dict) -> str:
+    """How many processes trained and how (DDP, FSDP), with the largest share of the weights one held while training.
+
+    >>> _processes({"processes": 2, "distributed": "FSDP", "rank_parameters": {"loaded": [80, 80], "trained": [40, 41]}})
+    '2 (FSDP; one held at most 51% of the weights)'
+    >>> _processes({"processes": 1, "distributed": "NO"})
+    '1'
+    """
+    count = figures.get("processes", 1)
+    held = figures.get("rank_parameters")
+    if count == 1 or not held:
+        return str(count)
+    share = max(held["trained"]) / max(held["loaded"][0], 1)
+    return f"{count} ({figures.get('distributed', '?')}; one held at most {share:.0%} of the weights)"
 
 
 def _rl(rl: dict, recipe_rl: dict) -> str:

@@ -160,6 +160,7 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
     for method, name in TIMED:  # each a phase of its own in the stage's time (ftkit.core.timing)
         if hasattr(trainer, method):
             setattr(trainer, method, timing.timed(name, getattr(trainer, method)))
+    loaded = held_parameters(trainer.model)
     start = time.perf_counter()
     with timing.spent() as phases, timing.phase("update"):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -167,6 +168,7 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
     steps_run = max(1, result.global_step - (int(checkpoint.name.split("-")[1]) if checkpoint else 0))
     history = trainer.state.log_history
     digests = weight_digests(trainer.model)
+    held = {"loaded": loaded, "trained": held_parameters(trainer.model)}
     gathered = None
     if trainer.is_fsdp_enabled:  # every process takes part in gathering the shards into one state dict
         gathered = trainer.accelerator.get_state_dict(trainer.model)
@@ -175,7 +177,8 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
         loader.save_trained(model, tokenizer, run_dir, stage, state_dict=gathered)
         write_atomic(rundir.stage_file(run_dir, stage, rundir.LOG_HISTORY), json.dumps(history, indent=2))
         shutil.rmtree(rundir.checkpoints_dir(run_dir, stage), ignore_errors=True)  # only for resuming
-    figures = {"processes": trainer.args.world_size, **({"rank_weight_digests": digests} if len(digests) > 1 else {}),
+    figures = {"processes": trainer.args.world_size,
+               **({"rank_weight_digests": digests, "rank_parameters": held} if len(digests) > 1 else {}),
                "distributed": trainer.accelerator.distributed_type.value,  # what ran: NO, MULTI_CPU, MULTI_GPU, FSDP
                "steps": result.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
                "train_seconds": round(seconds, 1),
@@ -209,6 +212,19 @@ def real_tokens(history: list[dict], seconds: float) -> dict:
     if not counted:
         return {}
     return {"real_tokens": int(counted[-1]), "real_tokens_per_second": round(counted[-1] / max(seconds, 1e-9), 1)}
+
+
+def held_parameters(model) -> list[int]:
+    """The parameters (elements) each process holds in memory: all of them without sharding; under FSDP2 its shard of
+    each (and none of a weight left on the meta device, as the processes other than the first load the model)."""
+    import torch.distributed as dist
+
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if not p.is_meta)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [held]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, held)
+    return gathered
 
 
 def weight_digests(model) -> list[str]:

@@ -1,0 +1,110 @@
+"""Sharded training (`launch.shard: fsdp`) run for real: FSDP2 over 2 CPU processes (gloo). torch's fully_shard runs
+on CPUs; accelerate turns FSDP on for GPU-like devices only, so these runs lift that one rule
+(tests/cpu_fsdp/sitecustomize.py, on the launched processes' PYTHONPATH) and ftkit's refusal of sharding without a
+GPU. The rest is what runs on GPUs: ftkit's accelerate config, accelerate's FSDP2 preparation (the weights sent out
+from the first process), TRL's trainers, checkpoints and resuming, gathering the shards to save, then eval, merging
+and export reading the result."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftkit import cli
+from ftkit.core import rundir
+from ftkit.core.io import read_json
+from ftkit.training import preflight
+from tests.conftest import recipe_file, tiny
+
+HARNESS = Path(__file__).parent / "cpu_fsdp"
+SHARDED = ["--set", "launch.num_processes=2", "--set", "launch.shard=fsdp"]
+
+
+@pytest.fixture
+def fsdp_on_cpu(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HARNESS), os.environ.get("PYTHONPATH")])))
+    check = preflight._launch_problems
+    monkeypatch.setattr(preflight, "_launch_problems", lambda cfg, cuda: check(cfg, True))
+
+
+def _recipe(tmp_path, model_dir, stages, **model):
+    """The tiny model in float32 (the tolerance below is float32's); GRPO with a reward that differs between a
+    prompt's completions, so that its steps move the adapter."""
+    return recipe_file(tmp_path, tiny(model_dir), stages=stages, file="tiny.yaml",
+                       model={"id": str(model_dir), "lora_r": 4, "lora_alpha": 8, "dtype": "float32", **model},
+                       sft={"max_steps": 4, "batch_size": 8, "save_steps": 2, "learning_rate": 1.0e-2},
+                       rl={"max_steps": 2, "batch_size": 8, "num_generations": 2, "learning_rate": 1.0e-2,
+                           "temperature": 1.5, "max_completion_length": 6, "rewards": {"length_penalty": 1.0},
+                           "length_target": 8, "save_steps": 0},
+                       eval={"robustness_size": 0, "batch_size": 8, "max_new_tokens": 4})
+
+
+def _same(first: dict, second: dict, what: str):
+    assert first.keys() == second.keys(), what
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=1e-4, atol=1e-6, msg=f"{what}: {key}")
+
+
+def _adapter(run_dir, stage):
+    return load_file(rundir.stage_dir(run_dir, stage) / "adapter" / "adapter_model.safetensors")
+
+
+def _held_a_share(figures: dict):
+    """Under FSDP each of the 2 processes held about half of the parameters while training, and all of them when
+    loaded (before accelerate sent the first process's weights out as shards)."""
+    assert figures["distributed"] == "FSDP" and figures["processes"] == 2
+    loaded, trained = figures["rank_parameters"]["loaded"], figures["rank_parameters"]["trained"]
+    assert all(held <= 0.55 * loaded[0] for held in trained) and sum(trained) >= loaded[0], figures["rank_parameters"]
+    assert len(set(figures["rank_weight_digests"])) == 1, "the gathered weights differ between the processes"
+
+
+@pytest.mark.pipeline
+def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_dir, fsdp_on_cpu):
+    """SFT sharded over 2 processes ends with one process's adapter; GRPO (each process samples its share of the
+    completions) with 2 data-parallel processes' adapter; eval and export read the sharded run's adapters."""
+    recipe = _recipe(tmp_path, tiny_model_dir, ["data", "sft", "rl", "eval", "export"])
+    one, ddp, fsdp = tmp_path / "one", tmp_path / "ddp", tmp_path / "fsdp"
+    assert cli.main(["run", str(recipe), "--run-dir", str(one), "--set", "stages=[data,sft]"]) == 0
+    assert cli.main(["run", str(recipe), "--run-dir", str(ddp), "--set", "launch.num_processes=2"]) == 0
+    assert cli.main(["run", str(recipe), "--run-dir", str(fsdp), *SHARDED]) == 0
+
+    figures, data_parallel = read_json(fsdp / "metrics.json"), read_json(ddp / "metrics.json")
+    for stage in ("sft", "rl"):
+        _held_a_share(figures[stage])
+        assert data_parallel[stage]["distributed"] == "MULTI_CPU"
+    _same(_adapter(one, "sft"), _adapter(fsdp, "sft"), "SFT sharded against one process")
+    _same(_adapter(ddp, "rl"), _adapter(fsdp, "rl"), "GRPO sharded against data parallel")
+    moved = {k: (_adapter(fsdp, "rl")[k] - v).abs().max().item() for k, v in _adapter(fsdp, "sft").items()}
+    assert max(moved.values()) > 1e-4, "GRPO's steps left the adapter where SFT put it"
+    assert figures["eval"]["rl"]["n"] == data_parallel["eval"]["rl"]["n"] == 16
+    _same(load_file(ddp / "export" / "merged" / "model.safetensors"),
+          load_file(fsdp / "export" / "merged" / "model.safetensors"), "the merged export")
+    assert "2 (FSDP; one held at most 50% of the weights)" in (fsdp / "report.html").read_text()
+
+
+@pytest.mark.pipeline
+def test_a_sharded_full_fine_tune_resumes_after_a_failure_to_the_same_weights(tmp_path, tiny_model_dir, fsdp_on_cpu,
+                                                                              monkeypatch):
+    """All the weights trained (no adapter), sharded: the run dies in step 3, `ftkit resume` goes on from the
+    checkpoint of step 2 (saved by every process from its shards) and ends with one process's weights; the saved
+    model is whole (gathered), and eval and export load it."""
+    recipe = _recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "export"], adapter="none")
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    assert cli.main(["run", str(recipe), "--run-dir", str(one), "--set", "stages=[data,sft]"]) == 0
+    monkeypatch.setenv("FTKIT_TEST_FAIL_AT_STEP", "3")
+    assert cli.main(["run", str(recipe), "--run-dir", str(fsdp), *SHARDED]) != 0
+    assert (rundir.checkpoints_dir(fsdp, "sft") / "checkpoint-2" / rundir.CHECKPOINT_MARKER).is_file()
+    monkeypatch.delenv("FTKIT_TEST_FAIL_AT_STEP")
+    assert cli.main(["resume", str(fsdp)]) == 0
+
+    figures = read_json(fsdp / "metrics.json")
+    _held_a_share(figures["sft"])
+    assert figures["sft"]["resumed_from_step"] == 2 and figures["sft"]["steps"] == 4
+    whole = load_file(rundir.stage_dir(one, "sft") / "model" / "model.safetensors")
+    _same(whole, load_file(rundir.stage_dir(fsdp, "sft") / "model" / "model.safetensors"), "resumed sharded run")
+    assert figures["eval"]["sft"]["n"] == 16
+    _same(whole, load_file(fsdp / "export" / "merged" / "model.safetensors"), "the exported model")
