@@ -1,8 +1,8 @@
 """Sharded training (`launch.shard: fsdp`) run for real: FSDP2 over 2 CPU processes (gloo). torch's fully_shard runs
 on CPUs; accelerate turns FSDP on for GPU-like devices only, so these runs lift that one rule
 (tests/cpu_fsdp/sitecustomize.py, on the launched processes' PYTHONPATH) and ftkit's refusal of sharding without a
-GPU. The rest is what runs on GPUs: ftkit's accelerate config, accelerate's FSDP2 preparation (the weights sent out
-from the first process), TRL's trainers, checkpoints and resuming, gathering the shards to save, then eval, merging
+GPU. The rest is what runs on GPUs: ftkit's accelerate config, the weights read by the first process alone and sent out as
+shards by accelerate's FSDP2 preparation, TRL's trainers, checkpoints and resuming, gathering the shards to save, then eval, merging
 and export reading the result."""
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ def _adapter(run_dir, stage):
 
 
 def _held_a_share(figures: dict):
-    """Under FSDP each of the 2 processes held about half of the parameters while training, and all of them when
-    loaded (before accelerate sent the first process's weights out as shards)."""
+    """Under FSDP the first process alone read the weights (the other built the model's shapes on the meta device)
+    and each of the 2 processes held half of the parameters while training."""
     assert figures["distributed"] == "FSDP" and figures["processes"] == 2
     loaded, trained = figures["rank_parameters"]["loaded"], figures["rank_parameters"]["trained"]
+    assert loaded[0] > 0 and loaded[1] == 0, figures["rank_parameters"]
     assert all(held <= 0.55 * loaded[0] for held in trained) and sum(trained) >= loaded[0], figures["rank_parameters"]
     assert len(set(figures["rank_weight_digests"])) == 1, "the gathered weights differ between the processes"
 

@@ -10,7 +10,7 @@ from ftkit import cli
 from ftkit import recipe as recipes
 from ftkit.core.io import read_json
 from ftkit.models import loader
-from ftkit.training import launch
+from ftkit.training import launch, preflight
 from tests.conftest import recipe_file, tiny
 
 
@@ -118,5 +118,8 @@ def test_shard_fsdp_writes_the_accelerate_config_and_is_refused_without_a_gpu(tm
     if not torch.cuda.is_available():
         assert cli.main(["validate", str(path)]) == 2
         assert "launch.shard = 'fsdp' shards the model over CUDA GPUs" in capsys.readouterr().err
+    filtered = recipes.load(path, ["rl.filter_prompts=true"])
+    assert any("set rl.filter_prompts: false" in p for p in preflight._launch_problems(filtered, cuda=True))
+    assert not preflight._launch_problems(cfg, cuda=True)
     with pytest.raises(recipes.RecipeError, match="both say how to launch"):
         recipes.load(path, ["launch.config_file=x.yaml"])

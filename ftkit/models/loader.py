@@ -170,7 +170,10 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
         options["device_map"] = {"": _local_gpu()}
     tokenizer = load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(source, **options)
+    if use == "training" and not four_bit and receives_shards():
+        model = _shapes_only(source, options)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **options)
     if torch.cuda.is_available() and not four_bit and os.environ.get("ACCELERATE_USE_FSDP") != "true":
         model.to(f"cuda:{_local_gpu()}")  # under FSDP accelerate moves each process's shards there instead
     if model.generation_config is not None:
@@ -187,6 +190,28 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         if not trainable and not four_bit:
             model = model.merge_and_unload()
     return model, tokenizer
+
+
+def receives_shards() -> bool:
+    """A process other than the first under `launch.shard: fsdp` (accelerate's FSDP with cpu-RAM-efficient loading):
+    accelerate replaces its weights with the first process's, sent out as shards, so it reads none."""
+    return (os.environ.get("ACCELERATE_USE_FSDP") == "true" and int(os.environ.get("RANK", "0")) != 0
+            and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING") == "true")
+
+
+def _shapes_only(source: str, options: dict):
+    """The model's parameters on the meta device (shapes and dtypes, no memory); buffers computed as usual, since
+    FSDP does not send those (the rotary frequencies)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=options["trust_remote_code"])
+    extra = {k: options[k] for k in ("attn_implementation",) if k in options}
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=options["dtype"],
+                                                 trust_remote_code=options["trust_remote_code"], **extra)
+    model.tie_weights()  # from_pretrained ties them (lm_head is embed_tokens), and FSDP maps parameters alike
+    return model
 
 
 def _contiguous(module, args):

@@ -49,9 +49,9 @@ def command(cfg, stage: str, run_dir: str | Path) -> list[str]:
 def write_fsdp_config(cfg, stage: str, run_dir: str | Path) -> Path:
     """The accelerate config for `launch.shard: fsdp`, written to `<stage>/accelerate.yaml`: FSDP2 sharding each
     decoder layer (accelerate finds the class from the model's `_no_split_modules`) and the rest, fully sharded and
-    resharded after the forward pass; every process reads the weights into host memory (never onto its GPU), then
-    the others drop theirs and the first sends out the shards (accelerate's cpu-RAM-efficient loading); full state
-    dicts gathered for saving, so the checkpoints and the saved adapter or model are the usual files that resume,
+    resharded after the forward pass; the first process alone reads the weights (into host memory, not onto its
+    GPU; the others build the model's shapes on the meta device: `loader.receives_shards`) and sends out the shards
+    (accelerate's cpu-RAM-efficient loading); full state dicts gathered for saving, so the checkpoints and the saved adapter or model are the usual files that resume,
     merge and export read. Run on 2 CPU processes by tests/test_fsdp.py."""
     import yaml
 

@@ -226,6 +226,10 @@ def _launch_problems(cfg, cuda: bool) -> list[str]:
     if cfg.launch.shard == "fsdp" and not cuda:
         problems.append("launch.shard = 'fsdp' shards the model over CUDA GPUs, and this machine has none (accelerate "
                         "runs FSDP on GPUs only); set launch.shard: none here")
+    if cfg.launch.shard == "fsdp" and "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo") and cfg.rl.filter_prompts:
+        problems.append("launch.shard = 'fsdp' with rl.filter_prompts: the prompt filter samples from the whole model "
+                        "in every process, which sharding is there to avoid; set rl.filter_prompts: false, or shard: "
+                        "none where one GPU holds the model")
     if cfg.launch.shard == "fsdp" and model_cfg.adapter == "qlora":
         problems.append("launch.shard = 'fsdp' with model.adapter = 'qlora': sharding a 4-bit base is not supported "
                         "by ftkit yet; use adapter: lora with shard: fsdp, or qlora on one GPU per process")
