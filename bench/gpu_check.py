@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--tokenizer", default=recipe.DEFAULT_MODEL, help="for --model shape:...")
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--rl-steps", type=int, default=4)
-    parser.add_argument("--shard", choices=["none", "fsdp"], default="none")
+    parser.add_argument("--shard", choices=["none", "fsdp", "zero3"], default="none")
     parser.add_argument("--processes", type=int, default=1, help="with --shard fsdp: processes (GPUs) to shard over")
     args = parser.parse_args()
     if not torch.cuda.is_available():

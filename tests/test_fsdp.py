@@ -1,9 +1,10 @@
-"""Sharded training (`launch.shard: fsdp`) run for real: FSDP2 over 2 CPU processes (gloo). torch's fully_shard runs
-on CPUs; accelerate turns FSDP on for GPU-like devices only, so these runs lift that one rule
-(tests/cpu_fsdp/sitecustomize.py, on the launched processes' PYTHONPATH) and ftkit's refusal of sharding without a
-GPU. The rest is what runs on GPUs: ftkit's accelerate config, the weights read by the first process alone and sent out as
-shards by accelerate's FSDP2 preparation, TRL's trainers, checkpoints and resuming, gathering the shards to save, then eval, merging
-and export reading the result."""
+"""Sharded training run for real on 2 CPU processes: `launch.shard: fsdp` (FSDP2 over gloo) and `launch.shard: zero3`
+(DeepSpeed ZeRO-3, which runs on CPUs as it is). torch's fully_shard runs on CPUs too, but accelerate turns FSDP on
+for GPU-like devices only, so the FSDP runs lift that one rule in the launched processes
+(tests/cpu_fsdp/sitecustomize.py, on their PYTHONPATH) and ftkit's refusal of FSDP without a GPU. The rest is what
+runs on GPUs: ftkit's accelerate config, the weights read (by the first process alone under FSDP) and sent out as
+shards, TRL's trainers, checkpoints and resuming, gathering the shards to save, then eval, merging and export reading
+the result."""
 
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ from ftkit.training import preflight
 from tests.conftest import recipe_file, tiny
 
 HARNESS = Path(__file__).parent / "cpu_fsdp"
-SHARDED = ["--set", "launch.num_processes=2", "--set", "launch.shard=fsdp"]
+DISTRIBUTED = {"fsdp": "FSDP", "zero3": "DEEPSPEED"}
 
 
 @pytest.fixture
-def fsdp_on_cpu(monkeypatch):
+def sharded_on_cpu(monkeypatch):
+    """`ftkit run` arguments for a run sharded by `shard` over 2 processes on this machine."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HARNESS), os.environ.get("PYTHONPATH")])))
     check = preflight._launch_problems
-    monkeypatch.setattr(preflight, "_launch_problems", lambda cfg, cuda: check(cfg, True))
+    monkeypatch.setattr(preflight, "_launch_problems",  # FSDP on CPUs: the test's own; ZeRO-3 checked as usual
+                        lambda cfg, cuda: check(cfg, cuda or cfg.launch.shard == "fsdp"))
+    return lambda shard: ["--set", "launch.num_processes=2", "--set", f"launch.shard={shard}"]
 
 
 def _recipe(tmp_path, model_dir, stages, **model):
@@ -53,59 +57,63 @@ def _adapter(run_dir, stage):
     return load_file(rundir.stage_dir(run_dir, stage) / "adapter" / "adapter_model.safetensors")
 
 
-def _held_a_share(figures: dict):
-    """Under FSDP the first process alone read the weights (the other built the model's shapes on the meta device)
-    and each of the 2 processes held half of the parameters while training."""
-    assert figures["distributed"] == "FSDP" and figures["processes"] == 2
+def _held_a_share(figures: dict, shard: str):
+    """Each of the 2 processes held half of the parameters while training; under FSDP the first process alone read
+    the weights (the other built the model's shapes on the meta device), under ZeRO-3 both did."""
+    assert figures["distributed"] == DISTRIBUTED[shard] and figures["processes"] == 2
     loaded, trained = figures["rank_parameters"]["loaded"], figures["rank_parameters"]["trained"]
-    assert loaded[0] > 0 and loaded[1] == 0, figures["rank_parameters"]
+    assert loaded[0] > 0 and loaded[1] == (0 if shard == "fsdp" else loaded[0]), figures["rank_parameters"]
     assert all(held <= 0.55 * loaded[0] for held in trained) and sum(trained) >= loaded[0], figures["rank_parameters"]
     assert len(set(figures["rank_weight_digests"])) == 1, "the gathered weights differ between the processes"
 
 
 @pytest.mark.pipeline
-def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_dir, fsdp_on_cpu):
-    """SFT sharded over 2 processes ends with one process's adapter; GRPO (each process samples its share of the
-    completions) with 2 data-parallel processes' adapter; eval and export read the sharded run's adapters."""
+def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_dir, sharded_on_cpu):
+    """SFT sharded over 2 processes (FSDP2, ZeRO-3) ends with one process's adapter; GRPO (each process samples its
+    share of the completions) with 2 data-parallel processes' adapter; eval and export read the sharded runs'
+    adapters."""
     recipe = _recipe(tmp_path, tiny_model_dir, ["data", "sft", "rl", "eval", "export"])
-    one, ddp, fsdp = tmp_path / "one", tmp_path / "ddp", tmp_path / "fsdp"
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
     assert cli.main(["run", str(recipe), "--run-dir", str(one), "--set", "stages=[data,sft]"]) == 0
     assert cli.main(["run", str(recipe), "--run-dir", str(ddp), "--set", "launch.num_processes=2"]) == 0
-    assert cli.main(["run", str(recipe), "--run-dir", str(fsdp), *SHARDED]) == 0
-
-    figures, data_parallel = read_json(fsdp / "metrics.json"), read_json(ddp / "metrics.json")
-    for stage in ("sft", "rl"):
-        _held_a_share(figures[stage])
-        assert data_parallel[stage]["distributed"] == "MULTI_CPU"
-    _same(_adapter(one, "sft"), _adapter(fsdp, "sft"), "SFT sharded against one process")
-    _same(_adapter(ddp, "rl"), _adapter(fsdp, "rl"), "GRPO sharded against data parallel")
-    moved = {k: (_adapter(fsdp, "rl")[k] - v).abs().max().item() for k, v in _adapter(fsdp, "sft").items()}
-    assert max(moved.values()) > 1e-4, "GRPO's steps left the adapter where SFT put it"
-    assert figures["eval"]["rl"]["n"] == data_parallel["eval"]["rl"]["n"] == 16
-    _same(load_file(ddp / "export" / "merged" / "model.safetensors"),
-          load_file(fsdp / "export" / "merged" / "model.safetensors"), "the merged export")
-    assert "2 (FSDP; one held at most 50% of the weights)" in (fsdp / "report.html").read_text()
+    data_parallel = read_json(ddp / "metrics.json")
+    assert data_parallel["sft"]["distributed"] == data_parallel["rl"]["distributed"] == "MULTI_CPU"
+    for shard, label in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
+        run = tmp_path / shard
+        assert cli.main(["run", str(recipe), "--run-dir", str(run), *sharded_on_cpu(shard)]) == 0
+        figures = read_json(run / "metrics.json")
+        for stage in ("sft", "rl"):
+            _held_a_share(figures[stage], shard)
+        _same(_adapter(one, "sft"), _adapter(run, "sft"), f"SFT sharded ({shard}) against one process")
+        _same(_adapter(ddp, "rl"), _adapter(run, "rl"), f"GRPO sharded ({shard}) against data parallel")
+        moved = {k: (_adapter(run, "rl")[k] - v).abs().max().item() for k, v in _adapter(run, "sft").items()}
+        assert max(moved.values()) > 1e-4, "GRPO's steps left the adapter where SFT put it"
+        assert figures["eval"]["rl"]["n"] == data_parallel["eval"]["rl"]["n"] == 16
+        _same(load_file(ddp / "export" / "merged" / "model.safetensors"),
+              load_file(run / "export" / "merged" / "model.safetensors"), f"the merged export ({shard})")
+        assert f"2 ({label}; one held at most 50% of the weights)" in (run / "report.html").read_text()
 
 
 @pytest.mark.pipeline
-def test_a_sharded_full_fine_tune_resumes_after_a_failure_to_the_same_weights(tmp_path, tiny_model_dir, fsdp_on_cpu,
-                                                                              monkeypatch):
+@pytest.mark.parametrize("shard", ["fsdp", "zero3"])
+def test_a_sharded_full_fine_tune_resumes_after_a_failure_to_the_same_weights(tmp_path, tiny_model_dir, shard,
+                                                                              sharded_on_cpu, monkeypatch):
     """All the weights trained (no adapter), sharded: the run dies in step 3, `ftkit resume` goes on from the
     checkpoint of step 2 (saved by every process from its shards) and ends with one process's weights; the saved
-    model is whole (gathered), and eval and export load it."""
+    model is whole (gathered, the tied lm_head once), and eval and export load it."""
     recipe = _recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "export"], adapter="none")
-    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    one, run = tmp_path / "one", tmp_path / shard
     assert cli.main(["run", str(recipe), "--run-dir", str(one), "--set", "stages=[data,sft]"]) == 0
     monkeypatch.setenv("FTKIT_TEST_FAIL_AT_STEP", "3")
-    assert cli.main(["run", str(recipe), "--run-dir", str(fsdp), *SHARDED]) != 0
-    assert (rundir.checkpoints_dir(fsdp, "sft") / "checkpoint-2" / rundir.CHECKPOINT_MARKER).is_file()
+    assert cli.main(["run", str(recipe), "--run-dir", str(run), *sharded_on_cpu(shard)]) != 0
+    assert (rundir.checkpoints_dir(run, "sft") / "checkpoint-2" / rundir.CHECKPOINT_MARKER).is_file()
     monkeypatch.delenv("FTKIT_TEST_FAIL_AT_STEP")
-    assert cli.main(["resume", str(fsdp)]) == 0
+    assert cli.main(["resume", str(run)]) == 0
 
-    figures = read_json(fsdp / "metrics.json")
-    _held_a_share(figures["sft"])
+    figures = read_json(run / "metrics.json")
+    _held_a_share(figures["sft"], shard)
     assert figures["sft"]["resumed_from_step"] == 2 and figures["sft"]["steps"] == 4
     whole = load_file(rundir.stage_dir(one, "sft") / "model" / "model.safetensors")
-    _same(whole, load_file(rundir.stage_dir(fsdp, "sft") / "model" / "model.safetensors"), "resumed sharded run")
+    _same(whole, load_file(rundir.stage_dir(run, "sft") / "model" / "model.safetensors"), "resumed sharded run")
     assert figures["eval"]["sft"]["n"] == 16
-    _same(whole, load_file(fsdp / "export" / "merged" / "model.safetensors"), "the exported model")
+    _same(whole, load_file(run / "export" / "merged" / "model.safetensors"), "the exported model")

@@ -102,7 +102,8 @@ def test_sharding_divides_what_each_process_holds_and_changes_the_verdict(tmp_pa
     assert sharded["fits"] != "no" and whole["fits"] == "no"  # the verdict changes with sharding
 
 
-def test_shard_fsdp_writes_the_accelerate_config_and_is_refused_without_a_gpu(tmp_path, tiny_model_dir, capsys):
+def test_shard_writes_the_accelerate_config_and_fsdp_is_refused_without_a_gpu(tmp_path, tiny_model_dir, capsys,
+                                                                            monkeypatch):
     import yaml
 
     path = recipe_file(tmp_path, tiny(tiny_model_dir), launch={"num_processes": 2, "shard": "fsdp"})
@@ -118,6 +119,15 @@ def test_shard_fsdp_writes_the_accelerate_config_and_is_refused_without_a_gpu(tm
     if not torch.cuda.is_available():
         assert cli.main(["validate", str(path)]) == 2
         assert "launch.shard = 'fsdp' shards the model over CUDA GPUs" in capsys.readouterr().err
+    zero3 = recipes.load(path, ["launch.shard=zero3"])
+    launch.command(zero3, "rl", tmp_path / "run")
+    settings = yaml.safe_load((tmp_path / "run" / "rl" / "accelerate.yaml").read_text())
+    assert settings["distributed_type"] == "DEEPSPEED" and settings["deepspeed_config"]["zero_stage"] == 3
+    assert settings["deepspeed_config"]["zero3_save_16bit_model"]  # the partitions gathered for saving
+    assert cli.main(["validate", str(path), "--set", "launch.shard=zero3"]) == 0  # DeepSpeed runs on CPUs too
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None)
+    assert any("pip install deepspeed" in p for p in preflight._launch_problems(zero3, cuda=True))
+    monkeypatch.undo()
     filtered = recipes.load(path, ["rl.filter_prompts=true"])
     assert any("set rl.filter_prompts: false" in p for p in preflight._launch_problems(filtered, cuda=True))
     assert not preflight._launch_problems(cfg, cuda=True)

@@ -174,8 +174,8 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         model = _shapes_only(source, options)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **options)
-    if torch.cuda.is_available() and not four_bit and os.environ.get("ACCELERATE_USE_FSDP") != "true":
-        model.to(f"cuda:{_local_gpu()}")  # under FSDP accelerate moves each process's shards there instead
+    if torch.cuda.is_available() and not four_bit and not sharded():
+        model.to(f"cuda:{_local_gpu()}")  # sharded: accelerate or DeepSpeed moves each process's share there instead
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     contiguous_head_input(model)
@@ -190,6 +190,11 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
         if not trainable and not four_bit:
             model = model.merge_and_unload()
     return model, tokenizer
+
+
+def sharded() -> bool:
+    """True in a process of a sharded launch (`launch.shard`: FSDP or DeepSpeed, as accelerate tells it)."""
+    return "true" in (os.environ.get("ACCELERATE_USE_FSDP"), os.environ.get("ACCELERATE_USE_DEEPSPEED"))
 
 
 def receives_shards() -> bool:

@@ -284,9 +284,10 @@ class LaunchConfig(Section):
         "no", description="accelerate's autocast; ftkit's own bf16/fp16 training follows model.dtype")
     config_file: str | None = Field(None, description="accelerate config file (FSDP, DeepSpeed), relative to the "
                                                       "recipe; default: plain data parallel (DDP)")
-    shard: Literal["none", "fsdp"] = Field(
-        "none", description="fsdp: the weights, gradients and optimizer state sharded over the processes with FSDP2, "
-        "from an accelerate config that ftkit writes (<stage>/accelerate.yaml); CUDA GPUs only")
+    shard: Literal["none", "fsdp", "zero3"] = Field(
+        "none", description="the weights, gradients and optimizer state sharded over the processes, from an "
+        "accelerate config that ftkit writes (<stage>/accelerate.yaml): fsdp with PyTorch's FSDP2 (CUDA GPUs only), "
+        "zero3 with DeepSpeed ZeRO-3 (pip install deepspeed)")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -39,31 +39,40 @@ def command(cfg, stage: str, run_dir: str | Path) -> list[str]:
             "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no"]
     if launch.num_machines > 1:
         args += ["--main_process_ip", launch.main_process_ip, "--main_process_port", str(launch.main_process_port)]
-    if launch.shard == "fsdp":
-        args += ["--config_file", str(write_fsdp_config(cfg, stage, run_dir))]
+    if launch.shard != "none":
+        args += ["--config_file", str(write_shard_config(cfg, stage, run_dir))]
     else:
         args += ["--config_file", launch.config_file] if launch.config_file else ["--multi_gpu"]
     return [*args, "-m", f"ftkit.stages.{stage}", str(Path(run_dir).resolve())]
 
 
-def write_fsdp_config(cfg, stage: str, run_dir: str | Path) -> Path:
-    """The accelerate config for `launch.shard: fsdp`, written to `<stage>/accelerate.yaml`: FSDP2 sharding each
-    decoder layer (accelerate finds the class from the model's `_no_split_modules`) and the rest, fully sharded and
-    resharded after the forward pass; the first process alone reads the weights (into host memory, not onto its
+def write_shard_config(cfg, stage: str, run_dir: str | Path) -> Path:
+    """The accelerate config for `launch.shard`, written to `<stage>/accelerate.yaml`; either way full state dicts
+    are gathered for saving, so the checkpoints and the saved adapter or model are the usual files that resume, merge
+    and export read (run on 2 CPU processes by tests/test_fsdp.py).
+
+    fsdp: FSDP2 sharding each decoder layer (accelerate finds the class from the model's `_no_split_modules`) and the
+    rest, resharded after the forward pass; the first process alone reads the weights (into host memory, not onto its
     GPU; the others build the model's shapes on the meta device: `loader.receives_shards`) and sends out the shards
-    (accelerate's cpu-RAM-efficient loading); full state dicts gathered for saving, so the checkpoints and the saved adapter or model are the usual files that resume,
-    merge and export read. Run on 2 CPU processes by tests/test_fsdp.py."""
+    (accelerate's cpu-RAM-efficient loading).
+    zero3: DeepSpeed ZeRO-3, nothing offloaded; every process reads the weights into host memory and keeps its
+    partition when training starts."""
     import yaml
 
     launch = cfg.launch
-    settings = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "no",
+    settings = {"compute_environment": "LOCAL_MACHINE", "mixed_precision": "no",
                 "num_processes": launch.num_processes, "num_machines": launch.num_machines,
-                "machine_rank": launch.machine_rank, "use_cpu": False,
-                "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                "fsdp_reshard_after_forward": True, "fsdp_cpu_ram_efficient_loading": True,
-                                "fsdp_sync_module_states": True,
-                                "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_offload_params": False,
-                                "fsdp_activation_checkpointing": False}}
+                "machine_rank": launch.machine_rank, "use_cpu": False}
+    if launch.shard == "fsdp":
+        settings |= {"distributed_type": "FSDP",
+                     "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                     "fsdp_reshard_after_forward": True, "fsdp_cpu_ram_efficient_loading": True,
+                                     "fsdp_sync_module_states": True, "fsdp_state_dict_type": "FULL_STATE_DICT",
+                                     "fsdp_offload_params": False, "fsdp_activation_checkpointing": False}}
+    else:
+        settings |= {"distributed_type": "DEEPSPEED",
+                     "deepspeed_config": {"zero_stage": 3, "zero3_init_flag": False, "zero3_save_16bit_model": True,
+                                          "offload_optimizer_device": "none", "offload_param_device": "none"}}
     path = rundir.stage_file(run_dir, stage, rundir.ACCELERATE_CONFIG)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, yaml.safe_dump(settings, sort_keys=False))

@@ -21,6 +21,8 @@ from ftkit.models import dtypes
 from ftkit.models.loader import ModelNotFound, dtype_name
 from ftkit.training import preflight
 
+SHARDING = {"fsdp": "FSDP2", "zero3": "DeepSpeed ZeRO-3"}  # launch.shard
+
 
 def section_of(cfg, stage: str):
     return cfg.sft if stage == "sft" else cfg.rl
@@ -83,8 +85,8 @@ def _reasons(cfg, dtype: str, fit: dict | None) -> dict:
     """Why the dtype, max_length and sharding are what they are."""
     why = {"dtype": "set in the recipe" if cfg.model.dtype != "auto" else
            "auto: " + dtypes.choose("training")[1],
-           "shard": ("FSDP2: each process holds its share of the weights, gradients and optimizer state"
-                     if cfg.launch.shard == "fsdp" else "every process holds the whole model")}
+           "shard": (f"{SHARDING[cfg.launch.shard]}: each process holds its share of the weights, gradients and "
+                     "optimizer state" if cfg.launch.shard != "none" else "every process holds the whole model")}
     if cfg.sft.max_length == "auto":
         why["max_length"] = f"auto: fitted by the data stage ({cfg.sft.ASSUMED_LENGTH} assumed here until then)"
     else:
@@ -101,7 +103,7 @@ def describe(plan: dict) -> str:
     processes = f"{plan['processes']} process{'es' if plan['processes'] > 1 else ''}"
     return "; ".join([
         f"{plan['stage']} plan: {plan['dtype']}" + (f" ({why['dtype']})" if why.get("dtype") else ""),
-        processes + (" sharded with FSDP2" if plan.get("shard") == "fsdp" else ""),
+        processes + (f" sharded with {SHARDING[plan['shard']]}" if plan.get("shard", "none") != "none" else ""),
         f"batch {plan['batch_size']} = micro-batch {plan['micro_batch_size']} x {plan['gradient_accumulation_steps']} "
         f"accumulation x {processes}",
         f"gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}",

@@ -7,6 +7,7 @@ Built from the model's config on the meta device: nothing is downloaded but conf
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -166,7 +167,7 @@ def estimate(cfg, tokens: int | None = None) -> dict:
     share = (cfg.sft.batch_size if "sft" in cfg.stages else cfg.rl.batch_size) // cfg.launch.num_processes
     tokens = tokens or share * planned_length(cfg)  # one process's share of a step, all at once
     available, where = _available()
-    if cfg.launch.shard == "fsdp":  # each process holds its share of the weights, gradients and optimizer state
+    if cfg.launch.shard != "none":  # each process holds its share of the weights, gradients and optimizer state
         weight_bytes, state_bytes = weight_bytes / cfg.launch.num_processes, state_bytes / cfg.launch.num_processes
 
     def total_with(checkpointing: bool) -> tuple[float, float]:
@@ -215,24 +216,27 @@ def _available() -> tuple[float, str]:
 
 
 def _launch_problems(cfg, cuda: bool) -> list[str]:
-    """Sharding asked of a machine without CUDA GPUs (accelerate runs FSDP and DeepSpeed on GPUs only), or of a 4-bit
-    base."""
-    problems, model_cfg = [], cfg.model
+    """Sharding that cannot run as asked: FSDP on a machine without CUDA GPUs (accelerate turns it on for GPUs only;
+    DeepSpeed runs on CPUs too), ZeRO-3 without DeepSpeed installed, a 4-bit base, the prompt filter."""
+    problems, model_cfg, shard = [], cfg.model, cfg.launch.shard
     sharding = _sharding(cfg.launch.config_file)
-    if sharding and not cuda and (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1):
-        problems.append(f"launch.config_file = {cfg.launch.config_file!r} asks for {sharding}, which accelerate runs on "
+    if sharding == "FSDP" and not cuda and (cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1):
+        problems.append(f"launch.config_file = {cfg.launch.config_file!r} asks for FSDP, which accelerate runs on "
                         "GPUs only: on this machine (no CUDA GPU) it would train every process with the whole model, "
                         "as plain data parallel; run it on GPUs, or leave launch.config_file out for data parallel")
-    if cfg.launch.shard == "fsdp" and not cuda:
+    if shard == "fsdp" and not cuda:
         problems.append("launch.shard = 'fsdp' shards the model over CUDA GPUs, and this machine has none (accelerate "
-                        "runs FSDP on GPUs only); set launch.shard: none here")
-    if cfg.launch.shard == "fsdp" and "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo") and cfg.rl.filter_prompts:
-        problems.append("launch.shard = 'fsdp' with rl.filter_prompts: the prompt filter samples from the whole model "
-                        "in every process, which sharding is there to avoid; set rl.filter_prompts: false, or shard: "
-                        "none where one GPU holds the model")
-    if cfg.launch.shard == "fsdp" and model_cfg.adapter == "qlora":
-        problems.append("launch.shard = 'fsdp' with model.adapter = 'qlora': sharding a 4-bit base is not supported "
-                        "by ftkit yet; use adapter: lora with shard: fsdp, or qlora on one GPU per process")
+                        "runs FSDP on GPUs only); set launch.shard: zero3 (DeepSpeed runs on CPUs) or none here")
+    if shard == "zero3" and importlib.util.find_spec("deepspeed") is None:
+        problems.append("launch.shard = 'zero3' needs DeepSpeed, which is not installed: pip install deepspeed "
+                        "(or pip install -e '.[deepspeed]'), or set launch.shard: fsdp")
+    if shard != "none" and "rl" in cfg.stages and cfg.rl.method in ("grpo", "rloo") and cfg.rl.filter_prompts:
+        problems.append(f"launch.shard = {shard!r} with rl.filter_prompts: the prompt filter samples from the whole "
+                        "model in every process, which sharding is there to avoid; set rl.filter_prompts: false, or "
+                        "shard: none where one GPU holds the model")
+    if shard != "none" and model_cfg.adapter == "qlora":
+        problems.append(f"launch.shard = {shard!r} with model.adapter = 'qlora': sharding a 4-bit base is not "
+                        "supported by ftkit yet; use adapter: lora with sharding, or qlora on one GPU per process")
     return problems
 
 
@@ -262,7 +266,7 @@ def _shard_hint(cfg, held_gb: float, available_gb: float) -> str:
     >>> _shard_hint(NS(launch=NS(shard="none", num_processes=1)), 130.0, 80.0)
     'shard it over GPUs (launch.shard: fsdp with launch.num_processes: 3, about 43.3 GB each), '
     """
-    processes = cfg.launch.num_processes if cfg.launch.shard == "fsdp" else 1
+    processes = cfg.launch.num_processes if cfg.launch.shard != "none" else 1
     needed = max(2, math.ceil(held_gb * processes / (0.8 * available_gb)))
     return (f"shard it over GPUs (launch.shard: fsdp with launch.num_processes: {needed}, about "
             f"{held_gb * processes / needed:.1f} GB each), ")
@@ -340,7 +344,7 @@ def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> li
         else:
             if figures["fits"] == "no":
                 held = figures["weights_gb"] + figures["gradients_optimizer_gb"]
-                each = "each process " if cfg.launch.shard == "fsdp" else ""
+                each = "each process " if cfg.launch.shard != "none" else ""
                 problems.append(
                     f"model.id = {model_cfg.id!r} with adapter {model_cfg.adapter!r} in {figures['dtype']} needs about "
                     f"{held:.1f} GB {each}for weights, gradients and optimizer state alone, and "

@@ -169,9 +169,7 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
     history = trainer.state.log_history
     digests = weight_digests(trainer.model)
     held = {"loaded": loaded, "trained": held_parameters(trainer.model)}
-    gathered = None
-    if trainer.is_fsdp_enabled:  # every process takes part in gathering the shards into one state dict
-        gathered = trainer.accelerator.get_state_dict(trainer.model)
+    gathered = gathered_state_dict(trainer)
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model) if gathered is not None else trainer.model
         loader.save_trained(model, tokenizer, run_dir, stage, state_dict=gathered)
@@ -185,7 +183,8 @@ def fit(trainer, tokenizer, run_dir: str | Path, stage: str) -> tuple[dict, list
                "seconds_per_step": {name: round(value / steps_run, 3) for name, value in phases.items()},
                "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,
                **real_tokens(history, seconds),
-               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+               "trainable_parameters": sum(getattr(p, "ds_numel", p.numel())  # a ZeRO-3 parameter's is its whole
+                                           for p in trainer.model.parameters() if p.requires_grad),
                "device": str(next(trainer.model.parameters()).device), "torch_threads": torch.get_num_threads(),
                "settings": settings(trainer)}
     return figures, history
@@ -219,12 +218,49 @@ def held_parameters(model) -> list[int]:
     each (and none of a weight left on the meta device, as the processes other than the first load the model)."""
     import torch.distributed as dist
 
-    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if not p.is_meta)
+    held = sum(_local(p).numel() for p in model.parameters() if not p.is_meta)
     if not (dist.is_available() and dist.is_initialized()):
         return [held]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, held)
     return gathered
+
+
+def gathered_state_dict(trainer) -> dict | None:
+    """The whole model's state dict gathered from the processes' FSDP2 shards or ZeRO-3 partitions (every process
+    takes part), or None where training was not sharded."""
+    if trainer.is_fsdp_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if zero3(trainer):  # through DeepSpeed's engine
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    return None
+
+
+def zero3(trainer) -> bool:
+    """True where DeepSpeed ZeRO-3 partitions the model's parameters."""
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def _whole(param):
+    """The whole parameter on every process (one at a time, so that a sharded model is never whole anywhere):
+    gathered from its FSDP2 shards or its ZeRO-3 partitions."""
+    if hasattr(param, "full_tensor"):
+        return param.full_tensor()
+    if hasattr(param, "ds_tensor"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.data.clone()
+    return param
+
+
+def _local(param):
+    """What of a parameter this process holds: its FSDP2 shard (a DTensor's local part), its DeepSpeed ZeRO-3
+    partition, or the whole of it."""
+    if hasattr(param, "to_local"):
+        return param.to_local()
+    return getattr(param, "ds_tensor", param)
 
 
 def weight_digests(model) -> list[str]:
@@ -234,10 +270,8 @@ def weight_digests(model) -> list[str]:
 
     digest = hashlib.sha256()
     for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
-        if hasattr(param, "full_tensor"):  # an FSDP2 shard (DTensor): the whole parameter, gathered by every process
-            param = param.full_tensor()
         digest.update(name.encode())
-        digest.update(param.detach().float().cpu().numpy().tobytes())
+        digest.update(_whole(param).detach().float().cpu().numpy().tobytes())
     if not (dist.is_available() and dist.is_initialized()):
         return [digest.hexdigest()[:16]]
     gathered = [None] * dist.get_world_size()
