@@ -69,7 +69,7 @@ def _held_a_share(figures: dict, shard: str):
 
 @pytest.mark.pipeline
 def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_dir, sharded_on_cpu):
-    """SFT sharded over 2 processes (FSDP2, ZeRO-3) ends with one process's adapter; GRPO (each process samples its
+    """SFT sharded over 2 processes (FSDP2, ZeRO-3), with gradient accumulation, ends with one process's adapter; GRPO (each process samples its
     share of the completions) with 2 data-parallel processes' adapter; eval and export read the sharded runs'
     adapters."""
     recipe = _recipe(tmp_path, tiny_model_dir, ["data", "sft", "rl", "eval", "export"])
@@ -80,8 +80,10 @@ def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_d
     assert data_parallel["sft"]["distributed"] == data_parallel["rl"]["distributed"] == "MULTI_CPU"
     for shard, label in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
         run = tmp_path / shard
-        assert cli.main(["run", str(recipe), "--run-dir", str(run), *sharded_on_cpu(shard)]) == 0
+        assert cli.main(["run", str(recipe), "--run-dir", str(run), *sharded_on_cpu(shard),
+                         "--set", "sft.micro_batch_size=2"]) == 0  # and 2 micro-batches of 2 a process
         figures = read_json(run / "metrics.json")
+        assert figures["sft"]["settings"]["gradient_accumulation_steps"] == 2
         for stage in ("sft", "rl"):
             _held_a_share(figures[stage], shard)
         _same(_adapter(one, "sft"), _adapter(run, "sft"), f"SFT sharded ({shard}) against one process")
