@@ -41,6 +41,8 @@ def test_metrics_are_present_and_in_range(tiny_run):
     assert metrics["sft"]["steps"] == 3 and metrics["sft"]["final_loss"] > 0
     assert metrics["rl"]["steps"] == 2 and metrics["rl"]["start_from"] == "sft"
     assert set(metrics["eval"]) == {"base", "sft", "rl"}
+    progress = read_json(run_dir / "progress.json")  # the last model's prompts, the skipped perturbations counted
+    assert progress["unit"] == "prompts (rl)" and progress["done"] == progress["total"], progress
     for name, m in metrics["eval"].items():
         assert 0.0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1.0 and m["n"] == 16
         assert m["answer_loss"] > 0 and m["answer_perplexity"] > 1

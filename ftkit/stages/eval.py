@@ -265,6 +265,7 @@ def _evaluate_replies(cfg, model, tokenizer, rows: list[dict], train: list[dict]
         if primary in BINARY and not any(clean):
             result["robustness"], result["robustness_skipped"] = {"clean": {"value": 0.0, "n": len(subset)}}, \
                 NOTHING_TO_LOSE
+            tick(len(subset) * len(cfg.eval.perturbations))  # not generated: the progress counts them done
         else:
             result["robustness"] = _robustness(cfg, model, tokenizer, subset, clean, run_dir, name, tick)
     return result
