@@ -8,6 +8,7 @@ the result."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from ftkit import cli
 from ftkit.core import rundir
 from ftkit.core.io import read_json
+from ftkit.scoring.tasks import Addition
 from ftkit.training import preflight
 from tests.conftest import recipe_file, tiny
 
@@ -119,3 +121,26 @@ def test_a_sharded_full_fine_tune_resumes_after_a_failure_to_the_same_weights(tm
     _same(whole, load_file(rundir.stage_dir(run, "sft") / "model" / "model.safetensors"), "resumed sharded run")
     assert figures["eval"]["sft"]["n"] == 16
     _same(whole, load_file(run / "export" / "merged" / "model.safetensors"), "the exported model")
+
+
+@pytest.mark.pipeline
+def test_sharded_dpo_matches_one_process(tmp_path, tiny_model_dir, sharded_on_cpu):
+    """DPO from the SFT adapter: TRL copies it into a reference adapter when the trainer is built, so under FSDP every
+    process reads the weights (`loader.load(shapes_only=False)`); sharded over 2 processes, DPO ends with one
+    process's adapter (within 1e-5: DPO's reductions run in another order, as they do with data parallel)."""
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in Addition().preference_pairs(60, 1)))
+    recipe = recipe_file(tmp_path, name="dpo", seed=0, stages=["data", "sft", "rl"],
+                         model={"id": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8, "dtype": "float32"},
+                         data={"path": "prefs.jsonl", "test_size": 8},
+                         sft={"max_steps": 2, "batch_size": 8, "learning_rate": 1.0e-2, "logging_steps": 1},
+                         rl={"method": "dpo", "max_steps": 3, "batch_size": 4, "learning_rate": 1.0e-2,
+                             "logging_steps": 1})
+    assert cli.main(["run", str(recipe), "--run-dir", str(tmp_path / "one")]) == 0
+    whole = _adapter(tmp_path / "one", "rl")
+    assert max((whole[k] - v).abs().max().item() for k, v in _adapter(tmp_path / "one", "sft").items()) > 1e-4
+    for shard in ("fsdp", "zero3"):
+        assert cli.main(["run", str(recipe), "--run-dir", str(tmp_path / shard), *sharded_on_cpu(shard)]) == 0
+        figures = read_json(tmp_path / shard / "metrics.json")["rl"]
+        assert figures["distributed"] == DISTRIBUTED[shard] and figures["first_margin"] == pytest.approx(0, abs=1e-6)
+        for key, value in _adapter(tmp_path / shard, "rl").items():
+            torch.testing.assert_close(value, whole[key], rtol=0, atol=1e-5, msg=f"DPO sharded ({shard}): {key}")

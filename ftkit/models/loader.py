@@ -145,13 +145,14 @@ def _local_gpu() -> int:
 
 @timing.timed("loading")
 def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = False, quantized: bool = True,
-         use: str = "training"):
+         use: str = "training", shapes_only: bool = True):
     """Load (model, tokenizer) for a recipe's `model:` section, optionally with a tuned adapter or checkpoint, in
     the dtype for `use` (training, or generation only: `dtype_name`).
 
     A LoRA adapter is merged for inference unless the base is 4-bit (QLoRA), where merging would round it;
     `quantized=False` loads a QLoRA recipe's base in its compute dtype instead (for export). In bfloat16 or float16
-    the merge is made in float32 (`merge_in_float32`), so the merged weights are rounded once.
+    the merge is made in float32 (`merge_in_float32`), so the merged weights are rounded once. Under FSDP the
+    processes other than the first build the model's shapes only (`receives_shards`), unless `shapes_only=False`.
     """
     path = resolve(model_cfg.id, model_cfg.revision)
     tuned = Path(tuned) if tuned else None
@@ -170,7 +171,7 @@ def load(model_cfg, tuned: str | os.PathLike | None = None, trainable: bool = Fa
             bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
         options["device_map"] = {"": _local_gpu()}
     tokenizer = load_tokenizer(source)
-    if use == "training" and not four_bit and receives_shards():
+    if shapes_only and use == "training" and not four_bit and receives_shards():
         model = _shapes_only(source, options)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **options)

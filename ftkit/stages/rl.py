@@ -65,16 +65,18 @@ class SampleLog:
         write_jsonl(path, rows)
 
 
-def _start(cfg, run_dir: Path):
-    """(model, tokenizer, peft_config, start_from): the SFT result when the recipe runs SFT, else the base."""
+def _start(cfg, run_dir: Path, copied: bool = False):
+    """(model, tokenizer, peft_config, start_from): the SFT result when the recipe runs SFT, else the base.
+    `copied`: the trainer copies the weights when it is built (DPO's and KTO's reference adapter), so every process
+    reads them, sharded or not (`loader.load`'s `shapes_only`)."""
     sft_model = rundir.tuned_dir(run_dir, "sft")
     if "sft" in cfg.stages and sft_model is None:
         raise FileNotFoundError(f"{rundir.stage_dir(run_dir, 'sft')} holds no adapter or model although the recipe "
                                 "runs SFT: run the sft stage first")
     if "sft" in cfg.stages:
-        model, tokenizer = loader.load(cfg.model, tuned=sft_model, trainable=True)
+        model, tokenizer = loader.load(cfg.model, tuned=sft_model, trainable=True, shapes_only=not copied)
         return model, tokenizer, None if sft_model.name == "adapter" else loader.lora_config(cfg.model), "sft"
-    model, tokenizer = loader.load(cfg.model)
+    model, tokenizer = loader.load(cfg.model, shapes_only=not copied)
     return model, tokenizer, loader.lora_config(cfg.model), "base"
 
 
@@ -221,7 +223,7 @@ def informative_prompts(cfg, model, tokenizer, rows: list[dict], functions, weig
 def _train_offline(cfg, run_dir: str | Path, dataset, config_cls, trainer_cls) -> tuple[dict, dict, dict]:
     """DPO or KTO on a fixed dataset from the starting model, the reference being that model: (figures, first and
     last logged entries with a margin)."""
-    model, tokenizer, peft_config, start_from = _start(cfg, run_dir)
+    model, tokenizer, peft_config, start_from = _start(cfg, run_dir, copied=True)
     plan = training_plan.for_stage(cfg, "rl", run_dir, len(dataset))  # a pass holds chosen and rejected (KTO: KL pair)
     args = training_args(cfg, cfg.rl, run_dir, "rl", config_cls, plan, beta=cfg.rl.kl_beta,
                          max_length=cfg.sft.max_length, lr_scheduler_type="constant")
