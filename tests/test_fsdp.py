@@ -80,7 +80,7 @@ def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_d
     assert cli.main(["run", str(recipe), "--run-dir", str(ddp), "--set", "launch.num_processes=2"]) == 0
     data_parallel = read_json(ddp / "metrics.json")
     assert data_parallel["sft"]["distributed"] == data_parallel["rl"]["distributed"] == "MULTI_CPU"
-    for shard, label in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
+    for shard, label in (("fsdp", "FSDP2"), ("zero3", "DeepSpeed")):
         run = tmp_path / shard
         assert cli.main(["run", str(recipe), "--run-dir", str(run), *sharded_on_cpu(shard),
                          "--set", "sft.micro_batch_size=2"]) == 0  # and 2 micro-batches of 2 a process
@@ -95,7 +95,7 @@ def test_sharded_lora_training_matches_unsharded_training(tmp_path, tiny_model_d
         assert figures["eval"]["rl"]["n"] == data_parallel["eval"]["rl"]["n"] == 16
         _same(load_file(ddp / "export" / "merged" / "model.safetensors"),
               load_file(run / "export" / "merged" / "model.safetensors"), f"the merged export ({shard})")
-        assert f"2 ({label}; one held at most 50% of the weights)" in (run / "report.html").read_text()
+        assert f"2 ({label}; one held at most 50% of the parameters)" in (run / "report.html").read_text()
 
 
 @pytest.mark.pipeline

@@ -190,11 +190,16 @@ def _training(metrics: dict) -> str:
                                          "real tokens", "real tokens/s", "resumed from step", "settings"], rows) + plans
 
 
-def _processes(figures: dict) -> str:
-    """How many processes trained and how (DDP, FSDP), with the largest share of the weights one held while training.
+# accelerate's distributed types as the report names them
+HOW = {"FSDP": "FSDP2", "DEEPSPEED": "DeepSpeed", "MULTI_CPU": "data parallel", "MULTI_GPU": "data parallel"}
 
-    >>> _processes({"processes": 2, "distributed": "FSDP", "rank_parameters": {"loaded": [80, 80], "trained": [40, 41]}})
-    '2 (FSDP; one held at most 51% of the weights)'
+
+def _processes(figures: dict) -> str:
+    """How many processes trained and how (data parallel, FSDP2, DeepSpeed), with the largest share of the parameters
+    one held while training.
+
+    >>> _processes({"processes": 2, "distributed": "FSDP", "rank_parameters": {"loaded": [80, 0], "trained": [40, 41]}})
+    '2 (FSDP2; one held at most 51% of the parameters)'
     >>> _processes({"processes": 1, "distributed": "NO"})
     '1'
     """
@@ -202,8 +207,9 @@ def _processes(figures: dict) -> str:
     held = figures.get("rank_parameters")
     if count == 1 or not held:
         return str(count)
-    share = max(held["trained"]) / max(held["loaded"][0], 1)
-    return f"{count} ({figures.get('distributed', '?')}; one held at most {share:.0%} of the weights)"
+    share = max(held["trained"]) / max(max(held["loaded"]), 1)
+    how = HOW.get(figures.get("distributed"), figures.get("distributed", "?"))
+    return f"{count} ({how}; one held at most {share:.0%} of the parameters)"
 
 
 def _rl(rl: dict, recipe_rl: dict) -> str:
