@@ -304,8 +304,6 @@ def _gguf_problems(cfg) -> list[str]:
 def preflight(cfg, check_memory: bool = True, figures: dict | None = None) -> list[str]:
     """What the recipe needs from this machine and would only find out at load or train time: each problem with
     the fix. Empty when the recipe can run here. `figures`: an `estimate` already made."""
-    import importlib.util
-
     problems, model_cfg = [], cfg.model
     cuda = torch.cuda.is_available()
     if model_cfg.adapter == "qlora" and not (cuda and importlib.util.find_spec("bitsandbytes")):
